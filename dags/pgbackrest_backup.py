@@ -1,0 +1,41 @@
+"""Daily pgBackRest backup of each configured cluster (runbook 2.1): 02:15 UTC by default."""
+
+from airflow.sdk import DAG, task
+
+from pg_backups import airflow_tasks as t
+from pg_backups.config import load_config
+
+DOC = """
+### Daily pgBackRest backup of cluster `{name}`
+1. **preflight**: writes pgbackrest.conf, creates the stanza on the first run, `pgbackrest check`
+   proves WAL archiving works (PITR).
+2. **backup**: full on {full_days}, `{incr}` otherwise; tagged with this run's id. Holds the
+   cluster's pool slot `{pool}`: never at the same time as the WAL-G backup of the cluster.
+3. **expire**: time-based retention, {days} days of full backups and the WAL they need.
+4. **verify**: `pgbackrest verify`, judged by its output as well as its exit code.
+5. **publish_backup**: the backup's record (label, type, times, sizes, WAL range) as return value
+   and as an event of asset `pgbackrest_backup_{name}`.
+"""
+
+for cluster in load_config().clusters:
+    if "pgbackrest" not in cluster.tools:
+        continue
+    with DAG(
+        dag_id=f"pgbackrest_backup_{cluster.name}",
+        schedule=cluster.pgbackrest.schedule,
+        start_date=t.START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=t.default_args(cluster),
+        tags=["backups", "pgbackrest", cluster.name],
+        doc_md=DOC.format(name=cluster.name, full_days=", ".join(cluster.pgbackrest.full_backup_days),
+                          incr=cluster.pgbackrest.incremental_type, pool=cluster.pool,
+                          days=cluster.pgbackrest.retention_full_days),
+    ):
+        preflight = task(task_id="preflight")(t.pgbackrest_preflight)(cluster.name)
+        backup = task(task_id="backup", pool=cluster.pool)(t.pgbackrest_backup)(cluster.name)
+        expire = task(task_id="expire")(t.pgbackrest_expire)(cluster.name)
+        verify = task(task_id="verify")(t.pgbackrest_verify)(cluster.name)
+        publish = task(task_id="publish_backup", outlets=[t.backup_asset(cluster, "pgbackrest")])(
+            t.publish_pgbackrest_backup)(cluster.name, backup["label"])
+        preflight >> backup >> expire >> verify >> publish

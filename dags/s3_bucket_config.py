@@ -1,0 +1,27 @@
+"""The backup bucket's configuration as desired state (runbook 2.3), checked and repaired daily."""
+
+from airflow.sdk import DAG, task
+
+from pg_backups import airflow_tasks as t
+from pg_backups.config import load_config
+
+DOC = """
+### S3 bucket configuration for cluster `{name}`: `{bucket}` in `{region}`
+**configure_bucket** creates the bucket if missing, then compares its versioning, lifecycle,
+public access block, default encryption and TLS-only policy with the desired state and applies
+only the difference. The drift it repaired is in the log, the return value and Slack; a run with
+no drift changes nothing. Safe to run every day.
+"""
+
+for cluster in load_config().clusters:
+    with DAG(
+        dag_id=f"s3_bucket_config_{cluster.name}",
+        schedule="@daily",
+        start_date=t.START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=t.default_args(cluster),
+        tags=["backups", "s3", cluster.name],
+        doc_md=DOC.format(name=cluster.name, bucket=cluster.s3.bucket, region=cluster.s3.region),
+    ):
+        task(task_id="configure_bucket")(t.configure_bucket)(cluster.name)

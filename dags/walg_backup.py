@@ -1,0 +1,35 @@
+"""Daily WAL-G backup of each configured cluster (runbook 2.2): 02:45 UTC by default."""
+
+from airflow.sdk import DAG, task
+
+from pg_backups import airflow_tasks as t
+from pg_backups.config import load_config
+
+DOC = """
+### Daily WAL-G backup of cluster `{name}`
+1. **backup_push**: `wal-g backup-push`, tagged with this run's id (`WALG_SENTINEL_USER_DATA`).
+   Holds the cluster's pool slot `{pool}`: never at the same time as its pgBackRest backup.
+2. **delete_old_backups**: backups older than {days} days go (`wal-g delete before FIND_FULL
+   <oldest kept backup> --confirm`); the newest full backup and the WAL kept backups need stay.
+3. **publish_backup**: the backup's record, in the same form as the pgBackRest DAG's, as return
+   value and as an event of asset `walg_backup_{name}`.
+"""
+
+for cluster in load_config().clusters:
+    if "walg" not in cluster.tools:
+        continue
+    with DAG(
+        dag_id=f"walg_backup_{cluster.name}",
+        schedule=cluster.walg.schedule,
+        start_date=t.START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=t.default_args(cluster),
+        tags=["backups", "walg", cluster.name],
+        doc_md=DOC.format(name=cluster.name, pool=cluster.pool, days=cluster.walg.retention_days),
+    ):
+        backup = task(task_id="backup_push", pool=cluster.pool)(t.walg_backup)(cluster.name)
+        delete_old = task(task_id="delete_old_backups")(t.walg_delete_old)(cluster.name)
+        publish = task(task_id="publish_backup", outlets=[t.backup_asset(cluster, "walg")])(
+            t.publish_walg_backup)(cluster.name, backup["label"])
+        backup >> delete_old >> publish

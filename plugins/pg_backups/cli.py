@@ -1,0 +1,145 @@
+"""Command line for cron (``include/scripts/*.sh``): the runbook's variables in, the same
+operations as the DAGs out.
+
+    python -m pg_backups.cli configure-s3        # BUCKET_NAME, REGION
+    python -m pg_backups.cli pgbackrest-backup   # PG_BACKREST_STANZA, PG_BACKREST_CONFIG, PGHOST, PGPORT, PGUSER
+    python -m pg_backups.cli walg-backup         # PGHOST, PGPORT, PGUSER, PGDATA, WALG_S3_PREFIX
+    python -m pg_backups.cli archive-command     # the archive_command to put in postgresql.conf
+    python -m pg_backups.cli write-configs       # pgbackrest.conf + walg.json for the database host
+
+The cluster comes from the cluster configuration (``$PG_BACKUPS_CONFIG``), chosen by --cluster or
+PG_BACKREST_STANZA (or the only one configured); the runbook's variables override its values.
+S3 credentials come from the standard AWS variables (or an instance role), never from code.
+On failure the script exits non-zero and, when SLACK_WEBHOOK_URL is set, alerts Slack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+
+from pg_backups import operations, runner
+from pg_backups.config import ConfigError, build_cluster, load_config, with_overrides
+from pg_backups.s3_access import access_from_env
+
+log = logging.getLogger("pg_backups")
+
+COMMANDS = ("configure-s3", "pgbackrest-backup", "walg-backup", "archive-command", "write-configs")
+
+
+def runbook_overrides(env) -> dict:
+    """The runbook's environment variables, as overrides of the cluster configuration."""
+    over: dict = {}
+    if env.get("PGHOST"):
+        # A directory is a Unix socket (as libpq reads PGHOST); anything else is a host name.
+        over["socket_directory" if env["PGHOST"].startswith("/") else "host"] = env["PGHOST"]
+    if env.get("PGPORT"):
+        over["port"] = _int(env["PGPORT"], "PGPORT")
+    if env.get("PGUSER"):
+        over["user"] = env["PGUSER"]
+    if env.get("PGDATA"):
+        over["data_directory"] = env["PGDATA"]
+    if env.get("PG_BACKREST_CONFIG"):
+        # The runbook's hand-written pgbackrest.conf: read it, never overwrite it.
+        over["pgbackrest"] = {"config_path": env["PG_BACKREST_CONFIG"], "manage_config": False}
+    s3: dict = {}
+    if env.get("BUCKET_NAME"):
+        s3["bucket"] = env["BUCKET_NAME"]
+    if env.get("REGION"):
+        s3["region"] = env["REGION"]
+    if env.get("WALG_S3_PREFIX"):
+        prefix = env["WALG_S3_PREFIX"]
+        if not prefix.startswith("s3://") or "/" not in prefix[5:]:
+            raise ConfigError("WALG_S3_PREFIX", "WALG_S3_PREFIX", f"{prefix!r} is not s3://<bucket>/<path>",
+                              "write it as in the runbook: s3://asso-prod-backups/postgres")
+        bucket, _, path = prefix[5:].partition("/")
+        s3["bucket"] = bucket
+        over["walg"] = {"prefix": path}
+    if s3:
+        over["s3"] = s3
+    return over
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(name, name, f"{value!r} is not a number", f"set {name} to a port number") from None
+
+
+def resolve_cluster(name: str | None, env=os.environ):
+    config = load_config()
+    name = name or env.get("PG_BACKREST_STANZA")
+    if name is None:
+        if len(config.clusters) != 1:
+            raise ConfigError(config.source, "clusters", "several clusters are configured",
+                              "choose one with --cluster or PG_BACKREST_STANZA")
+        cluster = config.clusters[0]
+    elif any(c.name == name for c in config.clusters):
+        cluster = config.cluster(name)
+    elif env.get("PG_BACKREST_CONFIG"):
+        cluster = build_cluster({"name": name}, "PG_BACKREST_STANZA")  # a stanza known only to the hand-written file
+    else:
+        cluster = config.cluster(name)  # raises: names the configured ones
+    over = runbook_overrides(env)
+    return with_overrides(cluster, over, "environment (runbook variables)") if over else cluster
+
+
+def alert_slack(text: str, env=os.environ) -> None:
+    url = env.get("SLACK_WEBHOOK_URL")
+    if not url:
+        return
+    import urllib.request
+
+    try:
+        request = urllib.request.Request(url, data=json.dumps({"text": text}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).read()
+    except OSError as exc:  # an unreachable Slack must not hide the failure being reported
+        log.warning("could not alert Slack: %s", type(exc).__name__)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pg_backups.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("--cluster", help="cluster name (default: PG_BACKREST_STANZA, or the only one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    run_id = "cron__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cluster = None
+    try:
+        cluster = resolve_cluster(args.cluster)
+        access = access_from_env(cluster.s3)
+        if args.command == "configure-s3":
+            result = operations.configure_bucket(cluster, access.boto3_client())
+        elif args.command == "pgbackrest-backup":
+            result = operations.pgbackrest_daily(cluster, access, run_id)
+        elif args.command == "walg-backup":
+            result = operations.walg_daily(cluster, access, run_id)
+        elif args.command == "archive-command":
+            print(operations.archive_command(cluster))
+            return 0
+        else:
+            result = {"written": operations.write_tool_configs(cluster, access)}
+    except ConfigError as exc:
+        log.error("configuration refused, nothing was changed: %s", exc)
+        alert_slack(f":red_circle: {args.command} refused its configuration: {exc}")
+        return 2
+    except Exception as exc:  # report every failure loudly, with a non-zero exit
+        secrets = runner.secrets_of(dict(os.environ))
+        message = runner.redact(f"{type(exc).__name__}: {exc}", secrets)
+        log.error("%s failed: %s", args.command, message)
+        alert_slack(f":red_circle: cron {args.command} failed on cluster "
+                    f"`{cluster.name if cluster else '?'}`: {message}")
+        return 1
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

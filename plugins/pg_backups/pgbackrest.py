@@ -1,0 +1,304 @@
+"""pgBackRest: its configuration, its command lines, and what its output means.
+
+Every pgBackRest command line of the project is built here, for the DAG, the cron script, the
+sandbox's ``archive_command`` and the restore test alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pg_backups import runner
+from pg_backups.s3_access import S3Access
+
+log = logging.getLogger(__name__)
+
+BINARY = "pgbackrest"
+LOCK_ERROR = 50  # "unable to acquire lock"
+# pgBackRest 2.45 rejects the runbook's `repo1-retention-archive-type=time` ("'time' is not
+# allowed": it takes full, diff or incr). Left unset, archive retention follows the full backups
+# that time-based retention keeps, which is what the runbook means: PITR across the 30 days.
+RUNBOOK_ARCHIVE_RETENTION_NOTE = (
+    "repo1-retention-archive-type=time (runbook) is not valid in pgBackRest 2.45; archive retention "
+    "follows the full backups kept by repo1-retention-full-type=time")
+
+
+def include_path(cluster) -> str:
+    return str(Path(cluster.pgbackrest.config_path).parent / "conf.d")
+
+
+def render_config(cluster, access: S3Access) -> str:
+    """pgbackrest.conf for a cluster, without secrets (they go to :func:`render_credentials`)."""
+    pb, s3 = cluster.pgbackrest, cluster.s3
+    lines = [
+        "# Written by pg_backups from the cluster configuration; edit that file, not this one.",
+        f"# {RUNBOOK_ARCHIVE_RETENTION_NOTE}.",
+        "[global]",
+        "repo1-type=s3",
+        f"repo1-s3-bucket={s3.bucket}",
+        f"repo1-s3-region={s3.region}",
+        f"repo1-s3-endpoint={access.endpoint_host}",
+        f"repo1-path={pb.repo_path}",
+        "repo1-retention-full-type=time",
+        f"repo1-retention-full={pb.retention_full_days}",
+        f"process-max={pb.process_max}",
+        f"compress-type={pb.compress_type}",
+        f"start-fast={'y' if pb.start_fast else 'n'}",
+        f"archive-async={'y' if pb.archive_async else 'n'}",
+        f"archive-timeout={pb.archive_timeout_seconds}",
+        f"spool-path={pb.spool_path}",
+        f"log-path={pb.log_path}",
+        f"lock-path={pb.lock_path}",
+        "log-level-console=info",
+        "log-level-file=detail",
+    ]
+    if access.endpoint_port:
+        lines.append(f"repo1-storage-port={access.endpoint_port}")
+    if access.path_style:
+        lines.append("repo1-s3-uri-style=path")
+    if access.ca_file:
+        lines.append(f"repo1-storage-ca-file={access.ca_file}")
+    if not access.access_key:
+        lines.append("repo1-s3-key-type=auto")  # instance role / IRSA: no keys on disk at all
+    lines += ["", f"[{cluster.stanza}]", f"pg1-path={cluster.data_directory}", f"pg1-port={cluster.port}",
+              f"pg1-user={cluster.user}"]
+    if cluster.socket_directory:
+        lines.append(f"pg1-socket-path={cluster.socket_directory}")
+    return "\n".join(lines) + "\n"
+
+
+def render_credentials(access: S3Access) -> str | None:
+    if not access.access_key:
+        return None
+    lines = ["[global]", f"repo1-s3-key={access.access_key}", f"repo1-s3-key-secret={access.secret_key}"]
+    if access.session_token:
+        lines.append(f"repo1-s3-token={access.session_token}")
+    return "\n".join(lines) + "\n"
+
+
+def write_private(path: str | os.PathLike, text: str, os_user: str | None, mode: int = 0o600) -> None:
+    """Write a file only its owner (the tool's OS user) can read, atomically."""
+    import pwd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    if os_user and os.geteuid() == 0:
+        pw = pwd.getpwnam(os_user)
+        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+        os.chown(path.parent, pw.pw_uid, pw.pw_gid)
+    os.replace(tmp, path)
+
+
+def write_config(cluster, access: S3Access) -> list[str]:
+    """Write pgbackrest.conf (and its credentials include, 0600) when the project manages it."""
+    pb = cluster.pgbackrest
+    if not pb.manage_config:
+        if not Path(pb.config_path).exists():
+            raise runner.ToolError(f"pgbackrest.config_path {pb.config_path} does not exist and manage_config is false; "
+                                   "write it by hand or set pgbackrest.manage_config: true")
+        return []
+    write_private(pb.config_path, render_config(cluster, access), cluster.os_user, 0o640)
+    written = [pb.config_path]
+    credentials = render_credentials(access)
+    if credentials:
+        path = Path(include_path(cluster)) / "s3-credentials.conf"
+        write_private(path, credentials, cluster.os_user)
+        written.append(str(path))
+    for directory in (pb.spool_path, pb.log_path, pb.lock_path):
+        _ensure_dir(directory, cluster.os_user)
+    return written
+
+
+def _ensure_dir(directory: str, os_user: str | None) -> None:
+    import pwd
+
+    Path(directory).mkdir(parents=True, exist_ok=True, mode=0o750)
+    if os_user and os.geteuid() == 0:
+        pw = pwd.getpwnam(os_user)
+        os.chown(directory, pw.pw_uid, pw.pw_gid)
+
+
+# --------------------------------------------------------------------------------------------
+# Command lines
+
+
+def command(cluster, name: str, *options: str) -> list[str]:
+    pb = cluster.pgbackrest
+    argv = [BINARY, f"--config={pb.config_path}"]
+    if pb.manage_config:
+        argv.append(f"--config-include-path={include_path(cluster)}")
+    return [*argv, f"--stanza={cluster.stanza}", *options, name]
+
+
+def archive_command(cluster) -> str:
+    """The archive_command fragment that pushes one WAL segment (``%p``) to the repository."""
+    import shlex
+
+    return shlex.join(command(cluster, "archive-push")) + " %p"
+
+
+def restore_command(cluster) -> str:
+    import shlex
+
+    return shlex.join(command(cluster, "archive-get")) + " %f \"%p\""
+
+
+def run(cluster, name: str, *options: str, timeout: float | None = None, check: bool = True):
+    return runner.run(command(cluster, name, *options), os_user=cluster.os_user, timeout=timeout, check=check)
+
+
+def backup_type_for(cluster, day: datetime) -> str:
+    """Full on the configured weekdays (of the run's logical date, UTC), the incremental type otherwise."""
+    pb = cluster.pgbackrest
+    weekday = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[day.astimezone(timezone.utc).weekday()]
+    return "full" if weekday in pb.full_backup_days else pb.incremental_type
+
+
+# --------------------------------------------------------------------------------------------
+# Operations
+
+
+def ensure_stanza(cluster) -> str:
+    """Create the stanza on the first run (stanza-create is idempotent), then prove archiving works."""
+    info = parse_info(run(cluster, "info", "--output=json").stdout, cluster.stanza)
+    created = False
+    if info.get("status", {}).get("code") != 0:
+        _stanza_create(cluster)
+        created = True
+    # `check` forces a WAL switch and waits for it to be archived: it catches the most reported
+    # failure ("WAL segment was not archived before the timeout") before the backup does.
+    run(cluster, "check")
+    return "created" if created else "exists"
+
+
+def _stanza_create(cluster, wait_seconds: float = 180) -> None:
+    """stanza-create, waiting out the archive lock: on a cluster that archived before its stanza
+    existed, the asynchronous archive-push holds that lock while it retries (error [050])."""
+    import time
+
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        proc = run(cluster, "stanza-create", check=False)
+        if proc.returncode == 0:
+            return
+        if proc.returncode != LOCK_ERROR or time.monotonic() > deadline:
+            raise runner.ToolError(f"pgbackrest stanza-create failed for stanza {cluster.stanza}: "
+                                   f"{runner.last_error_line(proc.stdout + proc.stderr)}", proc.returncode)
+        log.info("stanza-create: the archive lock is held by archive-push; retrying in 5 s")
+        time.sleep(5)
+
+
+def backup(cluster, backup_type: str, run_id: str | None = None, timeout: float | None = None) -> dict:
+    """Take one backup; a failed or interrupted backup raises, it is never reported as a success.
+
+    pgBackRest resumes an interrupted backup of the same type by itself (``resume=y``).
+    """
+    options = [f"--type={backup_type}"]
+    if run_id:
+        options.append(f"--annotation=airflow_run_id={run_id}")
+    run(cluster, "backup", *options, timeout=timeout)
+    latest = latest_backup(cluster)
+    if latest is None or (run_id and latest.get("annotation", {}).get("airflow_run_id") != run_id):
+        raise runner.ToolError(f"pgbackrest backup exited 0 but info does not list the backup of run {run_id}")
+    return latest
+
+
+def expire(cluster) -> None:
+    run(cluster, "expire")
+
+
+def verify(cluster) -> str:
+    """pgbackrest verify, judged by its output: it has exited 0 while printing errors (#2502)."""
+    proc = run(cluster, "verify", "--log-level-console=info", check=False)
+    output = proc.stdout + proc.stderr
+    problems = verify_problems(output)
+    if proc.returncode != 0 or problems:
+        raise runner.ToolError(f"pgbackrest verify found problems in stanza {cluster.stanza}: "
+                               + ("; ".join(problems) or runner.last_error_line(output)), proc.returncode, output)
+    return "ok"
+
+
+def verify_problems(output: str) -> list[str]:
+    """Lines of ``verify`` output that report a problem, and a missing success line."""
+    problems = []
+    for line in output.splitlines():
+        text = line.strip()
+        lowered = text.lower()
+        if "command begin" in lowered:
+            continue  # echoes the options, paths included
+        if " warn: " in lowered or " error: " in lowered or lowered.startswith(("warn:", "error:")) \
+                or "status: error" in lowered or "invalid" in lowered or "missing" in lowered:
+            problems.append(text[:300])
+    if "verify command end: completed successfully" not in output:
+        problems.append("no 'verify command end: completed successfully' line")
+    return problems
+
+
+def info(cluster) -> dict:
+    return parse_info(run(cluster, "info", "--output=json").stdout, cluster.stanza)
+
+
+def parse_info(text: str, stanza: str) -> dict:
+    """The stanza's entry of ``info --output=json`` ({} when absent); raises on unreadable output."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise runner.ToolError(f"pgbackrest info did not return JSON ({exc}): {text[:200]!r}") from None
+    if not isinstance(data, list):
+        raise runner.ToolError(f"pgbackrest info returned {type(data).__name__}, expected a list of stanzas")
+    for entry in data:
+        if isinstance(entry, dict) and entry.get("name") == stanza:
+            return entry
+    return {}
+
+
+def latest_backup(cluster, stanza_info: dict | None = None) -> dict | None:
+    stanza_info = info(cluster) if stanza_info is None else stanza_info
+    good = [b for b in stanza_info.get("backup", []) if not b.get("error")]
+    return good[-1] if good else None
+
+
+def backup_record(cluster, backup_entry: dict, stanza_info: dict) -> dict:
+    """What a restore test and a dashboard need, in the form both tools publish."""
+    start, stop = backup_entry["timestamp"]["start"], backup_entry["timestamp"]["stop"]
+    archive = backup_entry.get("archive") or {}
+    return {
+        "cluster": cluster.name,
+        "tool": "pgbackrest",
+        "label": backup_entry["label"],
+        "type": backup_entry["type"],
+        "start_time": _iso(start),
+        "stop_time": _iso(stop),
+        "duration_seconds": stop - start,
+        "database_size_bytes": backup_entry.get("info", {}).get("size"),
+        "backup_size_bytes": backup_entry.get("info", {}).get("delta"),
+        "repo_size_bytes": backup_entry.get("info", {}).get("repository", {}).get("delta"),
+        "wal_start": archive.get("start"),
+        "wal_stop": archive.get("stop"),
+        "airflow_run_id": (backup_entry.get("annotation") or {}).get("airflow_run_id"),
+        "backup_count": len(stanza_info.get("backup", [])),
+    }
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat()
+
+
+def restore(cluster, target_directory: str, *, set_label: str | None = None, target_time: str | None = None,
+            timeout: float | None = None) -> None:
+    """Restore into another directory. Archiving stays off there: staging never writes to the repo."""
+    options = [f"--pg1-path={target_directory}", "--archive-mode=off"]
+    if set_label:
+        options.append(f"--set={set_label}")
+    if target_time:
+        options += ["--type=time", f"--target={target_time}", "--target-action=promote"]
+    run(cluster, "restore", *options, timeout=timeout)

@@ -1,0 +1,126 @@
+"""Running the backup tools: one place that builds the process, its environment and its log lines.
+
+Secrets reach the tools through the environment only (never argv, which ``ps`` shows to every
+user), and every line logged or raised passes through :func:`redact` first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shlex
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Environment variables whose values are secrets, wherever they come from.
+SECRET_ENV = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+              "PGBACKREST_REPO1_S3_KEY", "PGBACKREST_REPO1_S3_KEY_SECRET", "PGBACKREST_REPO1_S3_TOKEN",
+              "PGBACKREST_REPO1_CIPHER_PASS", "WALG_PGP_KEY_PASSPHRASE", "WALG_LIBSODIUM_KEY")
+
+
+class ToolError(RuntimeError):
+    """A tool exited non-zero (or said it failed). The message is already redacted."""
+
+    def __init__(self, message: str, returncode: int | None = None, output: str = ""):
+        super().__init__(message)
+        self.returncode, self.output = returncode, output
+
+
+@dataclass
+class Secrets:
+    """Values that must never be printed; collected from the env that a command is given."""
+
+    values: set[str] = field(default_factory=set)
+
+    def add(self, *values: str | None) -> None:
+        self.values.update(v for v in values if v and len(v) >= 4)
+
+
+def redact(text: str, secrets) -> str:
+    for value in sorted(getattr(secrets, "values", secrets) or (), key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
+
+
+def secrets_of(env: dict) -> set[str]:
+    return {env[k] for k in SECRET_ENV if env.get(k) and len(env[k]) >= 4}
+
+
+def as_user(argv: list[str], os_user: str | None) -> list[str]:
+    """Run as the cluster's OS user when we are root (the tools must own what they write)."""
+    if os_user and os.geteuid() == 0:
+        # runuser keeps the environment we pass (secrets included) and never asks for a password.
+        return ["runuser", "-u", os_user, "--", *argv]
+    return argv
+
+
+def run(argv: list[str], *, env: dict | None = None, os_user: str | None = None, timeout: float | None = None,
+        check: bool = True, cwd: str | None = None, input_text: str | None = None) -> subprocess.CompletedProcess:
+    """Run a tool, log its command and output (redacted), raise :class:`ToolError` on failure."""
+    full_env = {**os.environ, **(env or {})}
+    secrets = secrets_of(full_env)
+    argv = as_user([str(a) for a in argv], os_user)
+    shown = redact(shlex.join(argv), secrets)
+    log.info("running: %s", shown)
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                              input=input_text)
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(f"{shown} did not finish within {timeout:.0f} s", None,
+                        redact(str(exc.stdout or "") + str(exc.stderr or ""), secrets)) from None
+    except FileNotFoundError:
+        raise ToolError(f"{argv[0]} is not installed or not on PATH (running: {shown})") from None
+    output = redact((proc.stdout or "") + (proc.stderr or ""), secrets)
+    for line in output.splitlines():
+        log.info("  %s", line)
+    log.info("exit %s after %.1f s", proc.returncode, time.monotonic() - started)
+    proc.stdout, proc.stderr = redact(proc.stdout or "", secrets), redact(proc.stderr or "", secrets)
+    if check and proc.returncode != 0:
+        raise ToolError(f"{shown} failed with exit code {proc.returncode}: {last_error_line(output)}",
+                        proc.returncode, output)
+    return proc
+
+
+def last_error_line(output: str) -> str:
+    """The line that says why: pgBackRest prints 'ERROR: [code]: ...', WAL-G 'ERROR: ...'."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "ERROR" in line or "FATAL" in line or "error" in line.lower():
+            return line[:500]
+    return lines[-1][:500] if lines else "(no output)"
+
+
+@contextmanager
+def cluster_lock(lock_dir: str | os.PathLike, cluster: str, timeout: float = 6 * 3600, poll: float = 5.0):
+    """One backup at a time per cluster, across DAGs and cron: a second caller waits, it does not fail.
+
+    The Airflow pool keeps the slot in the scheduler; this lock also covers cron scripts and
+    runs that bypass the scheduler (``airflow dags test``).
+    """
+    path = Path(lock_dir) / f"{cluster}.backup.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ToolError(f"another backup of cluster {cluster} still holds {path} after {timeout:.0f} s") from None
+                if not waited:
+                    log.info("another backup of cluster %s is running; waiting for %s", cluster, path)
+                    waited = True
+                time.sleep(poll)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,191 @@
+"""WAL-G: its settings, its command lines, and what its output means.
+
+WAL-G takes its settings from the environment or from a JSON file (``--config``). The same
+:func:`settings` dict feeds both: the environment of the DAG's tasks and cron scripts, and the
+owner-only walg.json that the database server's ``archive_command`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from datetime import datetime, timedelta, timezone
+
+from pg_backups import runner
+from pg_backups.pgbackrest import write_private
+from pg_backups.s3_access import S3Access
+
+log = logging.getLogger(__name__)
+
+
+def settings(cluster, access: S3Access, *, secrets: bool = True) -> dict[str, str]:
+    w = cluster.walg
+    env = {
+        "WALG_S3_PREFIX": cluster.walg_s3_prefix,
+        "AWS_REGION": access.region,
+        "WALG_COMPRESSION_METHOD": w.compression,
+        "PGDATA": cluster.data_directory,
+        "PGHOST": cluster.socket_directory or cluster.host,
+        "PGPORT": str(cluster.port),
+        "PGUSER": cluster.user,
+    }
+    if access.endpoint_url:
+        env["AWS_ENDPOINT"] = access.endpoint_url
+        env["AWS_S3_FORCE_PATH_STYLE"] = "true"
+    if access.ca_file:
+        env["WALG_S3_CA_CERT_FILE"] = access.ca_file
+    if w.pgp_key_path:
+        env["WALG_PGP_KEY_PATH"] = w.pgp_key_path
+    if secrets and access.access_key:
+        env["AWS_ACCESS_KEY_ID"] = access.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = access.secret_key or ""
+        if access.session_token:
+            env["AWS_SESSION_TOKEN"] = access.session_token
+    return env
+
+
+def write_config(cluster, access: S3Access) -> list[str]:
+    """walg.json for archive_command on the database host (it holds the S3 keys: mode 0600)."""
+    write_private(cluster.walg.config_path, json.dumps(settings(cluster, access), indent=2, sort_keys=True) + "\n",
+                  cluster.os_user)
+    return [cluster.walg.config_path]
+
+
+def command(cluster, name: str, *args: str) -> list[str]:
+    return [cluster.walg.binary, "--config", cluster.walg.config_path, name, *args]
+
+
+def archive_command(cluster) -> str:
+    return shlex.join(command(cluster, "wal-push")) + " %p"
+
+
+def restore_command(cluster) -> str:
+    return shlex.join(command(cluster, "wal-fetch")) + " %f %p"
+
+
+def run(cluster, access: S3Access, name: str, *args: str, extra_env: dict | None = None,
+        timeout: float | None = None, check: bool = True):
+    env = {**settings(cluster, access), **(extra_env or {})}
+    return runner.run(command(cluster, name, *args), env=env, os_user=cluster.os_user, timeout=timeout, check=check)
+
+
+def backup_push(cluster, access: S3Access, run_id: str | None = None, timeout: float | None = None) -> dict:
+    """One backup, tagged with the Airflow run that made it; never reported without a listed result."""
+    extra = {"WALG_SENTINEL_USER_DATA": json.dumps({"airflow_run_id": run_id})} if run_id else {}
+    run(cluster, access, "backup-push", cluster.data_directory, extra_env=extra, timeout=timeout)
+    backups = backup_list(cluster, access)
+    if not backups:
+        raise runner.ToolError("wal-g backup-push exited 0 but backup-list shows no backup")
+    latest = backups[-1]
+    if run_id and run_tag(latest) != run_id:
+        raise runner.ToolError(f"wal-g backup-push exited 0 but the newest backup {latest.get('backup_name')} "
+                               f"is not tagged with run {run_id}")
+    return latest
+
+
+def backup_list(cluster, access: S3Access) -> list[dict]:
+    proc = run(cluster, access, "backup-list", "--json", "--detail", check=False)
+    if proc.returncode != 0:
+        # WAL-G says "No backups found" on stderr (exit 0 or 1 depending on version) for an empty store.
+        if "no backups found" in (proc.stdout + proc.stderr).lower():
+            return []
+        raise runner.ToolError(f"wal-g backup-list failed: {runner.last_error_line(proc.stdout + proc.stderr)}",
+                               proc.returncode)
+    return parse_backup_list(proc.stdout)
+
+
+def parse_backup_list(text: str) -> list[dict]:
+    """``backup-list --json --detail`` sorted oldest first; an empty output is an empty store."""
+    text = text.strip()
+    if not text or text == "null":
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise runner.ToolError(f"wal-g backup-list did not return JSON ({exc}): {text[:200]!r}") from None
+    if not isinstance(data, list) or not all(isinstance(b, dict) and "backup_name" in b for b in data):
+        raise runner.ToolError("wal-g backup-list returned JSON without a list of backups")
+    return sorted(data, key=lambda b: b.get("start_time") or b.get("time") or "")
+
+
+def run_tag(backup: dict) -> str | None:
+    user_data = backup.get("user_data")
+    if isinstance(user_data, str):
+        try:
+            user_data = json.loads(user_data)
+        except json.JSONDecodeError:
+            return None
+    return user_data.get("airflow_run_id") if isinstance(user_data, dict) else None
+
+
+def is_full(backup: dict) -> bool:
+    return "_D_" not in backup["backup_name"]
+
+
+def retention_target(backups: list[dict], now: datetime, days: int) -> str | None:
+    """The oldest backup to keep: everything before it goes. None when nothing is to be deleted.
+
+    Kept: every backup started within ``days``, and always the newest full backup (so a cluster
+    whose backups stopped is never left without one). ``delete before FIND_FULL <target>`` then
+    also keeps the full base of any kept delta, and the WAL that kept backups need.
+    """
+    if not backups:
+        return None
+    cutoff = now - timedelta(days=days)
+    kept = [b for b in backups if _time(b) >= cutoff]
+    fulls = [b for b in backups if is_full(b)]
+    if fulls:
+        kept.append(fulls[-1])
+    oldest_kept = min(kept, key=_time) if kept else backups[-1]
+    if oldest_kept is backups[0] or _time(oldest_kept) <= _time(backups[0]):
+        return None
+    return oldest_kept["backup_name"]
+
+
+def _time(backup: dict) -> datetime:
+    raw = backup.get("start_time") or backup.get("time")
+    return datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def delete_old(cluster, access: S3Access, now: datetime | None = None) -> dict:
+    """Retention. The runbook's `wal-g delete before --confirm` names no target and is not valid."""
+    now = now or datetime.now(timezone.utc)
+    backups = backup_list(cluster, access)
+    target = retention_target(backups, now, cluster.walg.retention_days)
+    if target is None:
+        log.info("retention: nothing older than %s days to delete", cluster.walg.retention_days)
+        return {"deleted_before": None, "kept": len(backups)}
+    run(cluster, access, "delete", "before", "FIND_FULL", target, "--confirm")
+    left = backup_list(cluster, access)
+    return {"deleted_before": target, "kept": len(left), "deleted": len(backups) - len(left)}
+
+
+def backup_record(cluster, backup: dict, backups: list[dict]) -> dict:
+    start, finish = backup.get("start_time") or backup.get("time"), backup.get("finish_time") or backup.get("time")
+    duration = (_parse(finish) - _parse(start)).total_seconds() if start and finish else None
+    return {
+        "cluster": cluster.name,
+        "tool": "walg",
+        "label": backup["backup_name"],
+        "type": "full" if is_full(backup) else "delta",
+        "start_time": _parse(start).isoformat() if start else None,
+        "stop_time": _parse(finish).isoformat() if finish else None,
+        "duration_seconds": duration,
+        "database_size_bytes": backup.get("uncompressed_size"),
+        "backup_size_bytes": backup.get("compressed_size"),
+        "repo_size_bytes": backup.get("compressed_size"),
+        "wal_start": backup.get("wal_file_name"),
+        "wal_stop": None,
+        "airflow_run_id": run_tag(backup),
+        "backup_count": len(backups),
+    }
+
+
+def _parse(raw: str) -> datetime:
+    return datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def backup_fetch(cluster, access: S3Access, target_directory: str, name: str = "LATEST",
+                 timeout: float | None = None) -> None:
+    run(cluster, access, "backup-fetch", target_directory, name, timeout=timeout)

@@ -1,0 +1,462 @@
+"""The local sandbox: everything the DAGs talk to, on loopback ports of its own.
+
+    python sandbox/sandbox.py up        # start (idempotent); prints where things are
+    python sandbox/sandbox.py down      # stop everything it started (idempotent)
+    python sandbox/sandbox.py status
+    python sandbox/sandbox.py destroy   # down, then delete the sandbox directory
+
+It runs (a) a PostgreSQL 15 "production" cluster with WAL archiving to the configured tools,
+seeded with an association-management schema; (b) moto's S3 server behind stunnel TLS with a
+self-signed certificate; (c) a staging root directory; (d) an HTTP receiver standing in for
+Slack's incoming webhook; and (e) Airflow (SQLite) with connections pointing at all of them,
+written to ``<dir>/sandbox.env`` (owner-only) for ``source``.
+
+Settings: SANDBOX_DIR (default /var/tmp/pg-backups-sandbox) and SANDBOX_PORT_BASE (default
+55400; the sandbox uses the ten ports from there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "plugins"))
+
+from pg_backups import operations  # noqa: E402
+from pg_backups.config import load_config  # noqa: E402
+from pg_backups.s3_access import S3Access  # noqa: E402
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+WALG_BINARY = REPO / ".tools" / "bin" / "wal-g"
+STANZA = "asso"
+REGION = "eu-west-3"
+BUCKET = "asso-prod-backups"
+APP_DB = "app"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+    port_base: int
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "Layout":
+        return cls(Path(env.get("SANDBOX_DIR", "/var/tmp/pg-backups-sandbox")).resolve(),
+                   int(env.get("SANDBOX_PORT_BASE", "55400")))
+
+    # Ports
+    pg_port = property(lambda s: s.port_base)
+    staging_port = property(lambda s: s.port_base + 1)
+    moto_port = property(lambda s: s.port_base + 2)
+    s3_tls_port = property(lambda s: s.port_base + 3)
+    slack_port = property(lambda s: s.port_base + 4)
+    api_port = property(lambda s: s.port_base + 5)
+    # Places
+    pgdata = property(lambda s: s.root / "pg" / "production")
+    run_dir = property(lambda s: s.root / "run")
+    staging_root = property(lambda s: s.root / "staging")
+    tls = property(lambda s: s.root / "tls")
+    logs = property(lambda s: s.root / "logs")
+    etc = property(lambda s: s.root / "etc")
+    airflow_home = property(lambda s: s.root / "airflow")
+    slack_messages = property(lambda s: s.root / "slack" / "messages.jsonl")
+    env_file = property(lambda s: s.root / "sandbox.env")
+    clusters_file = property(lambda s: s.root / "clusters.yaml")
+    credentials_file = property(lambda s: s.root / "credentials.json")
+    # By name: pgBackRest 2.45 matches only DNS names in the certificate, not IP addresses.
+    endpoint = property(lambda s: f"https://localhost:{s.s3_tls_port}")
+    ca_file = property(lambda s: s.tls / "cert.pem")
+
+
+def log(message: str) -> None:
+    print(f"[sandbox] {message}", flush=True)
+
+
+def sh(*argv, user: str | None = None, check: bool = True, env: dict | None = None, **kw):
+    argv = [str(a) for a in argv]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    proc = subprocess.run(argv, env={**os.environ, **(env or {})}, text=True, capture_output=True, **kw)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"[sandbox] failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_port(port: int, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not port_open(port):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"[sandbox] {what} did not start listening on 127.0.0.1:{port} within {seconds:.0f} s")
+        time.sleep(0.2)
+
+
+def pid_alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def start_daemon(name: str, argv: list, L: Layout, port: int) -> None:
+    pid_file = L.run_dir / f"{name}.pid"
+    if pid_alive(pid_file) and port_open(port):
+        return
+    if port_open(port):
+        raise SystemExit(f"[sandbox] port {port} for {name} is taken by another program; "
+                         "set SANDBOX_PORT_BASE to a free range")
+    with open(L.logs / f"{name}.log", "a") as out:
+        proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    wait_port(port, name)
+    log(f"{name} listening on 127.0.0.1:{port}")
+
+
+def stop_daemon(name: str, L: Layout) -> None:
+    pid_file = L.run_dir / f"{name}.pid"
+    pid = pid_alive(pid_file)
+    if pid:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not pid_alive(pid_file):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        log(f"{name} stopped")
+    pid_file.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def credentials(L: Layout) -> dict:
+    """Random keys per sandbox (moto accepts any): tests then prove they never reach the logs."""
+    if not L.credentials_file.exists():
+        data = {"aws_access_key_id": "AKIA" + secrets.token_hex(8).upper(),
+                "aws_secret_access_key": secrets.token_urlsafe(30),
+                "pg_password": secrets.token_urlsafe(18),
+                "slack_token": "T0SANDBOX/B0SANDBOX/" + secrets.token_hex(12)}
+        fd = os.open(L.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+    return json.loads(L.credentials_file.read_text())
+
+
+def access(L: Layout, creds: dict) -> S3Access:
+    return S3Access(region=REGION, access_key=creds["aws_access_key_id"], secret_key=creds["aws_secret_access_key"],
+                    endpoint_url=L.endpoint, ca_file=str(L.ca_file))
+
+
+def write_clusters_file(L: Layout) -> None:
+    tools = ["pgbackrest", "walg"] if WALG_BINARY.exists() else ["pgbackrest"]
+    text = f"""# Written by sandbox/sandbox.py: the sandbox's one cluster, everything on loopback.
+clusters:
+  - name: {STANZA}
+    host: 127.0.0.1
+    port: {L.pg_port}
+    socket_directory: {L.run_dir}
+    data_directory: {L.pgdata}
+    os_user: postgres
+    retries: 1
+    retry_delay_seconds: 5
+    lock_directory: {L.run_dir / "locks"}
+    tools: {json.dumps(tools)}
+    alerts:
+      slack_conn_id: slack_ops
+    metrics:
+      textfile_directory: {L.root / "metrics"}
+    s3:
+      bucket: {BUCKET}
+      region: {REGION}
+      aws_conn_id: aws_backups
+      # moto sits behind stunnel, so it sees every request as plain HTTP, and it enforces bucket
+      # policies: a TLS-only policy would deny everything here. Real S3 sees the TLS; keep it on.
+      deny_insecure_transport: false
+    pgbackrest:
+      config_path: {L.etc / "pgbackrest" / "pgbackrest.conf"}
+      spool_path: {L.root / "pgbackrest" / "spool"}
+      log_path: {L.root / "pgbackrest" / "log"}
+      lock_path: {L.root / "pgbackrest" / "lock"}
+      process_max: 2
+    walg:
+      binary: {WALG_BINARY}
+      config_path: {L.etc / "wal-g" / "walg.json"}
+    restore_test:
+      staging_root: {L.staging_root}
+      staging_data_directory: {L.staging_root / "data"}
+      staging_port: {L.staging_port}
+      staging_socket_directory: {L.run_dir}
+      smoke_log: {L.logs / "restore_smoke.log"}
+      audit_log: {L.logs / "asso_restore_audit.log"}
+      check_tables: [members, memberships, payments, events]
+"""
+    L.clusters_file.write_text(text)
+
+
+def ensure_tls(L: Layout) -> None:
+    if L.ca_file.exists():
+        return
+    L.tls.mkdir(parents=True, exist_ok=True)
+    # Go (WAL-G) ignores the CN: the certificate names its host in subjectAltName.
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=localhost",
+       "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", L.tls / "key.pem", "-out", L.ca_file)
+    os.chmod(L.tls / "key.pem", 0o600)
+    os.chmod(L.ca_file, 0o644)
+
+
+def start_s3(L: Layout) -> None:
+    start_daemon("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", L.moto_port], L, L.moto_port)
+    conf = L.run_dir / "stunnel.conf"
+    conf.write_text(f"""pid = {L.run_dir / 'stunnel.pid'}
+foreground = yes
+output = {L.logs / 'stunnel.log'}
+[s3]
+accept = 127.0.0.1:{L.s3_tls_port}
+connect = 127.0.0.1:{L.moto_port}
+cert = {L.ca_file}
+key = {L.tls / 'key.pem'}
+""")
+    start_daemon("stunnel", ["stunnel4", conf], L, L.s3_tls_port)
+
+
+def start_slack(L: Layout) -> None:
+    L.slack_messages.parent.mkdir(parents=True, exist_ok=True)
+    L.slack_messages.touch()
+    start_daemon("slack_receiver", [sys.executable, REPO / "sandbox" / "slack_receiver.py", "--port", L.slack_port,
+                                    "--out", L.slack_messages], L, L.slack_port)
+
+
+def pg_ctl(pgdata: Path, *args, check=True):
+    return sh(PG_BIN / "pg_ctl", "-D", pgdata, *args, user="postgres", check=check)
+
+
+def pg_running(pgdata: Path) -> bool:
+    return pgdata.exists() and pg_ctl(pgdata, "status", check=False).returncode == 0
+
+
+def start_production(L: Layout, creds: dict) -> None:
+    cluster = load_config(L.clusters_file).cluster(STANZA)
+    first = not (L.pgdata / "PG_VERSION").exists()
+    if first:
+        L.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        shutil.chown(L.pgdata.parent, "postgres", "postgres")
+        pwfile = L.run_dir / "pwfile"
+        pwfile.write_text(creds["pg_password"] + "\n")
+        shutil.chown(pwfile, "postgres", "postgres")
+        os.chmod(pwfile, 0o600)
+        sh(PG_BIN / "initdb", "-D", L.pgdata, "--auth-local=peer", "--auth-host=scram-sha-256", "-U", "postgres",
+           f"--pwfile={pwfile}", "--data-checksums", user="postgres")
+        pwfile.unlink()
+    # Written every time: the archive_command follows the configured tools and paths.
+    (L.pgdata / "postgresql.auto.conf").write_text("")
+    settings = {
+        "port": L.pg_port, "listen_addresses": "'127.0.0.1'", "unix_socket_directories": f"'{L.run_dir}'",
+        "wal_level": "replica", "archive_mode": "on", "archive_timeout": "60",
+        "archive_command": "'" + operations.archive_command(cluster).replace("'", "''") + "'",
+        "max_wal_size": "'256MB'", "shared_buffers": "'64MB'", "log_min_messages": "warning",
+    }
+    (L.pgdata / "conf.d").mkdir(exist_ok=True)
+    conf = L.pgdata / "postgresql.conf"
+    if "include_dir = 'conf.d'" not in conf.read_text():
+        conf.write_text(conf.read_text() + "\ninclude_dir = 'conf.d'\n")
+    (L.pgdata / "conf.d" / "sandbox.conf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+    sh("chown", "-R", "postgres:postgres", L.pgdata)
+    if pg_running(L.pgdata):
+        pg_ctl(L.pgdata, "reload")
+    else:
+        if port_open(L.pg_port):
+            raise SystemExit(f"[sandbox] port {L.pg_port} is taken; set SANDBOX_PORT_BASE to a free range")
+        pg_ctl(L.pgdata, "-l", L.pgdata.parent / "production.log", "-w", "-t", "60", "start")
+    log(f"production PostgreSQL on 127.0.0.1:{L.pg_port} (socket {L.run_dir}), data {L.pgdata}")
+    if not psql(L, f"SELECT 1 FROM pg_database WHERE datname = '{APP_DB}'", db="postgres"):
+        seed(L)
+
+
+SEED_SQL = """
+CREATE TABLE members (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, full_name text NOT NULL,
+                      joined_on date NOT NULL);
+CREATE TABLE memberships (id bigserial PRIMARY KEY, member_id bigint NOT NULL REFERENCES members(id),
+                          year int NOT NULL, tier text NOT NULL, UNIQUE (member_id, year));
+CREATE TABLE payments (id bigserial PRIMARY KEY, membership_id bigint NOT NULL REFERENCES memberships(id),
+                       amount_cents int NOT NULL CHECK (amount_cents > 0), paid_at timestamptz NOT NULL);
+CREATE TABLE events (id bigserial PRIMARY KEY, title text NOT NULL, starts_at timestamptz NOT NULL,
+                     attendees int NOT NULL DEFAULT 0);
+CREATE INDEX payments_paid_at ON payments (paid_at);
+INSERT INTO members (email, full_name, joined_on)
+  SELECT 'member' || g || '@example.org', 'Member ' || g, date '2015-01-01' + (g % 3000)
+  FROM generate_series(1, 3000) g;
+INSERT INTO memberships (member_id, year, tier)
+  SELECT m.id, y, (ARRAY['basic','supporter','honorary'])[1 + (m.id + y) % 3]
+  FROM members m CROSS JOIN generate_series(2024, 2026) y;
+INSERT INTO payments (membership_id, amount_cents, paid_at)
+  SELECT id, 1500 + (id % 7) * 500, timestamptz '2024-01-15' + (id % 900) * interval '1 day'
+  FROM memberships;
+INSERT INTO events (title, starts_at, attendees)
+  SELECT 'Event ' || g, timestamptz '2024-02-01' + g * interval '3 days', g % 120
+  FROM generate_series(1, 500) g;
+"""
+
+
+def psql(L: Layout, sql: str, db: str = APP_DB, port: int | None = None) -> str:
+    return sh(PG_BIN / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", L.run_dir, "-p", port or L.pg_port,
+              "-d", db, "-At", "-c", sql, user="postgres").stdout.strip()
+
+
+def seed(L: Layout) -> None:
+    psql(L, f"CREATE DATABASE {APP_DB}", db="postgres")
+    psql(L, SEED_SQL)
+    counts = psql(L, "SELECT (SELECT count(*) FROM members) || ' members, ' || (SELECT count(*) FROM payments) "
+                     "|| ' payments'")
+    log(f"seeded database {APP_DB}: {counts}")
+
+
+def airflow_env(L: Layout, creds: dict) -> dict:
+    aws = {"conn_type": "aws", "login": creds["aws_access_key_id"], "password": creds["aws_secret_access_key"],
+           "extra": {"region_name": REGION, "endpoint_url": L.endpoint, "verify": str(L.ca_file),
+                     "config_kwargs": {"s3": {"addressing_style": "path"}}}}
+    pg = {"conn_type": "postgres", "host": "127.0.0.1", "port": L.pg_port, "login": "postgres",
+          "password": creds["pg_password"], "schema": APP_DB}
+    staging = {**pg, "port": L.staging_port}
+    slack = {"conn_type": "slackwebhook", "host": f"http://127.0.0.1:{L.slack_port}/services",
+             "password": creds["slack_token"]}
+    return {
+        "AIRFLOW_HOME": str(L.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{L.api_port}/execution/",
+        "AIRFLOW__API__PORT": str(L.api_port),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ops:admin,qa:user",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "PYTHONPATH": str(REPO / "plugins"),
+        "PG_BACKUPS_CONFIG": str(L.clusters_file),
+        "AIRFLOW_CONN_AWS_BACKUPS": json.dumps(aws),
+        "AIRFLOW_CONN_PG_ASSO": json.dumps(pg),
+        "AIRFLOW_CONN_PG_ASSO_STAGING": json.dumps(staging),
+        "AIRFLOW_CONN_SLACK_OPS": json.dumps(slack),
+        # The same settings for the cron scripts, which read the standard AWS variables.
+        "AWS_ACCESS_KEY_ID": creds["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
+        "AWS_ENDPOINT_URL": L.endpoint,
+        "AWS_CA_BUNDLE": str(L.ca_file),
+        "SLACK_WEBHOOK_URL": f"http://127.0.0.1:{L.slack_port}/services/{creds['slack_token']}",
+        "SANDBOX_DIR": str(L.root),
+        "SANDBOX_PORT_BASE": str(L.port_base),
+    }
+
+
+def write_env_file(L: Layout, env: dict) -> None:
+    import shlex
+
+    fd = os.open(L.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("# Written by sandbox/sandbox.py; holds the sandbox's secrets (mode 0600).\n")
+        for key, value in env.items():
+            out.write(f"export {key}={shlex.quote(value)}\n")
+
+
+def setup_airflow(L: Layout, env: dict) -> None:
+    L.airflow_home.mkdir(parents=True, exist_ok=True)
+    airflow = Path(sys.executable).parent / "airflow"
+    full_env = {**os.environ, **env}
+    if not (L.airflow_home / "airflow.db").exists():
+        log("airflow db migrate (first start only)")
+        subprocess.run([airflow, "db", "migrate"], env=full_env, check=True, capture_output=True, text=True)
+    for cluster in load_config(L.clusters_file).clusters:
+        subprocess.run([airflow, "pools", "set", cluster.pool, "1", f"one backup at a time on cluster {cluster.name}"],
+                       env=full_env, check=True, capture_output=True, text=True)
+
+
+def up(L: Layout) -> None:
+    for d in (L.root, L.run_dir, L.logs, L.etc, L.staging_root, L.root / "metrics"):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)  # the postgres user must reach its files below
+    shutil.chown(L.run_dir, "postgres", "postgres")
+    shutil.chown(L.staging_root, "postgres", "postgres")
+    creds = credentials(L)
+    write_clusters_file(L)
+    ensure_tls(L)
+    start_s3(L)
+    start_slack(L)
+    cluster = load_config(L.clusters_file).cluster(STANZA)
+    operations.write_tool_configs(cluster, access(L, creds))
+    start_production(L, creds)
+    env = airflow_env(L, creds)
+    write_env_file(L, env)
+    setup_airflow(L, env)
+    log(f"up: S3 {L.endpoint} (bucket {BUCKET}), Slack receiver http://127.0.0.1:{L.slack_port} "
+        f"-> {L.slack_messages}, staging root {L.staging_root}")
+    log(f"tools: {', '.join(cluster.tools)}" + ("" if "walg" in cluster.tools else
+                                                 f" (WAL-G not built: {WALG_BINARY} is missing)"))
+    log(f"environment for Airflow and the scripts: source {L.env_file}")
+
+
+def down(L: Layout) -> None:
+    for pgdata in (L.staging_root / "data", L.pgdata):
+        if pg_running(pgdata):
+            pg_ctl(pgdata, "-m", "fast", "-w", "stop")
+            log(f"PostgreSQL {pgdata} stopped")
+    for name in ("slack_receiver", "stunnel", "moto", "airflow"):
+        stop_daemon(name, L)
+
+
+def status(L: Layout) -> int:
+    rows = {
+        "production PostgreSQL": pg_running(L.pgdata),
+        "staging PostgreSQL": pg_running(L.staging_root / "data"),
+        "moto S3": port_open(L.moto_port),
+        "stunnel TLS": port_open(L.s3_tls_port),
+        "Slack receiver": port_open(L.slack_port),
+    }
+    for name, ok in rows.items():
+        print(f"{name:24} {'up' if ok else 'down'}")
+    return 0 if all(v for k, v in rows.items() if k != "staging PostgreSQL") else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down", "status", "destroy"])
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("[sandbox] run as root: PostgreSQL runs as the postgres user through runuser")
+    L = Layout.from_env()
+    if args.action == "up":
+        up(L)
+    elif args.action == "down":
+        if L.root.exists():
+            down(L)
+    elif args.action == "destroy":
+        if L.root.exists():
+            down(L)
+            shutil.rmtree(L.root)
+            log(f"removed {L.root}")
+    else:
+        return status(L)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
