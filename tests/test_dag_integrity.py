@@ -1,0 +1,99 @@
+"""Every DAG imports cleanly and follows the house rules; a bad configuration is an import error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUNBOOK_SCHEDULES = {
+    "pgbackrest_backup_asso": "15 2 * * *",  # runbook 2.1: 02:15 UTC
+    "walg_backup_asso": "45 2 * * *",  # runbook 2.2: 02:45 UTC
+    "restore_test_asso": "0 2 * 1,4,7,10 0#1",  # runbook 3: first Sunday of each quarter, 02:00 UTC
+}
+
+
+def load_dagbag(config_path: str | Path):
+    """Parse the DAG folder in a child process, as Airflow's dag-processor does."""
+    code = (
+        "import json, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "bag = DagBag(dag_folder=sys.argv[1])\n"
+        "out = {'errors': {k: str(v) for k, v in bag.import_errors.items()}, 'dags': {}}\n"
+        "for dag_id, dag in bag.dags.items():\n"
+        "    tasks = [{'task_id': t.task_id, 'owner': t.owner, 'retries': t.retries,\n"
+        "              'retry_delay': t.retry_delay.total_seconds(), 'pool': t.pool,\n"
+        "              'on_failure_callback': bool(t.on_failure_callback)} for t in dag.tasks]\n"
+        "    out['dags'][dag_id] = {'tags': sorted(dag.tags), 'catchup': dag.catchup,\n"
+        "        'max_active_runs': dag.max_active_runs, 'doc_md': dag.doc_md or '',\n"
+        "        'schedule': str(dag.schedule), 'tasks': tasks}\n"
+        "print(json.dumps(out))\n"
+    )
+    env = {**os.environ, "PG_BACKUPS_CONFIG": str(config_path), "PYTHONPATH": str(REPO / "plugins")}
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "dags")], env=env, text=True, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    return load_dagbag(REPO / "include" / "config" / "clusters.yaml")
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag["errors"] == {}
+    assert set(dagbag["dags"]) >= {"pgbackrest_backup_asso", "walg_backup_asso", "s3_bucket_config_asso"}
+
+
+def test_every_dag_follows_the_house_rules(dagbag):
+    for dag_id, dag in dagbag["dags"].items():
+        assert dag["tags"], dag_id
+        assert dag["catchup"] is False, dag_id
+        assert dag["max_active_runs"] == 1, dag_id
+        assert len(dag["doc_md"]) > 50, dag_id
+        for t in dag["tasks"]:
+            where = f"{dag_id}.{t['task_id']}"
+            assert t["owner"] and t["owner"] != "airflow", where
+            assert t["retries"] >= 1 and t["retry_delay"] > 0, where
+            assert t["on_failure_callback"], where
+
+
+def test_schedules_are_the_runbooks(dagbag):
+    for dag_id, schedule in RUNBOOK_SCHEDULES.items():
+        if dag_id in dagbag["dags"]:
+            assert dagbag["dags"][dag_id]["schedule"] == schedule, dag_id
+    assert dagbag["dags"]["pgbackrest_backup_asso"]["schedule"] == "15 2 * * *"
+    assert dagbag["dags"]["walg_backup_asso"]["schedule"] == "45 2 * * *"
+
+
+def test_both_backup_dags_share_the_clusters_pool(dagbag):
+    pools = {dag_id: {t["pool"] for t in dag["tasks"] if t["task_id"] in ("backup", "backup_push")}
+             for dag_id, dag in dagbag["dags"].items() if "backup_asso" in dag_id}
+    assert pools == {"pgbackrest_backup_asso": {"backups_asso"}, "walg_backup_asso": {"backups_asso"}}
+
+
+def test_dags_are_generated_per_cluster(tmp_path):
+    config = tmp_path / "clusters.yaml"
+    config.write_text("clusters:\n  - name: asso\n  - name: billing\n    tools: [pgbackrest]\n"
+                      "    restore_test: {staging_root: /srv/st, staging_data_directory: /srv/st/data}\n")
+    bag = load_dagbag(config)
+    assert bag["errors"] == {}
+    assert "pgbackrest_backup_billing" in bag["dags"] and "walg_backup_billing" not in bag["dags"]
+    assert "walg_backup_asso" in bag["dags"]
+
+
+def test_bad_configuration_is_an_import_error_not_a_half_built_dag(tmp_path):
+    config = tmp_path / "clusters.yaml"
+    config.write_text("clusters:\n  - name: asso\n    pgbackrest: {schedule: 'at night'}\n")
+    bag = load_dagbag(config)
+    assert bag["dags"] == {}
+    assert bag["errors"], "a bad configuration must show as an import error"
+    for message in bag["errors"].values():
+        assert str(config) in message and "pgbackrest.schedule" in message and "Fix:" in message
