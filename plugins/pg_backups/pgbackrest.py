@@ -50,6 +50,7 @@ def render_config(cluster, access: S3Access) -> str:
         f"start-fast={'y' if pb.start_fast else 'n'}",
         f"archive-async={'y' if pb.archive_async else 'n'}",
         f"archive-timeout={pb.archive_timeout_seconds}",
+        f"io-timeout={pb.io_timeout_seconds}",
         f"spool-path={pb.spool_path}",
         f"log-path={pb.log_path}",
         f"lock-path={pb.lock_path}",

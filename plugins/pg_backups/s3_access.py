@@ -36,7 +36,27 @@ class S3Access:
         """Custom endpoints (an IP, a proxy) cannot do virtual-hosted bucket names."""
         return bool(self.endpoint_url)
 
-    def boto3_client(self):
+    def check_reachable(self, bucket: str) -> None:
+        """Fail fast, with a message Ops can act on, when the bucket cannot be reached.
+
+        The backup tools report an unreachable endpoint late and obliquely (pgBackRest: "has a
+        stanza-create been performed?" after its I/O timeouts), so preflight asks S3 first.
+        """
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self.boto3_client(Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2}))
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            raise ConnectionError(f"S3 bucket {bucket} at {self.endpoint_url or 'AWS ' + self.region} answered {code}: "
+                                  "check that the bucket exists (run the S3 bucket DAG) and the credentials") from None
+        except BotoCoreError as exc:
+            raise ConnectionError(f"S3 endpoint {self.endpoint_url or 'AWS ' + self.region} is unreachable for bucket "
+                                  f"{bucket}: {exc}. Nothing was backed up; check the endpoint and the network") from None
+
+    def boto3_client(self, config=None):
         import boto3
         from botocore.config import Config
 
@@ -45,7 +65,8 @@ class S3Access:
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
             aws_session_token=self.session_token,
             config=Config(s3={"addressing_style": "path" if self.path_style else "auto"},
-                          retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60))
+                          retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10,
+                          read_timeout=60).merge(config or Config()))
 
 
 def access_from_env(settings, env: dict | None = None) -> S3Access:

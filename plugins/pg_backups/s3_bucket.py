@@ -3,6 +3,12 @@
 :func:`reconcile` takes any boto3 S3 client (from the Airflow connection through ``S3Hook``, or
 from the environment for cron) and returns a report of what had drifted and what it changed.
 A second run in a row changes nothing and says so.
+
+Ownership: versioning, public access block and encryption are set exactly. The lifecycle is set
+exactly too (the issue asks for exactly the desired rules): rules with other IDs, added by hand,
+are removed and named in the report (``removed_rules``), the log and Slack. The bucket policy is
+merged instead: only the statement with Sid ``DenyInsecureTransport`` is ours; statements others
+added (SecOps) are kept, since removing a security control silently is worse than a foreign one.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ sa-east-1 us-east-1 us-east-2 us-gov-east-1 us-gov-west-1 us-west-1 us-west-2
 """.split())
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 RULE_CURRENT, RULE_NONCURRENT, RULE_MULTIPART = "backups-current-tiering", "backups-noncurrent-versions", "abort-incomplete-multipart"
+POLICY_SID = "DenyInsecureTransport"  # the one bucket-policy statement this project manages
 
 
 class BucketSettingsError(ValueError):
@@ -68,7 +75,7 @@ def _validate_transitions(key: str, transitions) -> None:
         if t.storage_class not in STORAGE_CLASS_ORDER:
             raise BucketSettingsError(f"{where}.storage_class", f"{t.storage_class!r} is not an S3 storage class for transitions",
                                       f"use one of {', '.join(STORAGE_CLASS_ORDER)}")
-        minimum = 30 if t.storage_class in IA_CLASSES else 1
+        minimum = 30 if t.storage_class in IA_CLASSES else 0  # S3: 0 = at the next midnight for the others
         if t.days < minimum:
             raise BucketSettingsError(f"{where}.days", f"{t.days} days is below what S3 accepts for {t.storage_class} ({minimum})",
                                       f"use {minimum} days or more")
@@ -110,10 +117,7 @@ def desired_state(s) -> dict:
         sse["KMSMasterKeyID"] = s.kms_key_id
     policy = None
     if s.deny_insecure_transport:
-        policy = {"Version": "2012-10-17", "Statement": [{
-            "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-            "Resource": [f"arn:aws:s3:::{s.bucket}", f"arn:aws:s3:::{s.bucket}/*"],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
+        policy = {"Version": "2012-10-17", "Statement": [tls_statement(s.bucket)]}
     return {
         "versioning": "Enabled",
         "lifecycle": rules,
@@ -123,6 +127,59 @@ def desired_state(s) -> dict:
         "encryption": sse,
         "policy": policy,
     }
+
+
+def tls_statement(bucket: str) -> dict:
+    return {"Sid": POLICY_SID, "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+
+
+def merged_policy(s, current: dict | None) -> dict | None:
+    """The bucket policy we want: every statement someone else added (SecOps) kept as it is and
+    where it is; only the statement with our Sid is managed (added, corrected, or removed when
+    deny_insecure_transport is off). No statement left: no policy."""
+    statements = (current or {}).get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else list(statements)
+    ours = tls_statement(s.bucket) if s.deny_insecure_transport else None
+    out, placed = [], False
+    for st in statements:
+        if st.get("Sid") != POLICY_SID:
+            out.append(st)
+        elif ours and not placed:
+            out.append(st if _normal_statement(st) == _normal_statement(ours) else ours)
+            placed = True
+    if ours and not placed:
+        out.append(ours)
+    if not out:
+        return None
+    base = {k: v for k, v in (current or {}).items() if k != "Statement"} or {"Version": "2012-10-17"}
+    return {**base, "Statement": out}
+
+
+def _normal_statement(st: dict) -> dict:
+    """Policies come back with single values unwrapped and lists reordered: compare in one form."""
+    def norm(v):
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in sorted(v.items())}
+        if isinstance(v, list):
+            return sorted((norm(x) for x in v), key=lambda x: json.dumps(x, sort_keys=True))
+        return v
+    out = {}
+    for k, v in st.items():
+        if k in ("Action", "NotAction", "Resource", "NotResource") and isinstance(v, str):
+            v = [v]
+        out[k] = norm(v)
+    return out
+
+
+def _normal_policy(policy: dict | None):
+    if not policy:
+        return None
+    statements = policy.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    return {**{k: v for k, v in policy.items() if k != "Statement"},
+            "Statement": [_normal_statement(st) for st in statements]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,8 +200,9 @@ def _absent(call, *codes):
 
 
 def _normal_rule(rule: dict) -> dict:
-    out = {"ID": rule.get("ID"), "Status": rule.get("Status"),
-           "Filter": {"Prefix": (rule.get("Filter") or {}).get("Prefix", rule.get("Prefix", ""))}}
+    filt = dict(rule.get("Filter") or {})
+    filt["Prefix"] = filt.get("Prefix", rule.get("Prefix", ""))  # no Filter, {} and {"Prefix": ""} mean all
+    out = {"ID": rule.get("ID"), "Status": rule.get("Status"), "Filter": filt}
     if rule.get("Transitions"):
         out["Transitions"] = sorted(({"Days": t.get("Days"), "StorageClass": t["StorageClass"]} for t in rule["Transitions"]),
                                     key=lambda t: t["Days"] or 0)
@@ -153,7 +211,8 @@ def _normal_rule(rule: dict) -> dict:
             ({"NoncurrentDays": t.get("NoncurrentDays"), "StorageClass": t["StorageClass"]}
              for t in rule["NoncurrentVersionTransitions"]), key=lambda t: t["NoncurrentDays"] or 0)
     if rule.get("NoncurrentVersionExpiration"):
-        out["NoncurrentVersionExpiration"] = {"NoncurrentDays": rule["NoncurrentVersionExpiration"].get("NoncurrentDays")}
+        out["NoncurrentVersionExpiration"] = {k: v for k, v in rule["NoncurrentVersionExpiration"].items()
+                                              if k in ("NoncurrentDays", "NewerNoncurrentVersions")}
     if rule.get("AbortIncompleteMultipartUpload"):
         out["AbortIncompleteMultipartUpload"] = {
             "DaysAfterInitiation": rule["AbortIncompleteMultipartUpload"].get("DaysAfterInitiation")}
@@ -205,13 +264,20 @@ class Report:
 
     def as_dict(self) -> dict:
         return {"bucket": self.bucket, "created": self.created, "changed": self.changed,
-                "drift": self.drift, "drifted_settings": [d["setting"] for d in self.drift]}
+                "drift": self.drift, "drifted_settings": [d["setting"] for d in self.drift],
+                "removed_lifecycle_rules": self.removed_rules, "summary": self.summary()}
+
+    @property
+    def removed_rules(self) -> list:
+        return [rule for d in self.drift for rule in d.get("removed_rules", [])]
 
     def summary(self) -> str:
         if self.created:
             return f"bucket {self.bucket}: created and configured ({', '.join(d['setting'] for d in self.drift)})"
         if self.drift:
-            return f"bucket {self.bucket}: drift repaired in {', '.join(d['setting'] for d in self.drift)}"
+            removed = f" (removed foreign lifecycle rules: {', '.join(map(str, self.removed_rules))})" \
+                if self.removed_rules else ""
+            return f"bucket {self.bucket}: drift repaired in {', '.join(d['setting'] for d in self.drift)}{removed}"
         return f"bucket {self.bucket}: no drift, nothing changed"
 
 
@@ -229,6 +295,7 @@ def ensure_bucket(client, s) -> bool:
         log.info("created bucket %s in %s", s.bucket, s.region)
         return True
     location = client.get_bucket_location(Bucket=s.bucket).get("LocationConstraint") or "us-east-1"
+    location = "eu-west-1" if location == "EU" else location  # the legacy name of eu-west-1
     if location != s.region:
         raise RuntimeError(f"bucket {s.bucket} exists in {location}, not in the configured region {s.region}; "
                            f"set s3.region to {location} or choose another bucket name")
@@ -240,6 +307,7 @@ def reconcile(client, s) -> Report:
     report = Report(bucket=s.bucket, created=ensure_bucket(client, s))
     want = _normal_desired(desired_state(s))
     have = current_state(client, s.bucket)
+    want["policy"] = merged_policy(s, have["policy"])
     bucket = s.bucket
     appliers = {
         # Public access first: nothing may be exposed while the rest is being set.
@@ -253,9 +321,18 @@ def reconcile(client, s) -> Report:
         "policy": lambda v: client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(v))
         if v else client.delete_bucket_policy(Bucket=bucket),
     }
+    same = {"policy": lambda a, b: _normal_policy(a) == _normal_policy(b)}
     for setting, apply in appliers.items():
-        if have[setting] != want[setting]:
-            report.drift.append({"setting": setting, "was": have[setting], "now": want[setting]})
+        if not same.get(setting, lambda a, b: a == b)(have[setting], want[setting]):
+            entry = {"setting": setting, "was": have[setting], "now": want[setting]}
+            if setting == "lifecycle":
+                # Exactly the desired lifecycle: rules with other IDs (added by hand) go, and say so.
+                ours = {r["ID"] for r in want["lifecycle"]}
+                entry["removed_rules"] = [r["ID"] for r in have["lifecycle"] if r["ID"] not in ours]
+                if entry["removed_rules"]:
+                    log.warning("bucket %s: removing lifecycle rules this project does not manage: %s",
+                                bucket, ", ".join(map(str, entry["removed_rules"])))
+            report.drift.append(entry)
             apply(want[setting])
             log.info("bucket %s: %s changed from %s to %s", bucket, setting,
                      json.dumps(have[setting], sort_keys=True), json.dumps(want[setting], sort_keys=True))
