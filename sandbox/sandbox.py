@@ -127,7 +127,12 @@ def start_daemon(name: str, argv: list, L: Layout, port: int) -> None:
         proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     pid_file.write_text(str(proc.pid))
-    wait_port(port, name)
+    try:
+        wait_port(port, name, seconds=90)  # moto takes seconds to import on a busy 2-core machine
+    except SystemExit:
+        stop_daemon(name, L)  # leave nothing half-started behind
+        tail = (L.logs / f"{name}.log").read_text()[-1500:]
+        raise SystemExit(f"[sandbox] {name} did not start on 127.0.0.1:{port}; its log ends:\n{tail}") from None
     log(f"{name} listening on 127.0.0.1:{port}")
 
 
@@ -201,6 +206,7 @@ clusters:
       log_path: {L.root / "pgbackrest" / "log"}
       lock_path: {L.root / "pgbackrest" / "lock"}
       process_max: 2
+      io_timeout_seconds: 10
     walg:
       binary: {WALG_BINARY}
       config_path: {L.etc / "wal-g" / "walg.json"}

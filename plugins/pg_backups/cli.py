@@ -6,6 +6,9 @@ operations as the DAGs out.
     python -m pg_backups.cli walg-backup         # PGHOST, PGPORT, PGUSER, PGDATA, WALG_S3_PREFIX
     python -m pg_backups.cli archive-command     # the archive_command to put in postgresql.conf
     python -m pg_backups.cli write-configs       # pgbackrest.conf + walg.json for the database host
+    python -m pg_backups.cli list-pools          # the Airflow pools to create (one per cluster)
+    python -m pg_backups.cli restore-test        # RESTORE_TOOL, STAGING_PGDATA, STAGING_CONNECTION_URI,
+                                                 # PG_BACKREST_STANZA, PG_BACKREST_CONFIG (runbook 3)
 
 The cluster comes from the cluster configuration (``$PG_BACKUPS_CONFIG``), chosen by --cluster or
 PG_BACKREST_STANZA (or the only one configured); the runbook's variables override its values.
@@ -24,11 +27,13 @@ from datetime import datetime, timezone
 
 from pg_backups import operations, runner
 from pg_backups.config import ConfigError, build_cluster, load_config, with_overrides
+from pg_backups.restore import RestoreRefused as RestoreRefusedError
 from pg_backups.s3_access import access_from_env
 
 log = logging.getLogger("pg_backups")
 
-COMMANDS = ("configure-s3", "pgbackrest-backup", "walg-backup", "archive-command", "write-configs")
+COMMANDS = ("configure-s3", "pgbackrest-backup", "walg-backup", "archive-command", "write-configs", "restore-test",
+            "list-pools")
 
 
 def runbook_overrides(env) -> dict:
@@ -61,6 +66,13 @@ def runbook_overrides(env) -> dict:
         over["walg"] = {"prefix": path}
     if s3:
         over["s3"] = s3
+    restore_test: dict = {}
+    if env.get("RESTORE_TOOL"):
+        restore_test["tool"] = env["RESTORE_TOOL"]
+    if env.get("STAGING_PGDATA"):
+        restore_test["staging_data_directory"] = env["STAGING_PGDATA"]
+    if restore_test:
+        over["restore_test"] = restore_test
     return over
 
 
@@ -86,7 +98,25 @@ def resolve_cluster(name: str | None, env=os.environ):
     else:
         cluster = config.cluster(name)  # raises: names the configured ones
     over = runbook_overrides(env)
-    return with_overrides(cluster, over, "environment (runbook variables)") if over else cluster
+    if not over:
+        return cluster
+    try:
+        return with_overrides(cluster, over, "environment (runbook variables)")
+    except ConfigError as exc:  # name the variable the operator set, not only the setting
+        key = exc.key.removeprefix("cluster.")
+        var = next((v for v in RUNBOOK_VARIABLES.get(key, ()) if env.get(v)), None)
+        if var is None:
+            raise
+        raise ConfigError(exc.source, f"{var} (setting {key})", exc.problem, exc.fix) from None
+
+
+# Which runbook variable sets which setting, so that a refused value is reported by its variable.
+RUNBOOK_VARIABLES = {
+    "s3.region": ("REGION",), "s3.bucket": ("BUCKET_NAME", "WALG_S3_PREFIX"), "walg.prefix": ("WALG_S3_PREFIX",),
+    "host": ("PGHOST",), "socket_directory": ("PGHOST",), "port": ("PGPORT",), "user": ("PGUSER",),
+    "data_directory": ("PGDATA",), "pgbackrest.config_path": ("PG_BACKREST_CONFIG",),
+    "restore_test.tool": ("RESTORE_TOOL",), "restore_test.staging_data_directory": ("STAGING_PGDATA",),
+}
 
 
 def alert_slack(text: str, env=os.environ) -> None:
@@ -103,6 +133,19 @@ def alert_slack(text: str, env=os.environ) -> None:
         log.warning("could not alert Slack: %s", type(exc).__name__)
 
 
+def restore_test(cluster, access, run_id: str, env=os.environ) -> dict:
+    """Runbook 3 for cron: the whole drill, its audit line with the sign-off "pending"."""
+    from pg_backups import restore
+
+    staging = restore.StagingConnection.from_uri(env["STAGING_CONNECTION_URI"]) \
+        if env.get("STAGING_CONNECTION_URI") else None
+    tool = cluster.restore_test.tool
+    return operations.restore_test(cluster, tool, access, access.boto3_client(), run_id,
+                                   label=env.get("RESTORE_BACKUP_LABEL") or None,
+                                   target_time=env.get("RESTORE_TARGET_TIME") or None, staging_conn=staging,
+                                   dbname=staging.dbname if staging else None)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pg_backups.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,15 +155,23 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     run_id = "cron__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     cluster = None
+    if args.command == "list-pools":  # for deployment: `airflow pools set` each (docker-compose init)
+        for configured in load_config().clusters:
+            print(configured.pool)
+        return 0
     try:
         cluster = resolve_cluster(args.cluster)
         access = access_from_env(cluster.s3)
         if args.command == "configure-s3":
             result = operations.configure_bucket(cluster, access.boto3_client())
+            if result["changed"]:  # as the DAG does: drift is news for Ops
+                alert_slack(f":wrench: cron configure-s3, cluster `{cluster.name}`: {result['summary']}")
         elif args.command == "pgbackrest-backup":
             result = operations.pgbackrest_daily(cluster, access, run_id)
         elif args.command == "walg-backup":
             result = operations.walg_daily(cluster, access, run_id)
+        elif args.command == "restore-test":
+            result = restore_test(cluster, access, run_id)
         elif args.command == "archive-command":
             print(operations.archive_command(cluster))
             return 0
@@ -128,6 +179,10 @@ def main(argv=None) -> int:
             result = {"written": operations.write_tool_configs(cluster, access)}
     except ConfigError as exc:
         log.error("configuration refused, nothing was changed: %s", exc)
+        alert_slack(f":red_circle: {args.command} refused its configuration: {exc}")
+        return 2
+    except RestoreRefusedError as exc:  # the restore test's guard: nothing was stopped or deleted
+        log.error("%s", exc)
         alert_slack(f":red_circle: {args.command} refused its configuration: {exc}")
         return 2
     except Exception as exc:  # report every failure loudly, with a non-zero exit
