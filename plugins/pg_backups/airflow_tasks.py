@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta, timezone
 
-from pg_backups import alerts, operations, pgbackrest
+from pg_backups import alerts, metrics, operations, pgbackrest
 from pg_backups.config import load_config
 from pg_backups.s3_access import S3Access
 
@@ -84,9 +84,12 @@ def configure_bucket(cluster_name: str) -> dict:
     cluster = cluster_named(cluster_name)
     report = operations.configure_bucket(cluster, s3_client(cluster))
     if report["changed"]:
+        removed = report.get("removed_lifecycle_rules") or []
         alerts.post(cluster, f":wrench: S3 bucket `{report['bucket']}` of cluster `{cluster.name}`: "
-                             f"{'created' if report['created'] else 'drift repaired'} in "
-                             f"{', '.join(report['drifted_settings'])}")
+                             f"{'created and configured' if report['created'] else 'drift repaired'}: "
+                             f"{', '.join(report['drifted_settings'])}"
+                             + (f" (removed lifecycle rules not managed here: {', '.join(map(str, removed))})"
+                                if removed else ""))
     return report
 
 
@@ -115,6 +118,7 @@ def publish_pgbackrest_backup(cluster_name: str, label: str) -> dict:
     cluster = cluster_named(cluster_name)
     record = operations.pgbackrest_latest_record(cluster, label)
     _context()["outlet_events"][backup_asset(cluster, "pgbackrest")].extra = record
+    metrics.record_backup(cluster, record)
     return record
 
 
@@ -132,4 +136,5 @@ def publish_walg_backup(cluster_name: str, label: str) -> dict:
     cluster = cluster_named(cluster_name)
     record = operations.walg_latest_record(cluster, s3_access(cluster), label)
     _context()["outlet_events"][backup_asset(cluster, "walg")].extra = record
+    metrics.record_backup(cluster, record)
     return record

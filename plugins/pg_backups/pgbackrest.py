@@ -88,7 +88,10 @@ def write_private(path: str | os.PathLike, text: str, os_user: str | None, mode:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A leftover temporary file keeps its old mode through O_TRUNC (the secrets would be readable
+    # until the chmod), and a symlink planted there would make root write them elsewhere: start anew.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.chmod(tmp, mode)

@@ -1,0 +1,36 @@
+"""Hourly freshness check of each configured cluster's backups and WAL archiving (runbook 4)."""
+
+from airflow.sdk import DAG, task
+
+from pg_backups import airflow_tasks as t
+from pg_backups import freshness_tasks as f
+from pg_backups.config import load_config
+
+DOC = """
+### Backup freshness of cluster `{name}` (hourly)
+Notices what a failed task cannot report: a paused backup DAG, a dead scheduler, a cron line gone.
+1. **check_backups**: the newest good backup of each tool ({tools}) from `pgbackrest info` /
+   `wal-g backup-list --json --detail`; fails (and alerts Slack) when it is older than
+   {hours} h or missing. Refreshes the backup metrics.
+2. **check_wal_archiving**: `pg_stat_archiver` through connection `{conn}`; fails when the last
+   archive attempt failed, when failures grew since the previous check, or when WAL waits to be
+   archived. Writes the WAL archive metrics.
+3. **bucket_usage**: bytes and objects of `{bucket}` by storage class, noncurrent versions
+   included, as metrics (S3 cost; Prometheus alerts on unusual growth).
+"""
+
+for cluster in load_config().clusters:
+    with DAG(
+        dag_id=f"backup_freshness_{cluster.name}",
+        schedule="@hourly",
+        start_date=t.START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=t.default_args(cluster),
+        tags=["backups", "monitoring", cluster.name],
+        doc_md=DOC.format(name=cluster.name, tools=", ".join(cluster.tools), hours=cluster.alerts.max_backup_age_hours,
+                          conn=cluster.pg_conn_id, bucket=cluster.s3.bucket),
+    ):
+        task(task_id="check_backups")(f.check_backups)(cluster.name)
+        task(task_id="check_wal_archiving")(f.check_wal_archiving)(cluster.name)
+        task(task_id="bucket_usage")(f.bucket_usage)(cluster.name)

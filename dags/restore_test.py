@@ -1,0 +1,71 @@
+"""Quarterly restore test of each configured cluster (runbook 3): the latest backup restored to
+staging, checked, signed off by QA, audited. First Sunday of Jan/Apr/Jul/Oct, 02:00 UTC."""
+
+from airflow.sdk import DAG, Param, task
+
+from pg_backups import airflow_restore as r
+from pg_backups import airflow_tasks as t
+from pg_backups.config import TOOLS, load_config
+
+DOC = """
+### Quarterly restore test of cluster `{name}` (runbook 3)
+**Schedule** `{schedule}`: the first Sunday of January, April, July and October at 02:00 UTC, as the
+runbook's text says. Its cron line (`0 2 1 JAN,APR,JUL,OCT *`) means the 1st of the month, whatever
+the weekday; the text wins (a Sunday night keeps the restore off working hours), so `0#1` = first Sunday.
+
+1. **guard**: refuses (and deletes nothing) when staging `{staging}` resolves to production's data
+   directory, lies outside `{root}`, holds a running PostgreSQL that is not staging (port {port}), or
+   when connection `{conn}` points at production.
+2. **stop_staging** (`pg_ctl stop -m fast`), **purge_staging** (empty, 0700, owned by the OS user).
+3. **restore_latest_backup**: `{tool}` by default (param `tool`); param `backup_label` (default
+   `latest`: the newest good backup in `pgbackrest info` / `wal-g backup-list`), optional
+   `target_time` for PITR. Archiving is off in staging: it never writes to the production repository.
+4. **start_staging** on port {port}, then waits for `pg_is_in_recovery()` to be false.
+5. **smoke_query**: `SELECT count(*) FROM pg_catalog.pg_tables;` into `{smoke}`.
+6. **data_checks**: the marker row written by the restored backup's run, row counts of {tables},
+   amcheck (`bt_index_check` with heapallindexed), not in recovery.
+7. **qa_signoff**: QA ({qa}) validates staging and answers in *Required Actions* (Approve / Reject
+   with a comment) within {days} days. A Reject fails the run.
+8. **audit_and_archive** (always runs): one JSON line in `{audit}` (backup, RTO, checks, sign-off,
+   outcome), both logs archived to `s3://{bucket}/{prefix}/{name}/`; outcome `failed` fails the run.
+   A success posts a summary to Slack.
+9. **stop_staging_after** (teardown, always runs).
+"""
+
+for cluster in load_config().clusters:
+    rt = cluster.restore_test
+    with DAG(
+        dag_id=f"restore_test_{cluster.name}",
+        schedule=rt.schedule,
+        start_date=t.START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=t.default_args(cluster),
+        tags=["backups", "restore-test", cluster.name],
+        params={
+            "tool": Param(rt.tool, enum=[tool for tool in TOOLS if tool in cluster.tools],
+                          description="Which tool's backup to restore"),
+            "backup_label": Param("latest", type="string", description="Backup label/name, or 'latest'"),
+            "target_time": Param(None, type=["null", "string"],
+                                 description="Point in time to recover to (e.g. '2026-01-04 01:30:00+00'); "
+                                             "empty: end of the archived WAL"),
+        },
+        doc_md=DOC.format(name=cluster.name, schedule=rt.schedule, staging=rt.staging_data_directory,
+                          root=rt.staging_root, port=rt.staging_port, conn=cluster.staging_conn_id, tool=rt.tool,
+                          smoke=rt.smoke_log, tables=", ".join(rt.check_tables) or "(none configured)",
+                          qa=", ".join(rt.qa_users), days=rt.signoff_timeout_days, audit=rt.audit_log,
+                          bucket=cluster.s3.bucket, prefix=rt.audit_prefix),
+    ):
+        guard = task(task_id="guard")(r.guard)(cluster.name)
+        stop = task(task_id="stop_staging")(r.stop_staging)(cluster.name)
+        purge = task(task_id="purge_staging")(r.purge_staging)(cluster.name)
+        restored = task(task_id="restore_latest_backup",
+                        inlets=[t.backup_asset(cluster, tool) for tool in cluster.tools])(
+            r.restore_latest_backup)(cluster.name)
+        start = task(task_id="start_staging")(r.start_staging)(cluster.name)
+        smoke = task(task_id="smoke_query")(r.smoke_query)(cluster.name)
+        checks = task(task_id="data_checks")(r.data_checks)(cluster.name, restored)
+        signoff = r.qa_signoff_operator(cluster)
+        audit = task(task_id="audit_and_archive", trigger_rule="all_done")(r.audit_and_archive)(cluster.name)
+        stop_after = task(task_id="stop_staging_after", trigger_rule="all_done")(r.stop_staging_after)(cluster.name)
+        guard >> stop >> purge >> restored >> start >> smoke >> checks >> signoff >> audit >> stop_after.as_teardown()

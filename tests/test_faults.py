@@ -1,0 +1,219 @@
+"""Faults on the real sandbox: each case breaks something for real (S3, PostgreSQL, a worker, Slack,
+a second trigger) and asserts that nothing is lost and that the failure is loud.
+
+Every case puts the sandbox back as it found it (S3, PostgreSQL and the Slack receiver up, backups
+restorable) in ``finally``: the whole test session shares one sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import sandbox as sandbox_module
+from conftest import REPO, wait_for
+from pg_backups import pgbackrest, runner
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+
+def _archiver(sandbox) -> dict:
+    row = sandbox.psql("SELECT archived_count, failed_count, coalesce(last_archived_wal, ''), "
+                       "coalesce(last_failed_wal, '') FROM pg_stat_archiver", db="postgres")
+    archived, failed, last_archived, last_failed = row.split("|")
+    return {"archived": int(archived), "failed": int(failed), "last_archived": last_archived,
+            "last_failed": last_failed}
+
+
+def _assert_no_secret(sandbox, *texts: str) -> None:
+    for secret in sandbox.secrets():
+        for text in texts:
+            assert secret not in text, "a secret of the sandbox appears in the output"
+
+
+def _production_up(sandbox) -> None:
+    L = sandbox.layout
+    if not sandbox_module.pg_running(L.pgdata):
+        sandbox_module.pg_ctl(L.pgdata, "-l", L.pgdata.parent / "production.log", "-w", "-t", "60", "start")
+
+
+def _pgbackrest_pids(config_path: str) -> list[int]:
+    """pgBackRest processes of this sandbox (its config path on the command line) running a backup."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv if a]
+        if args and args[0].endswith("pgbackrest") and f"--config={config_path}" in args \
+                and any(a.startswith("backup") for a in args[1:]):
+            pids.append(int(entry.name))
+    return pids
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_s3_down_during_wal_archiving_queues_then_catches_up_and_loses_nothing(first_backup, sandbox):
+    """archive-push (async) fails while S3 is down, so PostgreSQL keeps the segment in pg_wal and
+    counts the failure; once S3 is back the segment reaches the repository with the row in it."""
+    cluster = sandbox.cluster()
+    before = _archiver(sandbox)
+    marker = f"wal-fault-{time.time_ns()}@example.org"
+    sandbox.stop_s3()
+    try:
+        sandbox.psql(f"INSERT INTO members (email, full_name, joined_on) VALUES ('{marker}', 'WAL fault', now())")
+        segment = sandbox.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())", db="postgres")
+        sandbox.psql("SELECT pg_switch_wal()", db="postgres")
+        # Loud: PostgreSQL counts the failed archive_command (the freshness DAG alerts on it).
+        wait_for(lambda: _archiver(sandbox)["failed"] > before["failed"], 120, what="archive failure while S3 is down")
+        # Not lost: the segment waits in pg_wal, flagged .ready, and is not reported as archived.
+        pg_wal = sandbox.layout.pgdata / "pg_wal"
+        assert (pg_wal / segment).exists()
+        assert (pg_wal / "archive_status" / f"{segment}.ready").exists()
+        assert _archiver(sandbox)["last_archived"] < segment
+    finally:
+        sandbox.start_s3()
+    sandbox.psql("SELECT pg_reload_conf()", db="postgres")  # SIGHUP wakes the archiver: no 60 s nap
+    wait_for(lambda: _archiver(sandbox)["last_archived"] >= segment, 180, every=2,
+             what=f"archiving of {segment} to catch up after S3 came back")
+    assert not (sandbox.layout.pgdata / "pg_wal" / "archive_status" / f"{segment}.ready").exists()
+
+    archive = pgbackrest.info(cluster)["archive"][-1]
+    assert archive["max"][:24] >= segment, archive  # the repository's WAL range moved past it
+    # The segment itself comes back from the repository, and the row committed while S3 was down is
+    # in it: a point-in-time restore can replay it.
+    fetched = sandbox.layout.run_dir / f"fetched-{segment}"
+    try:
+        runner.run([*pgbackrest.command(cluster, "archive-get"), segment, str(fetched)], os_user=cluster.os_user,
+                   timeout=120)
+        assert marker.encode() in fetched.read_bytes()
+    finally:
+        fetched.unlink(missing_ok=True)
+
+
+def test_production_down_fails_at_preflight_with_a_clear_message_and_alerts(first_backup, sandbox):
+    L = sandbox.layout
+    seen = len(sandbox.slack_messages())
+    labels_before = [b["label"] for b in pgbackrest.info(sandbox.cluster())["backup"]]
+    sandbox_module.pg_ctl(L.pgdata, "-m", "fast", "-w", "stop")
+    try:
+        failed = sandbox.dags_test("pgbackrest_backup_asso")
+    finally:
+        _production_up(sandbox)
+    assert failed.state == "failed", failed.task_states
+    assert failed.task_states["preflight"] == "failed"
+    assert failed.task_states.get("backup") in (None, "upstream_failed")
+    message = f"production PostgreSQL of cluster asso (127.0.0.1:{L.pg_port}) is not accepting connections"
+    assert message in failed.output
+    alerts = [t for t in sandbox.slack_texts_since(seen) if "pgbackrest_backup_asso" in t]
+    assert alerts and "preflight" in alerts[-1] and "not accepting connections" in alerts[-1], alerts
+    _assert_no_secret(sandbox, failed.output, *alerts)
+    # Nothing was half-written: the repository lists the same backups, and PostgreSQL is back.
+    assert [b["label"] for b in pgbackrest.info(sandbox.cluster())["backup"]] == labels_before
+    assert sandbox.psql("SELECT count(*) FROM members WHERE id <= 3000") == "3000"
+
+
+def test_worker_killed_mid_backup_is_never_a_success_and_the_next_run_is_clean(first_backup, sandbox):
+    cluster = sandbox.cluster()
+    config_path = cluster.pgbackrest.config_path
+    env = {**os.environ, **sandbox.env}
+    script = REPO / "include" / "scripts" / "pgbackrest_backup.sh"
+    worker = subprocess.Popen([str(script)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        pids = wait_for(lambda: _pgbackrest_pids(config_path) or (worker.poll() is not None and ["gone"]), 180,
+                        every=0.05, what="pgbackrest backup to start")
+        assert pids != ["gone"], "the cron script ended before its backup could be killed"
+        time.sleep(0.5)  # well inside the backup: started, copying
+        # The whole worker dies at once (OOM killer, node lost): the script, Python, pgBackRest.
+        os.killpg(worker.pid, signal.SIGKILL)
+        for pid in _pgbackrest_pids(config_path):  # runuser may have put pgBackRest in its own group
+            os.kill(pid, signal.SIGKILL)
+        out, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    assert worker.returncode == -signal.SIGKILL
+    assert not out.strip(), "a killed run printed a backup record"
+    killed_run = sandbox.psql("SELECT run_id FROM pg_backups_marker ORDER BY created_at DESC LIMIT 1", db="postgres")
+    assert killed_run.startswith("cron__")
+    listed = pgbackrest.info(cluster)["backup"]
+    assert not [b for b in listed if (b.get("annotation") or {}).get("airflow_run_id") == killed_run], \
+        "the killed backup is listed as a backup"
+    wait_for(lambda: not _pgbackrest_pids(config_path), 30, what="no pgBackRest of the killed run left")
+
+    # The next run takes the locks the dead one held (flock: released with the process), and succeeds.
+    again = sandbox.run(script, timeout=900)
+    record = json.loads(again.stdout)
+    assert record["airflow_run_id"] != killed_run
+    newest = pgbackrest.info(cluster)["backup"][-1]
+    assert newest["label"] == record["label"] and not newest.get("error")
+    assert pgbackrest.verify(cluster) == "ok"
+    _assert_no_secret(sandbox, out, err, again.stdout, again.stderr)
+
+
+CONCURRENT_BACKUP = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from pg_backups import operations, pgbackrest
+from pg_backups.config import load_config
+cluster = load_config().cluster("asso")
+done = operations.pgbackrest_backup(cluster, "incr", sys.argv[1])
+entry = next(b for b in pgbackrest.info(cluster)["backup"] if b["label"] == done["label"])
+print(json.dumps({"label": done["label"], "start": entry["timestamp"]["start"], "stop": entry["timestamp"]["stop"]}))
+"""
+
+
+def test_two_triggers_of_the_same_backup_run_one_after_the_other_and_both_succeed(first_backup, sandbox):
+    env = {**os.environ, **sandbox.env, "PYTHONPATH": str(REPO / "plugins")}
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_BACKUP, f"concurrent_{n}_{time.time_ns()}"], env=env,
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in (1, 2)]
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+            results.append((json.loads(out.strip().splitlines()[-1]), err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    (first, _), (second, _) = sorted(results, key=lambda r: r[0]["start"])
+    assert first["label"] != second["label"]
+    assert second["start"] >= first["stop"], (first, second)  # serial: never two backups at once
+    waited = [err for _, err in results if "another backup of cluster asso is running; waiting" in err]
+    assert len(waited) == 1, "exactly one of the two waited for the cluster lock"
+    assert not any("[050]" in err or "unable to acquire lock" in err for _, err in results)
+
+
+def test_slack_unreachable_keeps_the_tasks_own_failure(first_backup, sandbox):
+    closed_port = sandbox.layout.port_base + 7  # nothing of the sandbox listens there
+    assert not sandbox_module.port_open(closed_port)
+    slack = {"conn_type": "slackwebhook", "host": f"http://127.0.0.1:{closed_port}/services",
+             "password": "T0CLOSED/B0CLOSED/nobodylistens"}
+    seen = len(sandbox.slack_messages())
+    sandbox.stop_s3()
+    try:
+        failed = sandbox.dags_test("pgbackrest_backup_asso", env={"AIRFLOW_CONN_SLACK_OPS": json.dumps(slack)})
+    finally:
+        sandbox.start_s3()
+    assert failed.state == "failed"
+    assert failed.task_states["preflight"] == "failed" and failed.try_numbers["preflight"] == 2
+    assert failed.task_states.get("backup") in (None, "upstream_failed")
+    assert "is unreachable for bucket asso-prod-backups" in failed.output  # the original reason
+    assert "Slack alert not sent" in failed.output  # the alert's own failure is a warning, not the error
+    assert sandbox.slack_messages()[seen:] == []
+    _assert_no_secret(sandbox, failed.output)

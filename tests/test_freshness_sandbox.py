@@ -1,0 +1,93 @@
+"""The hourly freshness DAG for real: silent after a fresh backup, failing and alerting when the
+repository holds no good backup; its metrics land in the textfile directory."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_alerts_sandbox import alerts_for, assert_alert, config_copy
+
+pytestmark = pytest.mark.sandbox
+
+
+def test_fresh_backup_is_silent(first_backup, sandbox):
+    count = len(sandbox.slack_messages())
+    result = sandbox.dags_test("backup_freshness_asso")
+    assert result.state == "success", result.output[-4000:]
+    assert sandbox.slack_texts_since(count) == []
+    (verdict,) = result.xcoms["check_backups"]["backups"]
+    assert verdict["tool"] == "pgbackrest" and verdict["stale"] is False
+    assert verdict["label"] == first_backup.xcoms["publish_backup"]["label"] or verdict["age_hours"] < 1
+    assert result.xcoms["check_wal_archiving"]["archive_mode"] == "on"
+    usage = result.xcoms["bucket_usage"]
+    assert usage["bucket"] == "asso-prod-backups" and sum(r["bytes"] for r in usage["by_class"]) > 0
+    metrics_dir = sandbox.layout.root / "metrics"
+    for source in ("pgbackrest", "wal_archive", "s3"):
+        text = (metrics_dir / f"pg_backups_asso_{source}.prom").read_text()
+        assert f'source="{source}"' in text
+    s3 = (metrics_dir / "pg_backups_asso_s3.prom").read_text()
+    assert 'pg_backups_s3_bucket_size_bytes{bucket="asso-prod-backups",cluster="asso",storage_class="STANDARD",' \
+           'version="current"}' in s3
+    assert 'pg_backups_wal_archive_status{cluster="asso"} 1' in (metrics_dir / "pg_backups_asso_wal_archive.prom").read_text()
+
+
+def test_no_good_backup_fails_and_alerts(first_backup, sandbox):
+    from pg_backups import pgbackrest
+    from pg_backups.config import load_config
+
+    import sandbox as sandbox_module
+
+    root = sandbox.layout.root / "test-configs" / "empty-repo"
+    config = config_copy(sandbox, "empty-repo", {"pgbackrest": {
+        "repo_path": "/pgbackrest-empty-for-freshness-test", "config_path": str(root / "pgbackrest.conf")}})
+    cluster = load_config(config).cluster("asso")
+    creds = sandbox_module.credentials(sandbox.layout)
+    pgbackrest.write_config(cluster, sandbox_module.access(sandbox.layout, creds))  # what preflight would write
+    count = len(sandbox.slack_messages())
+    result = sandbox.dags_test("backup_freshness_asso", env={"PG_BACKUPS_CONFIG": config})
+    assert result.state == "failed"
+    assert result.task_states == {"check_backups": "failed", "check_wal_archiving": "success",
+                                  "bucket_usage": "success"}
+    texts = sandbox.slack_texts_since(count)
+    failures = alerts_for(texts, "backup_freshness_asso", "check_backups")
+    assert len(failures) == 1, texts
+    assert_alert(failures[0], "backup_freshness_asso", "check_backups", 2,
+                 "StaleBackup: cluster asso: pgbackrest: no good backup in the repository", sandbox)
+    assert len(texts) == 1, texts  # the other checks are silent
+
+
+def test_failing_wal_archiving_alerts(first_backup, sandbox):
+    """archive_command made to fail for real: the WAL check fails and alerts; the backup check does not.
+    Last in this file: it leaves failed attempts in pg_stat_archiver (restored and waited for below)."""
+    from conftest import wait_for
+
+    def archiver():
+        row = sandbox.psql("SELECT coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false), "
+                           "failed_count FROM pg_stat_archiver", db="postgres")
+        failing, failed = row.split("|")
+        return failing == "t", int(failed)
+
+    sandbox.psql("ALTER SYSTEM SET archive_command = 'false'", db="postgres")
+    try:
+        sandbox.psql("SELECT pg_reload_conf()", db="postgres")
+        before = archiver()[1]
+        sandbox.psql("SELECT txid_current()", db="postgres")  # a commit record: the segment is not empty
+        sandbox.psql("SELECT pg_switch_wal()", db="postgres")
+        wait_for(lambda: archiver()[0] and archiver()[1] > before, 90, what="archive_command to fail")
+        count = len(sandbox.slack_messages())
+        result = sandbox.dags_test("backup_freshness_asso")
+        assert result.state == "failed"
+        assert result.task_states == {"check_backups": "success", "check_wal_archiving": "failed",
+                                      "bucket_usage": "success"}
+        texts = sandbox.slack_texts_since(count)
+        failures = alerts_for(texts, "backup_freshness_asso", "check_wal_archiving")
+        assert len(failures) == 1 and len(texts) == 1, texts
+        assert_alert(failures[0], "backup_freshness_asso", "check_wal_archiving", 2,
+                     "WalArchivingProblem: cluster asso: archive_command is failing", sandbox)
+        status = (sandbox.layout.root / "metrics" / "pg_backups_asso_wal_archive.prom").read_text()
+        assert 'pg_backups_wal_archive_status{cluster="asso"} 0' in status
+    finally:
+        sandbox.psql("ALTER SYSTEM RESET archive_command", db="postgres")
+        sandbox.psql("SELECT pg_reload_conf()", db="postgres")
+        # PostgreSQL retries the failed segment (after up to a minute's pause): wait until it went through.
+        wait_for(lambda: not archiver()[0], 180, every=3, what="WAL archiving to recover")
