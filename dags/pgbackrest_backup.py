@@ -1,6 +1,6 @@
 """Daily pgBackRest backup of each configured cluster (runbook 2.1): 02:15 UTC by default."""
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, Param, task
 
 from pg_backups import airflow_tasks as t
 from pg_backups.config import load_config
@@ -9,7 +9,8 @@ DOC = """
 ### Daily pgBackRest backup of cluster `{name}`
 1. **preflight**: writes pgbackrest.conf, creates the stanza on the first run, `pgbackrest check`
    proves WAL archiving works (PITR).
-2. **backup**: full on {full_days}, `{incr}` otherwise; tagged with this run's id. Holds the
+2. **backup**: full on {full_days}, `{incr}` otherwise (param `backup_type` forces one for a
+   manual run); tagged with this run's id. Holds the
    cluster's pool slot `{pool}`: never at the same time as the WAL-G backup of the cluster.
 3. **expire**: time-based retention, {days} days of full backups and the WAL they need.
 4. **verify**: `pgbackrest verify`, judged by its output as well as its exit code.
@@ -28,6 +29,8 @@ for cluster in load_config().clusters:
         max_active_runs=1,
         default_args=t.default_args(cluster),
         tags=["backups", "pgbackrest", cluster.name],
+        params={"backup_type": Param("auto", enum=["auto", "full", "diff", "incr"],
+                                     description="auto: the weekly policy; or force a type for this run")},
         doc_md=DOC.format(name=cluster.name, full_days=", ".join(cluster.pgbackrest.full_backup_days),
                           incr=cluster.pgbackrest.incremental_type, pool=cluster.pool,
                           days=cluster.pgbackrest.retention_full_days),

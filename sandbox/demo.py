@@ -24,17 +24,6 @@ DAG_ORDER = ("s3_bucket_config_{c}", "pgbackrest_backup_{c}", "walg_backup_{c}",
              "backup_freshness_{c}")
 
 
-def env_from_file(path: Path) -> dict:
-    import shlex
-
-    env = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            env[key] = shlex.split(value)[0] if value else ""
-    return env
-
-
 def dag_ids(env: dict) -> set[str]:
     proc = subprocess.run([Path(sys.executable).parent / "airflow", "dags", "list", "-o", "json"],
                           env={**os.environ, **env}, text=True, capture_output=True)
@@ -58,7 +47,7 @@ def run_dag(dag_id: str, env: dict, L: sandbox.Layout) -> tuple[str, float]:
 def main() -> int:
     L = sandbox.Layout.from_env()
     sandbox.main(["up"])
-    env = env_from_file(L.env_file)
+    env = sandbox.read_env_file(L.env_file)
     cluster = sandbox.load_config(L.clusters_file).cluster(sandbox.STANZA)
     available = dag_ids(env)
     results = []

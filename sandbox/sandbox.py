@@ -374,6 +374,18 @@ def airflow_env(L: Layout, creds: dict) -> dict:
     }
 
 
+def read_env_file(path: Path) -> dict:
+    """The variables of a sandbox.env, for callers that run Airflow or the scripts against it."""
+    import shlex
+
+    env = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
 def write_env_file(L: Layout, env: dict) -> None:
     import shlex
 

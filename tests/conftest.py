@@ -130,24 +130,13 @@ class DagRunResult:
     output: str
 
 
-def read_env_file(path: Path) -> dict:
-    import shlex
-
-    env = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            env[key] = shlex.split(value)[0] if value else ""
-    return env
-
-
 @pytest.fixture(scope="session")
 def sandbox() -> Sandbox:
     up = subprocess.run([sys.executable, REPO / "sandbox" / "sandbox.py", "up"], text=True, capture_output=True,
                         env=os.environ.copy())
     if up.returncode != 0:
         pytest.fail(f"sandbox up failed:\n{up.stdout}\n{up.stderr}")
-    env = read_env_file(SANDBOX_DIR / "sandbox.env")
+    env = sandbox_module.read_env_file(SANDBOX_DIR / "sandbox.env")
     os.environ.update(env)  # connections for in-process hooks too
     box = Sandbox(sandbox_module.Layout.from_env(), env)
     yield box

@@ -74,7 +74,8 @@ def test_s3_dag_failure_alerts_once_after_the_last_try_and_on_retry_when_asked(s
     assert len(retries) == 1 and "`s3_bucket_config_asso.configure_bucket` try 1: EndpointConnectionError" in retries[0]
 
 
-def test_pgbackrest_dag_failure_alerts_with_every_field(sandbox):
+def test_pgbackrest_dag_failure_alerts_with_every_field(configured_bucket, sandbox):
+    # The bucket exists and PostgreSQL answers: preflight gets as far as writing pgbackrest.conf.
     config = config_copy(sandbox, "bad-pgbackrest-conf",
                          {"pgbackrest": {"config_path": "/proc/pg-backups-no-such-dir/pgbackrest.conf"}})
     count = len(sandbox.slack_messages())
@@ -100,7 +101,7 @@ def test_restore_test_dag_failure_alerts(sandbox):
     assert_alert(failures[0], "restore_test_asso", "guard", 1, "points at the production database", sandbox)
 
 
-def test_slack_unreachable_keeps_the_tasks_own_failure(sandbox):
+def test_slack_unreachable_keeps_the_tasks_own_failure(configured_bucket, sandbox):
     config = config_copy(sandbox, "bad-pgbackrest-conf-2",
                          {"pgbackrest": {"config_path": "/proc/pg-backups-no-such-dir/pgbackrest.conf"}})
     slack = json.loads(sandbox.env["AIRFLOW_CONN_SLACK_OPS"])

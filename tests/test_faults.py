@@ -217,3 +217,105 @@ def test_slack_unreachable_keeps_the_tasks_own_failure(first_backup, sandbox):
     assert "Slack alert not sent" in failed.output  # the alert's own failure is a warning, not the error
     assert sandbox.slack_messages()[seen:] == []
     _assert_no_secret(sandbox, failed.output)
+
+
+# --------------------------------------------------------------------------------------------
+# Restore side, through the cron script (no QA sign-off to wait for): each failure writes a
+# "failed" audit line, exits non-zero, alerts Slack, and leaves production alone.
+
+RESTORE_SCRIPT = REPO / "include" / "scripts" / "quarterly_restore_test.sh"
+
+
+def _restore_env(sandbox) -> dict:
+    L = sandbox.layout
+    return {"RESTORE_TOOL": "pgbackrest", "STAGING_PGDATA": str(L.staging_root / "data"), "PG_BACKREST_STANZA": "asso",
+            "STAGING_CONNECTION_URI": f"postgresql://postgres:x@127.0.0.1:{L.staging_port}/app"}
+
+
+def _audit_lines(sandbox) -> list[dict]:
+    path = Path(sandbox.cluster().restore_test.audit_log)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _staging_stopped(sandbox) -> None:
+    from pg_backups import restore
+
+    restore.stop_staging(sandbox.cluster())
+
+
+def _assert_failed_loudly(sandbox, proc, audits_before: int, slack_before: int) -> dict:
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert not proc.stdout.strip() or json.loads(proc.stdout).get("outcome") != "success"
+    lines = _audit_lines(sandbox)[audits_before:]
+    assert len(lines) == 1 and lines[0]["outcome"] == "failed", lines
+    texts = sandbox.slack_texts_since(slack_before)
+    assert any("cron restore-test failed" in t for t in texts), texts
+    assert not any("Restore test passed" in t for t in texts)
+    _assert_no_secret(sandbox, proc.stdout, proc.stderr, *texts, json.dumps(lines))
+    assert sandbox.psql("SELECT count(*) FROM members WHERE id <= 3000") == "3000"  # production untouched
+    return lines[0]
+
+
+def test_restore_with_the_staging_port_taken_fails_loudly(first_backup, sandbox):
+    import socket
+
+    _staging_stopped(sandbox)
+    audits, seen = len(_audit_lines(sandbox)), len(sandbox.slack_messages())
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", sandbox.layout.staging_port))
+    squatter.listen()
+    try:
+        proc = sandbox.run(RESTORE_SCRIPT, env=_restore_env(sandbox), check=False, timeout=600)
+    finally:
+        squatter.close()
+        _staging_stopped(sandbox)
+    line = _assert_failed_loudly(sandbox, proc, audits, seen)
+    assert "could not start server" in proc.stderr or "Address already in use" in proc.stderr, proc.stderr[-3000:]
+    assert line["errors"]
+
+
+def test_restore_into_a_full_staging_disk_fails_loudly(first_backup, sandbox):
+    L = sandbox.layout
+    _staging_stopped(sandbox)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m,mode=0755", "tmpfs", str(L.staging_root)],
+                             capture_output=True, text=True)
+    assert mounted.returncode == 0, f"cannot mount a small tmpfs as staging root here: {mounted.stderr}"
+    audits, seen = len(_audit_lines(sandbox)), len(sandbox.slack_messages())
+    try:
+        proc = sandbox.run(RESTORE_SCRIPT, env=_restore_env(sandbox), check=False, timeout=600)
+    finally:
+        _staging_stopped(sandbox)
+        if subprocess.run(["umount", str(L.staging_root)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(L.staging_root)], capture_output=True)
+    line = _assert_failed_loudly(sandbox, proc, audits, seen)
+    # pgBackRest names the file it could not write (not always errno 28): that line is the error reported.
+    assert "unable to write '" + str(L.staging_root / "data") in json.dumps(line["errors"]), line["errors"]
+    assert "unable to write" in sandbox.slack_texts_since(seen)[-1]
+    assert line.get("restore_duration_seconds") is None
+
+
+def test_restore_test_while_a_backup_runs_restores_a_complete_backup(first_backup, sandbox):
+    cluster = sandbox.cluster()
+    before = {b["label"] for b in pgbackrest.info(cluster)["backup"]}
+    env = {**os.environ, **sandbox.env}
+    backup = subprocess.Popen([str(REPO / "include" / "scripts" / "pgbackrest_backup.sh")], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: _pgbackrest_pids(cluster.pgbackrest.config_path) or backup.poll() is not None, 180,
+                 every=0.05, what="the backup to start")
+        restored = sandbox.run(RESTORE_SCRIPT, env=_restore_env(sandbox), check=False, timeout=600)
+        out, err = backup.communicate(timeout=600)
+    finally:
+        if backup.poll() is None:
+            os.killpg(backup.pid, signal.SIGKILL)
+        _staging_stopped(sandbox)
+    assert backup.returncode == 0, err[-3000:]
+    assert restored.returncode == 0, restored.stdout[-2000:] + restored.stderr[-3000:]
+    line = _audit_lines(sandbox)[-1]
+    assert line["outcome"] == "success"
+    new_label = json.loads(out)["label"]
+    # The restore took a complete backup: one listed before, or the new one once it had finished.
+    assert line["backup_label"] in before | {new_label}
+    good = {b["label"] for b in pgbackrest.info(cluster)["backup"] if not b.get("error")}
+    assert line["backup_label"] in good and new_label in good

@@ -201,6 +201,35 @@ def test_configure_s3_refuses_shell_metacharacters_cleanly(tmp_path, variable, v
     assert not pwned.exists()
 
 
+@pytest.mark.parametrize("variable, value, refused", [
+    ("PGPORT", "5432; touch {pwned}", True),
+    ("PGPORT", "$(touch {pwned})", True),
+    ("WALG_S3_PREFIX", "s3://asso;touch {pwned}/postgres", True),
+    ("PGHOST", "db.internal`touch {pwned}`", False),  # a host name is passed as data, never to a shell
+    ("PGUSER", "postgres$(touch {pwned})", False),
+])
+def test_runbook_variables_with_shell_metacharacters_run_nothing(tmp_path, variable, value, refused):
+    pwned = tmp_path / "pwned"
+    proc = _script(SCRIPTS / "pg_backups_cli.sh", "archive-command", env={variable: value.format(pwned=pwned)},
+                   cwd=tmp_path)
+    assert proc.returncode == (2 if refused else 0), (proc.returncode, proc.stderr[-2000:])
+    if refused:
+        assert variable in proc.stderr and "Traceback" not in proc.stderr
+    assert not pwned.exists()
+
+
+def test_python_path_with_spaces_and_metacharacters(tmp_path):
+    pwned = tmp_path / "pwned"
+    odd = tmp_path / f"py thon $(touch {pwned}) ;" / "python"
+    odd.parent.mkdir(parents=True)
+    # (a symlink would lose the venv: Python finds pyvenv.cfg beside the path it was started by)
+    odd.write_text(f'#!/bin/sh\nexec {shlex.quote(str(REPO / ".venv" / "bin" / "python"))} "$@"\n')
+    odd.chmod(0o755)
+    proc = _script(SCRIPTS / "pg_backups_cli.sh", "archive-command", env={"PG_BACKUPS_PYTHON": str(odd)}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "archive-push %p" in proc.stdout and not pwned.exists()
+
+
 def test_stanza_with_shell_metacharacters_is_refused(tmp_path):
     pwned = tmp_path / "pwned"
     hand_written = tmp_path / "pgbackrest.conf"

@@ -98,9 +98,11 @@ def pgbackrest_preflight(cluster_name: str) -> dict:
     return operations.pgbackrest_preflight(cluster, s3_access(cluster))
 
 
-def pgbackrest_backup(cluster_name: str, backup_type: str = "auto") -> dict:
+def pgbackrest_backup(cluster_name: str) -> dict:
+    """Backup type from the run's params: `auto` (the weekly policy) or full/diff/incr by hand."""
     cluster = cluster_named(cluster_name)
     context = _context()
+    backup_type = (context.get("params") or {}).get("backup_type", "auto")
     if backup_type == "auto":
         backup_type = pgbackrest.backup_type_for(cluster, context["logical_date"] or datetime.now(timezone.utc))
     return operations.pgbackrest_backup(cluster, backup_type, context["run_id"])

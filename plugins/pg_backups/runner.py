@@ -91,6 +91,11 @@ def run(argv: list[str], *, env: dict | None = None, os_user: str | None = None,
 def last_error_line(output: str) -> str:
     """The line that says why: pgBackRest prints 'ERROR: [code]: ...', WAL-G 'ERROR: ...'."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
+    # The tool's own "ERROR: [064]: unable to write ..." first: pgBackRest follows it with lines
+    # such as "[FileWriteError] on retry after 15000ms" that name no cause.
+    for line in reversed(lines):
+        if "ERROR:" in line or "FATAL:" in line:
+            return line[:500]
     for line in reversed(lines):
         if "ERROR" in line or "FATAL" in line or "error" in line.lower():
             return line[:500]
