@@ -90,7 +90,8 @@ def main() -> None:
           f"{cluster.pgbackrest.process_max}) ==")
     print(f"{'type':6} {'wall s':>8} {'CPU s':>8} {'repo MB':>9}")
     results = {}
-    for kind in ("zst", "lz4", "gz", "none"):
+    # Not "none": moto keeps every object in memory and fails (HTTP 500) on 1 GB uncompressed sets.
+    for kind in ("zst", "lz4", "gz"):
         wall, cpu, _ = timed([*runuser, *pgbackrest.command(cluster, "backup", "--type=full", f"--compress-type={kind}")])
         repo = newest_backup(cluster)["info"]["repository"]["delta"]
         results[kind] = {"wall": wall, "cpu": cpu, "repo_bytes": repo}

@@ -23,11 +23,7 @@ for cluster in load_config().clusters:
     with DAG(
         dag_id=f"backup_freshness_{cluster.name}",
         schedule="@hourly",
-        start_date=t.START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=t.default_args(cluster),
-        tags=["backups", "monitoring", cluster.name],
+        **t.dag_args(cluster, "monitoring"),
         doc_md=DOC.format(name=cluster.name, tools=", ".join(cluster.tools), hours=cluster.alerts.max_backup_age_hours,
                           conn=cluster.pg_conn_id, bucket=cluster.s3.bucket),
     ):

@@ -24,11 +24,7 @@ for cluster in load_config().clusters:
     with DAG(
         dag_id=f"pgbackrest_backup_{cluster.name}",
         schedule=cluster.pgbackrest.schedule,
-        start_date=t.START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=t.default_args(cluster),
-        tags=["backups", "pgbackrest", cluster.name],
+        **t.dag_args(cluster, "pgbackrest"),
         params={"backup_type": Param("auto", enum=["auto", "full", "diff", "incr"],
                                      description="auto: the weekly policy; or force a type for this run")},
         doc_md=DOC.format(name=cluster.name, full_days=", ".join(cluster.pgbackrest.full_backup_days),

@@ -37,11 +37,7 @@ for cluster in load_config().clusters:
     with DAG(
         dag_id=f"restore_test_{cluster.name}",
         schedule=rt.schedule,
-        start_date=t.START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=t.default_args(cluster),
-        tags=["backups", "restore-test", cluster.name],
+        **t.dag_args(cluster, "restore-test"),
         params={
             "tool": Param(rt.tool, enum=[tool for tool in TOOLS if tool in cluster.tools],
                           description="Which tool's backup to restore"),

@@ -17,11 +17,7 @@ for cluster in load_config().clusters:
     with DAG(
         dag_id=f"s3_bucket_config_{cluster.name}",
         schedule="@daily",
-        start_date=t.START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=t.default_args(cluster),
-        tags=["backups", "s3", cluster.name],
+        **t.dag_args(cluster, "s3"),
         doc_md=DOC.format(name=cluster.name, bucket=cluster.s3.bucket, region=cluster.s3.region),
     ):
         task(task_id="configure_bucket")(t.configure_bucket)(cluster.name)

@@ -21,11 +21,7 @@ for cluster in load_config().clusters:
     with DAG(
         dag_id=f"walg_backup_{cluster.name}",
         schedule=cluster.walg.schedule,
-        start_date=t.START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=t.default_args(cluster),
-        tags=["backups", "walg", cluster.name],
+        **t.dag_args(cluster, "walg"),
         doc_md=DOC.format(name=cluster.name, pool=cluster.pool, days=cluster.walg.retention_days),
     ):
         backup = task(task_id="backup_push", pool=cluster.pool)(t.walg_backup)(cluster.name)

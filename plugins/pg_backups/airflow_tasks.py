@@ -33,6 +33,13 @@ def default_args(cluster) -> dict:
     return args
 
 
+def dag_args(cluster, purpose: str) -> dict:
+    """What every DAG of a cluster shares: its start, no catchup, one run at a time, retries and
+    Slack alerts, tags to filter by in the UI."""
+    return {"start_date": START_DATE, "catchup": False, "max_active_runs": 1,
+            "default_args": default_args(cluster), "tags": ["backups", purpose, cluster.name]}
+
+
 def backup_asset(cluster, tool: str):
     """The asset a backup DAG updates; its events carry the backup record (label, times, sizes)."""
     from airflow.sdk import Asset
