@@ -12,7 +12,8 @@ Slack's incoming webhook; and (e) Airflow (SQLite) with connections pointing at 
 written to ``<dir>/sandbox.env`` (owner-only) for ``source``.
 
 Settings: SANDBOX_DIR (default /var/tmp/pg-backups-sandbox) and SANDBOX_PORT_BASE (default
-55400; the sandbox uses the ten ports from there).
+25400; the sandbox uses the ten ports from there). Keep them below 32768: ports in the kernel's
+ephemeral range (32768-60999) can be held by any outgoing connection, and binding then fails.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Layout:
     @classmethod
     def from_env(cls, env=os.environ) -> "Layout":
         return cls(Path(env.get("SANDBOX_DIR", "/var/tmp/pg-backups-sandbox")).resolve(),
-                   int(env.get("SANDBOX_PORT_BASE", "55400")))
+                   int(env.get("SANDBOX_PORT_BASE", "25400")))
 
     # Ports
     pg_port = property(lambda s: s.port_base)

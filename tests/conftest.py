@@ -1,8 +1,9 @@
 """One sandbox per test session: real PostgreSQL, real pgBackRest, moto S3 behind stunnel TLS, a
-Slack receiver and Airflow, on ports of their own (TEST_SANDBOX_PORT_BASE, default 56400).
+Slack receiver and Airflow, on ports of their own (TEST_SANDBOX_PORT_BASE, default 26400).
 
 Tests marked ``sandbox`` use it; ``pytest -m "not sandbox"`` runs the fast unit tests alone.
-KEEP_SANDBOX=1 leaves it running after the session (for debugging).
+KEEP_SANDBOX=1 keeps it after the session and reuses it in the next (for debugging); otherwise
+each session starts from a new one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PORT_BASE = int(os.environ.get("TEST_SANDBOX_PORT_BASE", "56400"))
+PORT_BASE = int(os.environ.get("TEST_SANDBOX_PORT_BASE", "26400"))
 SANDBOX_DIR = Path(os.environ.get("TEST_SANDBOX_DIR", f"/var/tmp/pg-backups-test-{PORT_BASE}"))
 
 sys.path.insert(0, str(REPO / "plugins"))
@@ -132,6 +133,9 @@ class DagRunResult:
 
 @pytest.fixture(scope="session")
 def sandbox() -> Sandbox:
+    # A fresh sandbox per session: whatever an earlier session left in SANDBOX_DIR goes first.
+    if os.environ.get("KEEP_SANDBOX") != "1":
+        subprocess.run([sys.executable, REPO / "sandbox" / "sandbox.py", "destroy"], text=True, capture_output=True)
     up = subprocess.run([sys.executable, REPO / "sandbox" / "sandbox.py", "up"], text=True, capture_output=True,
                         env=os.environ.copy())
     if up.returncode != 0:

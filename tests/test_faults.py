@@ -38,10 +38,18 @@ def _assert_no_secret(sandbox, *texts: str) -> None:
             assert secret not in text, "a secret of the sandbox appears in the output"
 
 
-def _production_up(sandbox) -> None:
+def _production_up(sandbox, seconds: float = 120) -> None:
+    """Start production again. Retried: while it was down, another program's outgoing connection
+    may have been given its port as an ephemeral source port (seen here: "could not bind IPv4
+    address: Address already in use"); that connection ends within seconds."""
     L = sandbox.layout
-    if not sandbox_module.pg_running(L.pgdata):
-        sandbox_module.pg_ctl(L.pgdata, "-l", L.pgdata.parent / "production.log", "-w", "-t", "60", "start")
+    deadline = time.monotonic() + seconds
+    while not sandbox_module.pg_running(L.pgdata):
+        started = sandbox_module.pg_ctl(L.pgdata, "-l", L.pgdata.parent / "production.log", "-w", "-t", "60", "start",
+                                        check=False)
+        if started.returncode != 0:
+            assert time.monotonic() < deadline, f"production PostgreSQL does not start again: {started.stdout}"
+            time.sleep(2)
 
 
 def _pgbackrest_pids(config_path: str) -> list[int]:
