@@ -137,8 +137,11 @@ def restore_test(cluster, access, run_id: str, env=os.environ) -> dict:
     """Runbook 3 for cron: the whole drill, its audit line with the sign-off "pending"."""
     from pg_backups import restore
 
-    staging = restore.StagingConnection.from_uri(env["STAGING_CONNECTION_URI"]) \
-        if env.get("STAGING_CONNECTION_URI") else None
+    if not env.get("STAGING_CONNECTION_URI"):
+        # The checks need staging's database; without it they would look in `postgres` and fail late.
+        raise ConfigError("environment", "STAGING_CONNECTION_URI", "missing",
+                          "export it as in the runbook: postgresql://<user>:<password>@<staging host>:<port>/app")
+    staging = restore.StagingConnection.from_uri(env["STAGING_CONNECTION_URI"])
     tool = cluster.restore_test.tool
     return operations.restore_test(cluster, tool, access, access.boto3_client(), run_id,
                                    label=env.get("RESTORE_BACKUP_LABEL") or None,
