@@ -7,9 +7,5 @@
 #   AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY   S3 keys (or an instance role); AWS_ENDPOINT_URL, AWS_CA_BUNDLE
 set -euo pipefail
 
-case "${1:-}" in
-  -h|--help) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
-  "") ;;
-  *) echo "usage: configure_s3.sh   (settings come from the environment; see --help)" >&2; exit 2;;
-esac
-exec "$(dirname "${BASH_SOURCE[0]}")/pg_backups_cli.sh" configure-s3
+# --help, and refusing stray arguments, are handled there, for every script alike.
+exec "$(dirname "${BASH_SOURCE[0]}")/pg_backups_cli.sh" --for "${BASH_SOURCE[0]}" configure-s3 "$@"

@@ -14,9 +14,5 @@
 # 0 2 1-7 1,4,7,10 * [ "$(date -u +\%u)" = 7 ] && /opt/asso/include/scripts/quarterly_restore_test.sh >> /var/log/asso_restore.log 2>&1
 set -euo pipefail
 
-case "${1:-}" in
-  -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
-  "") ;;
-  *) echo "usage: quarterly_restore_test.sh   (settings come from the environment; see --help)" >&2; exit 2;;
-esac
-exec "$(dirname "${BASH_SOURCE[0]}")/pg_backups_cli.sh" restore-test
+# --help, and refusing stray arguments, are handled there, for every script alike.
+exec "$(dirname "${BASH_SOURCE[0]}")/pg_backups_cli.sh" --for "${BASH_SOURCE[0]}" restore-test "$@"

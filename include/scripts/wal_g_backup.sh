@@ -9,9 +9,5 @@
 # cron: 45 2 * * * /opt/asso/include/scripts/wal_g_backup.sh >> /var/log/wal_g_cron.log 2>&1
 set -euo pipefail
 
-case "${1:-}" in
-  -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
-  "") ;;
-  *) echo "usage: wal_g_backup.sh   (settings come from the environment; see --help)" >&2; exit 2;;
-esac
-exec "$(dirname "${BASH_SOURCE[0]}")/pg_backups_cli.sh" walg-backup
+# --help, and refusing stray arguments, are handled there, for every script alike.
+exec "$(dirname "${BASH_SOURCE[0]}")/pg_backups_cli.sh" --for "${BASH_SOURCE[0]}" walg-backup "$@"
