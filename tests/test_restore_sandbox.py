@@ -10,18 +10,13 @@ The tests build on each other, in file order; the corrupted-backup test comes la
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import DagRunResult, wait_for
+import signoff  # sandbox/signoff.py
+from conftest import DagRunResult
 from pg_backups import operations
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -33,79 +28,14 @@ AIRFLOW = Path(sys.executable).parent / "airflow"
 @pytest.fixture(scope="module")
 def api(sandbox):
     """A real `airflow api-server` on the sandbox's API port; users ops (admin) and qa."""
-    port = sandbox.layout.api_port
-    log = open(sandbox.layout.logs / "restore-api-server.log", "a")
-    proc = subprocess.Popen([AIRFLOW, "api-server", "--port", str(port), "--workers", "1"],
-                            env={**os.environ, **sandbox.env}, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return urllib.request.urlopen(f"{base}/api/v2/version", timeout=3).status in (200, 401)
-        except urllib.error.HTTPError as exc:
-            return exc.code == 401
-        except OSError:
-            assert proc.poll() is None, "api-server exited; see restore-api-server.log"
-            return False
-
-    wait_for(up, seconds=180, every=2, what="airflow api-server")
-    yield Api(base, sandbox.layout.airflow_home)
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
-
-
-class Api:
-    def __init__(self, base: str, airflow_home: Path):
-        self.base, self.home = base, airflow_home
-
-    def token(self, user: str) -> str:
-        passwords = json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())
-        body = self.request("POST", "/auth/token", {"username": user, "password": passwords[user]})
-        return body["access_token"]
-
-    def request(self, method: str, path: str, body=None, token: str | None = None):
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode() if body is not None else None,
-                                     headers=headers, method=method)
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"null")
-
-    def answer(self, run_id: str, user: str, option: str, comment: str):
-        path = (f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/"
-                "qa_signoff/-1/hitlDetails")
-        return self.request("PATCH", path, {"chosen_options": [option], "params_input": {"comment": comment}},
-                            self.token(user))
+    with signoff.api_server(sandbox.layout, sandbox.env, sandbox.layout.logs / "restore-api-server.log") as server:
+        yield server
 
 
 def run_with_signoff(sandbox, api, option: str, comment: str, while_waiting=None, conf=None) -> DagRunResult:
-    """`airflow dags test` in the background; answer QA's sign-off through the API when it asks."""
-    before = {r for r, in sandbox._db("SELECT run_id FROM dag_run WHERE dag_id = ?", DAG_ID)}
-    args = [AIRFLOW, "dags", "test", DAG_ID] + (["--conf", json.dumps(conf)] if conf else [])
-    proc = subprocess.Popen(args, env={**os.environ, **sandbox.env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=sandbox.layout.root)
-    try:
-        def awaiting():
-            assert proc.poll() is None, f"dags test ended before the sign-off:\n{proc.stdout.read()[-5000:]}"
-            rows = sandbox._db("SELECT r.run_id FROM task_instance t JOIN dag_run r ON r.dag_id = t.dag_id "
-                               "AND r.run_id = t.run_id WHERE t.dag_id = ? AND t.task_id = 'qa_signoff' "
-                               "AND t.state = 'awaiting_input'", DAG_ID)
-            return [r for r, in rows if r not in before]
-
-        run_id = wait_for(awaiting, seconds=600, every=2, what="qa_signoff awaiting input")[0]
-        if while_waiting:
-            while_waiting(run_id)
-        api.answer(run_id, "qa", option, comment)
-        output, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+    """`airflow dags test` in the background; QA answers the sign-off through the API when asked."""
+    run_id, output = signoff.run_with_signoff(sandbox.layout, sandbox.env, api, DAG_ID, option, comment,
+                                              while_waiting, conf)
     return result_of(sandbox, run_id, output)
 
 

@@ -117,11 +117,15 @@ class QASignoffOperator(ApprovalOperator):
             "at": at.isoformat() if hasattr(at, "isoformat") else at,
             "comment": params_input.get("comment"),
         })
-        if status == "rejected":
-            from airflow.sdk.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
+        if status == "rejected":
             # No retry: asking QA again would not change the answer.
             raise AirflowFailException(f"QA rejected the restore test: {params_input.get('comment') or 'no comment'}")
+        if event.get("error_type") == "timeout":
+            # No retry either: a retry would ask again and stretch the wait to (retries + 1) timeouts.
+            raise AirflowFailException(f"QA did not sign off within {self.response_timeout}: the restore test "
+                                       "is not validated")
         return super().execute_complete(context=context, event=event)
 
 
