@@ -23,7 +23,8 @@ from pathlib import Path
 AIRFLOW = Path(sys.executable).parent / "airflow"
 
 
-def _wait(predicate, seconds: float, what: str, every: float = 2.0):
+def wait_for(predicate, seconds: float = 60, every: float = 1.0, what: str = "condition"):
+    """The predicate's first true value, polled every `every` seconds for at most `seconds`."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = predicate()
@@ -78,7 +79,7 @@ def api_server(layout, env: dict, log_path: Path):
                 return False
 
         try:
-            _wait(up, 180, "airflow api-server")
+            wait_for(up, 180, every=2, what="airflow api-server")
             yield Api(base, layout.airflow_home)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -107,7 +108,7 @@ def run_with_signoff(layout, env: dict, api: Api, dag_id: str, option: str, comm
                 raise RuntimeError(f"dags test ended before the sign-off:\n{proc.stdout.read()[-5000:]}")
             return [r for r in runs_awaiting() if r not in before]
 
-        run_id = _wait(awaiting, 600, "qa_signoff awaiting input")[0]
+        run_id = wait_for(awaiting, 600, every=2, what="qa_signoff awaiting input")[0]
         if while_waiting:
             while_waiting(run_id)
         api.answer(dag_id, run_id, user, option, comment)

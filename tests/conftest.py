@@ -13,7 +13,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ os.environ.update({
 })
 
 import sandbox as sandbox_module  # noqa: E402  (sandbox/sandbox.py)
+from signoff import wait_for  # noqa: E402,F401  (sandbox/signoff.py; the tests import it from here)
 
 
 
@@ -162,13 +162,3 @@ def first_backup(configured_bucket):
     result = configured_bucket.dags_test("pgbackrest_backup_asso")
     assert result.state == "success", result.output[-5000:]
     return result
-
-
-def wait_for(predicate, seconds: float = 60, every: float = 1.0, what: str = "condition"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
