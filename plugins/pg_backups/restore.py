@@ -223,14 +223,17 @@ def start_staging(cluster, timeout: float = 3600) -> str:
     return "started"
 
 
+def _psql(cluster, host: str | None, port: int, dbname: str, sql: str) -> list[str]:
+    """The one psql command line: unaligned, quiet, stops at the first error."""
+    return [str(Path(cluster.bin_directory) / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+            *(["-h", host] if host else []), "-p", str(port), "-U", cluster.user, "-d", dbname, "-c", sql]
+
+
 def psql_command(cluster, sql: str, dbname: str | None = None) -> list[str]:
     rt = cluster.restore_test
     # Staging is local: its socket (the configured one, or libpq's default, where pg_ctl starts
     # it without -k) with peer authentication as the OS user; no password is ever needed.
-    host = ["-h", rt.staging_socket_directory] if rt.staging_socket_directory else []
-    return [str(Path(cluster.bin_directory) / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            *host, "-p", str(rt.staging_port), "-U", cluster.user, "-d", dbname or MARKER_DATABASE,
-            "-c", sql]
+    return _psql(cluster, rt.staging_socket_directory, rt.staging_port, dbname or MARKER_DATABASE, sql)
 
 
 def staging_sql(cluster, sql: str, dbname: str | None = None, timeout: float = 600) -> str:
@@ -320,9 +323,7 @@ def marker_sql(run_id: str, tool: str) -> str:
 
 
 def production_psql_command(cluster, sql: str) -> list[str]:
-    host = cluster.socket_directory or cluster.host
-    return [str(Path(cluster.bin_directory) / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            "-h", host, "-p", str(cluster.port), "-U", cluster.user, "-d", MARKER_DATABASE, "-c", sql]
+    return _psql(cluster, cluster.socket_directory or cluster.host, cluster.port, MARKER_DATABASE, sql)
 
 
 def write_marker(cluster, run_id: str | None, tool: str) -> bool:
