@@ -16,8 +16,8 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time

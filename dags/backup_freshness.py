@@ -2,8 +2,8 @@
 
 from airflow.sdk import DAG, task
 
-from pg_backups import airflow_tasks as t
-from pg_backups import freshness_tasks as f
+from pg_backups.airflow import freshness_tasks
+from pg_backups.airflow.common import dag_args
 from pg_backups.config import load_config
 
 DOC = """
@@ -23,10 +23,10 @@ for cluster in load_config().clusters:
     with DAG(
         dag_id=f"backup_freshness_{cluster.name}",
         schedule="@hourly",
-        **t.dag_args(cluster, "monitoring"),
+        **dag_args(cluster, "monitoring"),
         doc_md=DOC.format(name=cluster.name, tools=", ".join(cluster.tools), hours=cluster.alerts.max_backup_age_hours,
                           conn=cluster.pg_conn_id, bucket=cluster.s3.bucket),
     ):
-        task(task_id="check_backups")(f.check_backups)(cluster.name)
-        task(task_id="check_wal_archiving")(f.check_wal_archiving)(cluster.name)
-        task(task_id="bucket_usage")(f.bucket_usage)(cluster.name)
+        task(task_id="check_backups")(freshness_tasks.check_backups)(cluster.name)
+        task(task_id="check_wal_archiving")(freshness_tasks.check_wal_archiving)(cluster.name)
+        task(task_id="bucket_usage")(freshness_tasks.bucket_usage)(cluster.name)

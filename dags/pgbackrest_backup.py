@@ -2,7 +2,8 @@
 
 from airflow.sdk import DAG, Param, task
 
-from pg_backups import airflow_tasks as t
+from pg_backups.airflow import backup_tasks
+from pg_backups.airflow.common import backup_asset, dag_args
 from pg_backups.config import load_config
 
 DOC = """
@@ -24,17 +25,17 @@ for cluster in load_config().clusters:
     with DAG(
         dag_id=f"pgbackrest_backup_{cluster.name}",
         schedule=cluster.pgbackrest.schedule,
-        **t.dag_args(cluster, "pgbackrest"),
+        **dag_args(cluster, "pgbackrest"),
         params={"backup_type": Param("auto", enum=["auto", "full", "diff", "incr"],
                                      description="auto: the weekly policy; or force a type for this run")},
         doc_md=DOC.format(name=cluster.name, full_days=", ".join(cluster.pgbackrest.full_backup_days),
                           incr=cluster.pgbackrest.incremental_type, pool=cluster.pool,
                           days=cluster.pgbackrest.retention_full_days),
     ):
-        preflight = task(task_id="preflight")(t.pgbackrest_preflight)(cluster.name)
-        backup = task(task_id="backup", pool=cluster.pool)(t.pgbackrest_backup)(cluster.name)
-        expire = task(task_id="expire")(t.pgbackrest_expire)(cluster.name)
-        verify = task(task_id="verify")(t.pgbackrest_verify)(cluster.name)
-        publish = task(task_id="publish_backup", outlets=[t.backup_asset(cluster, "pgbackrest")])(
-            t.publish_pgbackrest_backup)(cluster.name, backup["label"])
+        preflight = task(task_id="preflight")(backup_tasks.pgbackrest_preflight)(cluster.name)
+        backup = task(task_id="backup", pool=cluster.pool)(backup_tasks.pgbackrest_backup)(cluster.name)
+        expire = task(task_id="expire")(backup_tasks.pgbackrest_expire)(cluster.name)
+        verify = task(task_id="verify")(backup_tasks.pgbackrest_verify)(cluster.name)
+        publish = task(task_id="publish_backup", outlets=[backup_asset(cluster, "pgbackrest")])(
+            backup_tasks.publish_pgbackrest_backup)(cluster.name, backup["label"])
         preflight >> backup >> expire >> verify >> publish

@@ -2,7 +2,8 @@
 
 from airflow.sdk import DAG, task
 
-from pg_backups import airflow_tasks as t
+from pg_backups.airflow import backup_tasks
+from pg_backups.airflow.common import dag_args
 from pg_backups.config import load_config
 
 DOC = """
@@ -17,7 +18,7 @@ for cluster in load_config().clusters:
     with DAG(
         dag_id=f"s3_bucket_config_{cluster.name}",
         schedule="@daily",
-        **t.dag_args(cluster, "s3"),
+        **dag_args(cluster, "s3"),
         doc_md=DOC.format(name=cluster.name, bucket=cluster.s3.bucket, region=cluster.s3.region),
     ):
-        task(task_id="configure_bucket")(t.configure_bucket)(cluster.name)
+        task(task_id="configure_bucket")(backup_tasks.configure_bucket)(cluster.name)

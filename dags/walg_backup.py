@@ -2,7 +2,8 @@
 
 from airflow.sdk import DAG, task
 
-from pg_backups import airflow_tasks as t
+from pg_backups.airflow import backup_tasks
+from pg_backups.airflow.common import backup_asset, dag_args
 from pg_backups.config import load_config
 
 DOC = """
@@ -21,11 +22,11 @@ for cluster in load_config().clusters:
     with DAG(
         dag_id=f"walg_backup_{cluster.name}",
         schedule=cluster.walg.schedule,
-        **t.dag_args(cluster, "walg"),
+        **dag_args(cluster, "walg"),
         doc_md=DOC.format(name=cluster.name, pool=cluster.pool, days=cluster.walg.retention_days),
     ):
-        backup = task(task_id="backup_push", pool=cluster.pool)(t.walg_backup)(cluster.name)
-        delete_old = task(task_id="delete_old_backups")(t.walg_delete_old)(cluster.name)
-        publish = task(task_id="publish_backup", outlets=[t.backup_asset(cluster, "walg")])(
-            t.publish_walg_backup)(cluster.name, backup["label"])
+        backup = task(task_id="backup_push", pool=cluster.pool)(backup_tasks.walg_backup)(cluster.name)
+        delete_old = task(task_id="delete_old_backups")(backup_tasks.walg_delete_old)(cluster.name)
+        publish = task(task_id="publish_backup", outlets=[backup_asset(cluster, "walg")])(
+            backup_tasks.publish_walg_backup)(cluster.name, backup["label"])
         backup >> delete_old >> publish

@@ -40,7 +40,6 @@ import sandbox as sandbox_module  # noqa: E402  (sandbox/sandbox.py)
 from signoff import wait_for  # noqa: E402,F401  (sandbox/signoff.py; the tests import it from here)
 
 
-
 @dataclass
 class Sandbox:
     layout: "sandbox_module.Layout"

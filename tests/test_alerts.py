@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from pg_backups import alerts
+from pg_backups.airflow import notifiers
 from pg_backups.config import build_cluster
-from pg_backups.runner import ToolError
+from pg_backups.errors import ToolError
 
 
 def cluster(**alert_settings):
@@ -44,7 +45,7 @@ def render(notifier, ctx):
 
 
 def test_failure_text_has_every_field():
-    text = render(alerts.failure_notifier(cluster()), context(ToolError("pgbackrest backup failed with exit code 82: "
+    text = render(notifiers.failure_notifier(cluster()), context(ToolError("pgbackrest backup failed with exit code 82: "
                                                                          "ERROR: [082]: WAL segment was not archived")))
     assert text.splitlines() == [
         ":red_circle: *Backup job failed* - cluster `asso`",
@@ -56,7 +57,7 @@ def test_failure_text_has_every_field():
 
 
 def test_one_shared_notifier_renders_each_failure_afresh():
-    notifier = alerts.failure_notifier(cluster())  # default_args: one instance for every task
+    notifier = notifiers.failure_notifier(cluster())  # default_args: one instance for every task
     first = render(notifier, context(RuntimeError("first problem")))
     ctx = context(RuntimeError("second problem"), try_number=3)
     ctx["ti"].task_id = "verify"
@@ -88,11 +89,11 @@ def test_error_summary_uses_airflows_secret_masker():
     from airflow.sdk.log import mask_secret
 
     mask_secret("a-connection-password-42")
-    assert "a-connection-password-42" not in alerts.error_summary(RuntimeError("login a-connection-password-42 refused"))
+    assert "a-connection-password-42" not in notifiers.error_summary(RuntimeError("login a-connection-password-42 refused"))
 
 
 def test_slack_down_is_a_warning_not_an_exception(caplog):
-    notifier = alerts.failure_notifier(cluster())
+    notifier = notifiers.failure_notifier(cluster())
 
     def down(**kwargs):
         raise ConnectionRefusedError("[Errno 111] Connection refused")
@@ -106,7 +107,7 @@ def test_slack_down_is_a_warning_not_an_exception(caplog):
 
 
 def test_retry_alerts_only_when_asked():
-    from pg_backups.airflow_tasks import default_args
+    from pg_backups.airflow.common import default_args
 
     quiet, loud = default_args(cluster()), default_args(cluster(notify_on_retry=True))
     assert "on_retry_callback" not in quiet and len(quiet["on_failure_callback"]) == 1
@@ -120,7 +121,7 @@ def test_retry_alerts_only_when_asked():
 def test_notifier_is_the_slack_providers():
     from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
-    notifier = alerts.failure_notifier(cluster())
+    notifier = notifiers.failure_notifier(cluster())
     assert isinstance(notifier, SlackWebhookNotifier)
     import pickle
 

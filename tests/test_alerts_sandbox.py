@@ -42,7 +42,7 @@ def closed_port(sandbox) -> int:
 
 
 def assert_alert(text: str, dag_id: str, task_id: str, try_number: int, error: str, sandbox) -> None:
-    """Every field, in the one format of alerts.FAILURE_TEXT, and no secret."""
+    """Every field, in the one format of notifiers.FAILURE_TEXT, and no secret."""
     lines = text.splitlines()
     assert lines[0] == ":red_circle: *Backup job failed* - cluster `asso`", text
     assert lines[1] == f"*DAG:* `{dag_id}`  *Task:* `{task_id}`  *Try:* {try_number}", text
@@ -89,8 +89,8 @@ def test_pgbackrest_dag_failure_alerts_with_every_field(configured_bucket, sandb
 
 
 def test_restore_test_dag_failure_alerts(sandbox):
-    if not (Path(__file__).resolve().parents[1] / "dags" / "restore_test.py").exists():
-        pytest.fail("dags/restore_test.py is missing")
+    if not (Path(__file__).resolve().parents[1] / "dags" / "quarterly_restore.py").exists():
+        pytest.fail("dags/quarterly_restore.py is missing")
     production = json.loads(sandbox.env["AIRFLOW_CONN_PG_ASSO"])
     count = len(sandbox.slack_messages())
     # The guard refuses a staging connection that points at production (and fails without retry).

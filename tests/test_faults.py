@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, wait_for
 
 import sandbox as sandbox_module
-from conftest import REPO, wait_for
 from pg_backups import pgbackrest, runner
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -246,9 +246,9 @@ def _audit_lines(sandbox) -> list[dict]:
 
 
 def _staging_stopped(sandbox) -> None:
-    from pg_backups import restore
+    from pg_backups import staging
 
-    restore.stop_staging(sandbox.cluster())
+    staging.stop_staging(sandbox.cluster())
 
 
 def _assert_failed_loudly(sandbox, proc, audits_before: int, slack_before: int) -> dict:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pg_backups import freshness, walg
+from pg_backups.errors import StaleBackup
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 
@@ -176,7 +177,8 @@ def test_archive_mode_off_is_a_problem():
 
 
 def _patched_tasks(monkeypatch, tmp_path, tools, now):
-    from pg_backups import freshness_tasks, pgbackrest
+    from pg_backups import pgbackrest
+    from pg_backups.airflow import freshness_tasks
     from pg_backups.config import build_cluster
 
     cluster = build_cluster({"name": "asso", "tools": tools, "metrics": {"textfile_directory": str(tmp_path)},
@@ -189,12 +191,7 @@ def _patched_tasks(monkeypatch, tmp_path, tools, now):
     monkeypatch.setattr(freshness_tasks.pgbackrest, "info",
                         lambda c: pgbackrest.parse_info(PGBACKREST_INFO_RECORDED_SAMPLE, "asso"))
 
-    class Clock(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return now
-
-    monkeypatch.setattr(freshness_tasks, "datetime", Clock)
+    monkeypatch.setattr(freshness_tasks, "now", lambda: now)
     return freshness_tasks
 
 
@@ -208,7 +205,7 @@ def test_check_backups_walg_recorded_sample_fresh_publishes_metrics(monkeypatch,
 
 def test_check_backups_walg_recorded_sample_stale_raises(monkeypatch, tmp_path):
     tasks = _patched_tasks(monkeypatch, tmp_path, ["walg"], datetime(2026, 11, 26, 6, tzinfo=timezone.utc))
-    with pytest.raises(freshness.StaleBackup, match=r"cluster asso: walg: newest good backup base_0{7}10{14}10_D_\w+ "
+    with pytest.raises(StaleBackup, match=r"cluster asso: walg: newest good backup base_0{7}10{14}10_D_\w+ "
                                                     r"finished 27\.2 h ago \(limit 26 h\)"):
         tasks.check_backups("asso")
 
@@ -223,7 +220,7 @@ def test_check_backups_both_tools_recorded_sample_names_only_the_stale_one(monke
     later = min(pg_stop, walg_stop) + timedelta(hours=26) + abs(walg_stop - pg_stop) / 2  # between the two limits
     tasks = _patched_tasks(monkeypatch, tmp_path, ["pgbackrest", "walg"], later)
     older = "pgbackrest" if pg_stop < walg_stop else "walg"
-    with pytest.raises(freshness.StaleBackup) as caught:
+    with pytest.raises(StaleBackup) as caught:
         tasks.check_backups("asso")
     assert f"{older}: newest good backup" in str(caught.value)
     assert ("walg" if older == "pgbackrest" else "pgbackrest") + ":" not in str(caught.value)

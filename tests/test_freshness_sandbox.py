@@ -4,7 +4,6 @@ repository holds no good backup; its metrics land in the textfile directory."""
 from __future__ import annotations
 
 import pytest
-
 from test_alerts_sandbox import alerts_for, assert_alert, config_copy
 
 pytestmark = pytest.mark.sandbox
@@ -32,10 +31,9 @@ def test_fresh_backup_is_silent(first_backup, sandbox):
 
 
 def test_no_good_backup_fails_and_alerts(first_backup, sandbox):
+    import sandbox as sandbox_module
     from pg_backups import pgbackrest
     from pg_backups.config import load_config
-
-    import sandbox as sandbox_module
 
     root = sandbox.layout.root / "test-configs" / "empty-repo"
     config = config_copy(sandbox, "empty-repo", {"pgbackrest": {

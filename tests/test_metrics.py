@@ -180,8 +180,9 @@ def test_metrics_after_a_real_backup(first_backup, sandbox):
 
 def test_cron_walg_daily_publishes_metrics_recorded_sample(tmp_path, monkeypatch):
     """The cron path (operations.walg_daily) publishes like the DAG's publish_backup task."""
-    from pg_backups import operations, walg
     from test_freshness import WALG_BACKUP_LIST_RECORDED_SAMPLE
+
+    from pg_backups import operations, walg
 
     backups = walg.parse_backup_list(WALG_BACKUP_LIST_RECORDED_SAMPLE)
     monkeypatch.setattr(operations, "walg_backup", lambda c, a, r: {"label": backups[-1]["backup_name"]})
@@ -194,8 +195,9 @@ def test_cron_walg_daily_publishes_metrics_recorded_sample(tmp_path, monkeypatch
 
 
 def test_cron_pgbackrest_daily_publishes_metrics_recorded_sample(tmp_path, monkeypatch):
-    from pg_backups import operations, pgbackrest
     from test_freshness import PGBACKREST_INFO_RECORDED_SAMPLE
+
+    from pg_backups import operations, pgbackrest
 
     info = pgbackrest.parse_info(PGBACKREST_INFO_RECORDED_SAMPLE, "asso")
     for name in ("pgbackrest_preflight", "pgbackrest_expire", "pgbackrest_verify"):

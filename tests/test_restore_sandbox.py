@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import DagRunResult
 
 import signoff  # sandbox/signoff.py
-from conftest import DagRunResult
 from pg_backups import operations
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -53,10 +53,10 @@ def audit_lines(sandbox) -> list[dict]:
 
 
 def archived_keys(sandbox, run_id: str) -> list[str]:
-    from pg_backups import restore
+    from pg_backups import audit
 
     cluster = sandbox.cluster()
-    prefix = restore.archive_key(cluster, run_id, "")
+    prefix = audit.archive_key(cluster, run_id, "")
     listing = sandbox.s3_client().list_objects_v2(Bucket=cluster.s3.bucket, Prefix=prefix)
     return [o["Key"] for o in listing.get("Contents", [])]
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pg_backups import cli, operations, restore
+from pg_backups import audit, cli, marker, operations, staging
 from pg_backups.config import build_cluster
+from pg_backups.errors import RestoreRefused
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def write_pid(directory: Path, pid: int, port: int, datadir: str | None = None):
 
 def test_guard_accepts_staging(tmp_path):
     c = make_cluster(tmp_path)
-    info = restore.guard(c, restore.StagingConnection("127.0.0.1", 6543, "app"))
+    info = staging.guard(c, staging.StagingConnection("127.0.0.1", 6543, "app"))
     assert info["staging_data_directory"] == os.path.realpath(tmp_path / "staging" / "data")
 
 
@@ -55,8 +56,8 @@ def test_guard_refuses_symlink_to_production_and_deletes_nothing(tmp_path):
     prod_files = fill(tmp_path / "prod")
     (tmp_path / "staging" / "data").rmdir()
     (tmp_path / "staging" / "data").symlink_to(tmp_path / "prod")  # staging path is production in disguise
-    with pytest.raises(restore.RestoreRefused) as err:
-        restore.purge_staging(c)
+    with pytest.raises(RestoreRefused) as err:
+        staging.purge_staging(c)
     assert "restore_test.staging_data_directory" in str(err.value) and "Fix:" in str(err.value)
     assert all(f.exists() for f in prod_files)
 
@@ -69,8 +70,8 @@ def test_guard_refuses_dotdot_outside_root(tmp_path):
     # the root leads outside it, which only realpath sees.
     (tmp_path / "staging" / "data").rmdir()
     (tmp_path / "staging" / "data").symlink_to(outside)
-    with pytest.raises(restore.RestoreRefused) as err:
-        restore.purge_staging(c)
+    with pytest.raises(RestoreRefused) as err:
+        staging.purge_staging(c)
     assert "outside restore_test.staging_root" in str(err.value)
     assert all(f.exists() for f in files)
 
@@ -79,8 +80,8 @@ def test_guard_refuses_running_server_that_is_not_staging(tmp_path):
     c = make_cluster(tmp_path)
     files = fill(tmp_path / "staging" / "data")
     write_pid(tmp_path / "staging" / "data", os.getpid(), 5432)  # a live pid, production's port
-    with pytest.raises(restore.RestoreRefused) as err:
-        restore.purge_staging(c)
+    with pytest.raises(RestoreRefused) as err:
+        staging.purge_staging(c)
     assert "not staging" in str(err.value) and "staging_port" in str(err.value)
     assert all(f.exists() for f in files)
 
@@ -91,33 +92,33 @@ def test_guard_ignores_stale_pid_file(tmp_path):
     proc = subprocess.Popen(["true"])
     proc.wait()
     write_pid(tmp_path / "staging" / "data", proc.pid, 5432)  # dead process
-    assert restore.purge_staging(c)["entries_removed"] == 3
+    assert staging.purge_staging(c)["entries_removed"] == 3
     assert list((tmp_path / "staging" / "data").iterdir()) == []
     assert oct((tmp_path / "staging" / "data").stat().st_mode & 0o777) == "0o700"
 
 
-@pytest.mark.parametrize("conn", [restore.StagingConnection("127.0.0.1", 5432, "app"),
-                                  restore.StagingConnection("localhost", 5432, "postgres")])
+@pytest.mark.parametrize("conn", [staging.StagingConnection("127.0.0.1", 5432, "app"),
+                                  staging.StagingConnection("localhost", 5432, "postgres")])
 def test_guard_refuses_staging_connection_to_production(tmp_path, conn):
     c = make_cluster(tmp_path)
     files = fill(tmp_path / "staging" / "data")
-    with pytest.raises(restore.RestoreRefused) as err:
-        restore.purge_staging(c, conn)
+    with pytest.raises(RestoreRefused) as err:
+        staging.purge_staging(c, conn)
     assert "points at the production database" in str(err.value) and "pg_asso_staging" in str(err.value)
     assert all(f.exists() for f in files)
 
 
 def test_staging_uri_parsing():
-    conn = restore.StagingConnection.from_uri("postgresql://staging_user:s3cret@staging-db.internal:5433/app")
+    conn = staging.StagingConnection.from_uri("postgresql://staging_user:s3cret@staging-db.internal:5433/app")
     assert (conn.host, conn.port, conn.dbname) == ("staging-db.internal", 5433, "app")
     assert "s3cret" not in repr(conn)
-    with pytest.raises(restore.RestoreRefused):
-        restore.StagingConnection.from_uri("mysql://x@y/z")
+    with pytest.raises(RestoreRefused):
+        staging.StagingConnection.from_uri("mysql://x@y/z")
 
 
 def test_start_command_uses_staging_port_socket_and_no_archiving(tmp_path):
     c = make_cluster(tmp_path)
-    argv = restore.start_staging_command(c)
+    argv = staging.start_staging_command(c)
     assert argv[0].endswith("/pg_ctl") and argv[-1] == "start"
     assert argv[argv.index("-o") + 1] == f"-p 6543 -k {tmp_path} -c archive_mode=off"
     assert argv[argv.index("-D") + 1] == os.path.realpath(tmp_path / "staging" / "data")
@@ -129,7 +130,7 @@ def test_pgbackrest_restore_never_archives_to_production(tmp_path, monkeypatch):
     c = make_cluster(tmp_path)
     seen = []
     monkeypatch.setattr(pgbackrest.runner, "run", lambda argv, **kw: seen.append(argv))
-    restore.restore_pgbackrest(c, "20261124-010203F", "2026-11-24 01:30:00+00")
+    staging.restore_into_staging(c, "pgbackrest", None, "20261124-010203F", "2026-11-24 01:30:00+00")
     argv = seen[0]
     assert argv[-1] == "restore" and "--archive-mode=off" in argv and "--set=20261124-010203F" in argv
     assert f"--pg1-path={os.path.realpath(tmp_path / 'staging' / 'data')}" in argv
@@ -138,16 +139,12 @@ def test_pgbackrest_restore_never_archives_to_production(tmp_path, monkeypatch):
 
 def test_walg_restore_commands(tmp_path):
     c = make_cluster(tmp_path)
-    staging = os.path.realpath(tmp_path / "staging" / "data")
-    assert restore.walg_fetch_command(c) == ["/opt/wal-g", "--config", "/etc/wal-g/walg.json", "backup-fetch",
-                                             staging, "LATEST"]
-    assert restore.walg_fetch_command(c, "base_000000010000000000000005")[-1] == "base_000000010000000000000005"
-    settings = restore.walg_recovery_settings(c)
+    settings = staging.walg_recovery_settings(c)
     assert settings == {"restore_command": "/opt/wal-g --config /etc/wal-g/walg.json wal-fetch %f %p",
                         "archive_mode": "off"}
-    pitr = restore.walg_recovery_settings(c, "2026-11-24 01:30:00+00")
+    pitr = staging.walg_recovery_settings(c, "2026-11-24 01:30:00+00")
     assert pitr["recovery_target_time"] == "2026-11-24 01:30:00+00" and pitr["recovery_target_action"] == "promote"
-    conf = restore.render_auto_conf({"restore_command": "x 'y'", "archive_mode": "off"})
+    conf = staging.render_auto_conf({"restore_command": "x 'y'", "archive_mode": "off"})
     assert "restore_command = 'x ''y'''" in conf and "archive_mode = 'off'" in conf
 
 
@@ -158,18 +155,18 @@ def test_walg_restore_writes_recovery_settings(tmp_path, monkeypatch):
     c = make_cluster(tmp_path)
     calls = []
     monkeypatch.setattr(walg.runner, "run", lambda argv, **kw: calls.append((argv, kw["env"])))
-    restore.restore_walg(c, S3Access(region="eu-west-3", access_key="AKIAX", secret_key="supersecret"), None)
+    staging.restore_walg(c, S3Access(region="eu-west-3", access_key="AKIAX", secret_key="supersecret"), None)
     argv, env = calls[0]
     assert argv[3:5] == ["backup-fetch", os.path.realpath(tmp_path / "staging" / "data")] and argv[-1] == "LATEST"
     assert "supersecret" not in " ".join(argv) and env["AWS_SECRET_ACCESS_KEY"] == "supersecret"
-    staging = tmp_path / "staging" / "data"
-    assert (staging / "recovery.signal").exists()
-    auto = (staging / "postgresql.auto.conf").read_text()
+    data = tmp_path / "staging" / "data"
+    assert (data / "recovery.signal").exists()
+    auto = (data / "postgresql.auto.conf").read_text()
     assert "wal-fetch %f %p" in auto and "archive_mode = 'off'" in auto
 
 
 def test_marker_sql_quotes_run_id():
-    sql = restore.marker_sql("manual__2026-11-24T00:00:00+00:00'; DROP TABLE x; --", "pgbackrest")
+    sql = marker.marker_sql("manual__2026-11-24T00:00:00+00:00'; DROP TABLE x; --", "pgbackrest")
     assert "'manual__2026-11-24T00:00:00+00:00''; DROP TABLE x; --'" in sql
     assert sql.startswith("CREATE TABLE IF NOT EXISTS pg_backups_marker")
 
@@ -181,7 +178,7 @@ CHECKS = [{"check": "backup_marker", "result": "ok", "detail": "found"}]
 def test_audit_success_needs_restore_checks_and_approval(tmp_path, monkeypatch):
     monkeypatch.setenv("PGPASSWORD", "pg-secret-value")
     c = make_cluster(tmp_path)
-    ok = restore.audit_record(c, run_id="r9", tool="pgbackrest", record=RECORD, restore_seconds=12.34,
+    ok = audit.audit_record(c, run_id="r9", tool="pgbackrest", record=RECORD, restore_seconds=12.34,
                               smoke_result={"pg_tables": 68}, checks=CHECKS,
                               signoff={"status": "approved", "by": "qa", "at": "2026-11-24T03:00:00+00:00"})
     assert ok["outcome"] == "success" and ok["restore_duration_seconds"] == 12.3
@@ -195,19 +192,19 @@ def test_audit_success_needs_restore_checks_and_approval(tmp_path, monkeypatch):
         args = dict(run_id="r9", tool="pgbackrest", record=RECORD, restore_seconds=1.0, smoke_result={"pg_tables": 1},
                     checks=CHECKS, signoff={"status": "approved"}, **{})
         args.update(case)
-        assert restore.audit_record(c, **args)["outcome"] == "failed", case
-    rejected = restore.audit_record(c, run_id="r", tool="walg", record=RECORD, restore_seconds=1, smoke_result=None,
+        assert audit.audit_record(c, **args)["outcome"] == "failed", case
+    rejected = audit.audit_record(c, run_id="r", tool="walg", record=RECORD, restore_seconds=1, smoke_result=None,
                                     checks=None, signoff={"status": "rejected", "comment": "pg-secret-value leaked"})
     assert rejected["signoff"]["comment"] == "*** leaked"  # QA's comment kept, secrets never
-    path = restore.append_audit(c, ok)
-    restore.append_audit(c, rejected)
+    path = audit.append_audit(c, ok)
+    audit.append_audit(c, rejected)
     lines = Path(path).read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["run_id"] == "r9"
 
 
 def test_pending_signoff_for_cron(tmp_path):
     c = make_cluster(tmp_path)
-    line = restore.audit_record(c, run_id="cron__x", tool="pgbackrest", record=RECORD, restore_seconds=3,
+    line = audit.audit_record(c, run_id="cron__x", tool="pgbackrest", record=RECORD, restore_seconds=3,
                                 smoke_result={"pg_tables": 3}, checks=CHECKS, signoff={"status": "pending"})
     assert line["outcome"] == "success" and line["signoff"]["status"] == "pending"
 
@@ -221,7 +218,7 @@ def test_archive_keys_and_upload(tmp_path):
         def upload_file(self, path, bucket, key):
             uploads.append((path, bucket, key))
 
-    uris = restore.archive_logs(c, Client(), "manual__2026-11-24T10:00:00+00:00")
+    uris = audit.archive_logs(c, Client(), "manual__2026-11-24T10:00:00+00:00")
     assert len(uploads) == 1  # no audit log yet: only what exists is uploaded
     assert uploads[0][2].startswith("audit/asso/") and uploads[0][2].endswith("/smoke.log")
     assert ":" not in uploads[0][2].split("/")[3] and uris[0].startswith("s3://asso-prod-backups/audit/asso/")
@@ -229,7 +226,7 @@ def test_archive_keys_and_upload(tmp_path):
 
 def test_metrics_hook_is_optional(tmp_path, monkeypatch):
     c = make_cluster(tmp_path)
-    line = restore.audit_record(c, run_id="r", tool="pgbackrest", record=None, restore_seconds=None, smoke_result=None,
+    line = audit.audit_record(c, run_id="r", tool="pgbackrest", record=None, restore_seconds=None, smoke_result=None,
                                 checks=None, signoff=None)
     monkeypatch.setitem(sys.modules, "pg_backups.metrics", None)  # import fails: logged, not raised
     result = operations.restore_audit_and_archive(c, type("C", (), {"upload_file": lambda *a: None})(), line)
@@ -281,8 +278,8 @@ def test_walg_restore_operation_fetches_the_chosen_backup(tmp_path, monkeypatch)
 
 def test_staging_psql_uses_the_local_socket(tmp_path):
     c = make_cluster(tmp_path)
-    argv = restore.psql_command(c, "SELECT 1", "app")
+    argv = staging.psql_command(c, "SELECT 1", "app")
     assert argv[argv.index("-h") + 1] == str(tmp_path) and argv[argv.index("-p") + 1] == "6543"
     c2 = make_cluster(tmp_path, staging_socket_directory=None)
-    assert "-h" not in restore.psql_command(c2, "SELECT 1")  # libpq's default socket, as pg_ctl starts it
-    assert "-k" not in restore.start_staging_command(c2)[restore.start_staging_command(c2).index("-o") + 1]
+    assert "-h" not in staging.psql_command(c2, "SELECT 1")  # libpq's default socket, as pg_ctl starts it
+    assert "-k" not in staging.start_staging_command(c2)[staging.start_staging_command(c2).index("-o") + 1]

@@ -21,6 +21,7 @@ import pytest
 from pg_backups import s3_bucket
 from pg_backups.config import ConfigError, S3Settings, Transition, parse_config
 from pg_backups.s3_access import S3Access
+from pg_backups.s3_bucket import BucketSettingsError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "include" / "scripts" / "configure_s3.sh"
@@ -335,7 +336,7 @@ def test_bucket_is_created_in_its_region(sandbox, region):
     assert (client_for(sandbox, region).get_bucket_location(Bucket=s.bucket)["LocationConstraint"] or "us-east-1") == region
     # A bucket that exists in another region is refused, not reconfigured.
     other = RecordingClient(client_for(sandbox, region))
-    with pytest.raises(RuntimeError, match=f"exists in {region}, not in the configured region eu-west-3"):
+    with pytest.raises(BucketSettingsError, match=f"exists in {region}, not in the configured region eu-west-3"):
         s3_bucket.reconcile(other, dataclasses.replace(s, region="eu-west-3"))
     assert other.writes == []
 

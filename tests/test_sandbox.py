@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import PORT_BASE, REPO
+
 import sandbox as sb
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]

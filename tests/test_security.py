@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pg_backups import operations, pgbackrest, restore
+from pg_backups import operations, pgbackrest, staging
 from pg_backups.config import ConfigError, build_cluster
+from pg_backups.errors import RestoreRefused
 from pg_backups.s3_access import S3Access
 
 REPO = Path(__file__).resolve().parents[1]
@@ -295,8 +296,8 @@ def _production(tmp_path) -> list[Path]:
 
 
 def _refused_and_intact(c, files):
-    for step in (restore.guard, restore.purge_staging):
-        with pytest.raises(restore.RestoreRefused) as err:
+    for step in (staging.guard, staging.purge_staging):
+        with pytest.raises(RestoreRefused) as err:
             step(c)
         assert "nothing was deleted" in str(err.value) and "Fix:" in str(err.value)
     assert all(f.read_text() == "x" for f in files)
@@ -311,8 +312,8 @@ def test_guard_sees_through_dotdot_to_production(tmp_path):
     c = unchecked_staging(guard_cluster(tmp_path, str(tmp_path / "staging" / "data")), dotdot)
     _refused_and_intact(c, files)
     outside = unchecked_staging(c, str(tmp_path / "staging" / ".." / "elsewhere"))
-    with pytest.raises(restore.RestoreRefused, match="outside restore_test.staging_root"):
-        restore.guard(outside)
+    with pytest.raises(RestoreRefused, match="outside restore_test.staging_root"):
+        staging.guard(outside)
 
 
 def test_guard_sees_through_a_symlinked_parent_inside_staging_root(tmp_path):
@@ -334,7 +335,7 @@ def test_guard_sees_through_a_symlink_swapped_in_after_configuration(tmp_path):
     data = tmp_path / "staging" / "data"
     data.mkdir(parents=True)
     c = guard_cluster(tmp_path, str(data))
-    restore.guard(c)
+    staging.guard(c)
     data.rmdir()
     data.symlink_to(Path("..") / "prod")  # relative link: staging/../prod
     _refused_and_intact(c, files)

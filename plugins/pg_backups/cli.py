@@ -25,10 +25,11 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from pg_backups import operations, runner
-from pg_backups.config import ConfigError, build_cluster, load_config, with_overrides
-from pg_backups.restore import RestoreRefused as RestoreRefusedError
+from pg_backups import alerts, operations, runner
+from pg_backups.config import build_cluster, load_config, with_overrides
+from pg_backups.errors import EXIT_FAILED, ConfigError, PgBackupsError
 from pg_backups.s3_access import access_from_env
+from pg_backups.staging import StagingConnection
 
 log = logging.getLogger("pg_backups")
 
@@ -123,25 +124,19 @@ def alert_slack(text: str, env=os.environ) -> None:
     url = env.get("SLACK_WEBHOOK_URL")
     if not url:
         return
-    import urllib.request
-
     try:
-        request = urllib.request.Request(url, data=json.dumps({"text": text}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(request, timeout=10).read()
-    except OSError as exc:  # an unreachable Slack must not hide the failure being reported
+        alerts.send(alerts.webhook_client(url), text)
+    except Exception as exc:  # noqa: BLE001 - an unreachable Slack must not hide the failure being reported
         log.warning("could not alert Slack: %s", type(exc).__name__)
 
 
 def restore_test(cluster, access, run_id: str, env=os.environ) -> dict:
     """Runbook 3 for cron: the whole drill, its audit line with the sign-off "pending"."""
-    from pg_backups import restore
-
     if not env.get("STAGING_CONNECTION_URI"):
         # The checks need staging's database; without it they would look in `postgres` and fail late.
         raise ConfigError("environment", "STAGING_CONNECTION_URI", "missing",
                           "export it as in the runbook: postgresql://<user>:<password>@<staging host>:<port>/app")
-    staging = restore.StagingConnection.from_uri(env["STAGING_CONNECTION_URI"])
+    staging = StagingConnection.from_uri(env["STAGING_CONNECTION_URI"])
     tool = cluster.restore_test.tool
     return operations.restore_test(cluster, tool, access, access.boto3_client(), run_id,
                                    label=env.get("RESTORE_BACKUP_LABEL") or None,
@@ -180,21 +175,17 @@ def main(argv=None) -> int:
             return 0
         else:
             result = {"written": operations.write_tool_configs(cluster, access)}
-    except ConfigError as exc:
-        log.error("configuration refused, nothing was changed: %s", exc)
-        alert_slack(f":red_circle: {args.command} refused its configuration: {exc}")
-        return 2
-    except RestoreRefusedError as exc:  # the restore test's guard: nothing was stopped or deleted
-        log.error("%s", exc)
-        alert_slack(f":red_circle: {args.command} refused its configuration: {exc}")
-        return 2
     except Exception as exc:  # report every failure loudly, with a non-zero exit
-        secrets = runner.secrets_of(dict(os.environ))
-        message = runner.redact(f"{type(exc).__name__}: {exc}", secrets)
-        log.error("%s failed: %s", args.command, message)
-        alert_slack(f":red_circle: cron {args.command} failed on cluster "
-                    f"`{cluster.name if cluster else '?'}`: {message}")
-        return 1
+        code = exc.exit_code if isinstance(exc, PgBackupsError) else EXIT_FAILED
+        message = runner.redact(f"{type(exc).__name__}: {exc}", runner.secrets_of(dict(os.environ)))
+        if code == EXIT_FAILED:
+            log.error("%s failed: %s", args.command, message)
+            alert_slack(f":red_circle: cron {args.command} failed on cluster "
+                        f"`{cluster.name if cluster else '?'}`: {message}")
+        else:  # refused before anything ran: the configuration, the guard, a setting S3 would refuse
+            log.error("configuration refused, nothing was changed: %s", message)
+            alert_slack(f":red_circle: {args.command} refused its configuration: {message}")
+        return code
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
 

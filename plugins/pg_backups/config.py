@@ -6,10 +6,13 @@ The runbook's values are the defaults, so the shortest valid file is::
       - name: asso
 
 A ``defaults:`` mapping at the top is merged into every cluster (handy for many clusters).
-Everything is validated when loaded; a problem raises :class:`ConfigError`, whose message names
-the file, the key and the fix. DAG files call :func:`load_config` at parse time, so a bad file
-shows as one DAG import error in the UI instead of a half-built DAG. Loading reads one file and
-touches nothing else: no connection, no subprocess, no network.
+
+Every setting is declared once, with :func:`setting`: its default, and what it accepts (allowed
+values, a range, an absolute path, a cron line), the way pgBackRest declares its options. The
+loader checks those declarations for every field; each settings class's ``validate()`` then
+checks what spans several fields. A problem raises :class:`ConfigError`, whose message names the
+file, the key and the fix. Loading reads one file and touches nothing else: no connection, no
+subprocess, no network.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,37 +28,60 @@ from typing import Any
 
 import yaml
 
+from pg_backups.errors import ConfigError
+from pg_backups.times import WEEKDAYS
+
+__all__ = ["ConfigError", "Config", "Cluster", "TOOLS", "load_config", "parse_config", "build_cluster",
+           "with_overrides", "config_path"]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "include" / "config" / "clusters.yaml"
 CONFIG_ENV = "PG_BACKUPS_CONFIG"
 
 TOOLS = ("pgbackrest", "walg")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+# Allowed values, named once; the loader checks them and the error lists them.
+PGBACKREST_COMPRESS_TYPES = ("zst", "lz4", "gz", "bz2", "none")
+PGBACKREST_INCREMENTAL_TYPES = ("diff", "incr", "full")
+# brotli needs a cgo build of WAL-G; the pure-Go build has these.
+WALG_COMPRESSIONS = ("lz4", "zstd", "lzma")
 
 
-class ConfigError(ValueError):
-    """A configuration problem: where it is, what is wrong, and how to fix it."""
+def setting(default=dataclasses.MISSING, *, factory=None, choices=None, minimum=None, maximum=None,
+            absolute_path=False, cron=False, fix: str | None = None, problem: str | None = None):
+    """A settings field: its default and what it accepts, checked by the loader for every value.
 
-    def __init__(self, source: str, key: str, problem: str, fix: str):
-        self.source, self.key, self.problem, self.fix = source, key, problem, fix
-        super().__init__(f"{source}: {key}: {problem}. Fix: {fix}")
+    ``problem`` and ``fix`` replace the generic words of a refusal; ``problem`` is formatted with
+    ``value`` (what was given) and ``bad`` (the items of a list that are not allowed).
+    """
+    meta = {"choices": choices, "minimum": minimum, "maximum": maximum, "absolute_path": absolute_path,
+            "cron": cron, "fix": fix, "problem": problem}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class Settings:
+    """Base of every settings class: ``validate`` checks what spans several fields."""
+
+    def validate(self, fail) -> None:  # ``fail(key, problem, fix)`` raises ConfigError
+        return None
 
 
 @dataclass(frozen=True)
-class Transition:
+class Transition(Settings):
     days: int
     storage_class: str
 
 
 @dataclass(frozen=True)
-class Lifecycle:
+class Lifecycle(Settings):
     """S3 lifecycle of the backup bucket (runbook 2.3, plus the caps Ops expects)."""
 
-    transitions: list[Transition] = field(default_factory=lambda: [
+    transitions: list[Transition] = setting(factory=lambda: [
         Transition(90, "STANDARD_IA"), Transition(365, "DEEP_ARCHIVE")])
-    noncurrent_transitions: list[Transition] = field(default_factory=lambda: [
-        Transition(90, "DEEP_ARCHIVE")])
+    noncurrent_transitions: list[Transition] = setting(factory=lambda: [Transition(90, "DEEP_ARCHIVE")])
     # With versioning on, every backup that retention deletes becomes a noncurrent version, which
     # the runbook's rules alone would keep forever (in DEEP_ARCHIVE). This caps it; null = forever.
     noncurrent_expire_days: int | None = 730
@@ -62,7 +89,7 @@ class Lifecycle:
 
 
 @dataclass(frozen=True)
-class S3Settings:
+class S3Settings(Settings):
     bucket: str = "asso-prod-backups"
     region: str = "eu-west-3"
     aws_conn_id: str = "aws_backups"
@@ -70,111 +97,158 @@ class S3Settings:
     endpoint_url: str | None = None
     # CA bundle of an endpoint with its own certificate (the sandbox's stunnel).
     ca_file: str | None = None
-    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    lifecycle: Lifecycle = setting(factory=Lifecycle)
     block_public_access: bool = True
     encryption: str = "AES256"  # AES256 or aws:kms
     kms_key_id: str | None = None
     deny_insecure_transport: bool = True
 
+    def validate(self, fail) -> None:
+        from pg_backups import s3_bucket  # the bucket rules live with the code that applies them
+
+        try:
+            s3_bucket.validate(self)
+        except s3_bucket.BucketSettingsError as exc:
+            fail(exc.key, exc.problem, exc.fix)
+
 
 @dataclass(frozen=True)
-class PgBackRestSettings:
-    schedule: str = "15 2 * * *"
-    config_path: str = "/etc/pgbackrest/pgbackrest.conf"
+class PgBackRestSettings(Settings):
+    schedule: str = setting("15 2 * * *", cron=True)
+    config_path: str = setting("/etc/pgbackrest/pgbackrest.conf", absolute_path=True)
     # true: the project writes config_path from this file; false: it reads a hand-written one.
     manage_config: bool = True
     repo_path: str = "/pgbackrest"
-    retention_full_days: int = 30
+    retention_full_days: int = setting(30, minimum=1, fix="keep at least 1 day (runbook: 30)")
     # Full backups on these days (UTC, of the run's logical date), `incremental_type` otherwise.
     # All seven days means a daily full backup, as the runbook allows.
-    full_backup_days: list[str] = field(default_factory=lambda: ["sun"])
-    incremental_type: str = "diff"
-    process_max: int = 4
+    full_backup_days: list[str] = setting(factory=lambda: ["sun"], choices=WEEKDAYS,
+                                          problem="{bad!r} are not weekdays")
+    incremental_type: str = setting("diff", choices=PGBACKREST_INCREMENTAL_TYPES)
+    process_max: int = setting(4, minimum=1, fix="use 1 or more processes")
     # zst: 3.0 s of CPU where gz took 11.3 s on a 776 MB database (measured on these machines).
-    compress_type: str = "zst"
+    compress_type: str = setting("zst", choices=PGBACKREST_COMPRESS_TYPES)
     archive_async: bool = True
-    spool_path: str = "/var/spool/pgbackrest"
-    log_path: str = "/var/log/pgbackrest"
-    lock_path: str = "/tmp/pgbackrest"
+    spool_path: str = setting("/var/spool/pgbackrest", absolute_path=True)
+    log_path: str = setting("/var/log/pgbackrest", absolute_path=True)
+    lock_path: str = setting("/tmp/pgbackrest", absolute_path=True)
     start_fast: bool = True
-    archive_timeout_seconds: int = 120
+    archive_timeout_seconds: int = setting(120, minimum=1)
     # How long one S3 or database request may stall. With S3 down, every file of a backup waits
     # this long: 60 s (pgBackRest's default) turned an outage into an 8-minute failure here.
-    io_timeout_seconds: int = 60
+    io_timeout_seconds: int = setting(60, minimum=1)
 
 
 @dataclass(frozen=True)
-class WalgSettings:
-    schedule: str = "45 2 * * *"
+class WalgSettings(Settings):
+    schedule: str = setting("45 2 * * *", cron=True)
     binary: str = "wal-g"
     prefix: str = "postgres"  # WALG_S3_PREFIX = s3://<bucket>/<prefix>
-    retention_days: int = 30
-    compression: str = "lz4"
+    retention_days: int = setting(30, minimum=1, fix="keep at least 1 day (runbook: 30)")
+    compression: str = setting("lz4", choices=WALG_COMPRESSIONS,
+                               problem="{value!r} is not available in a pure-Go WAL-G build", fix="use lz4, zstd or lzma (brotli needs a cgo build)")
     # OpenPGP public/private key file for client-side encryption (WALG_PGP_KEY_PATH).
     pgp_key_path: str | None = None
     # Non-secret settings for archive_command, written by the project (owner-only permissions).
-    config_path: str = "/etc/wal-g/walg.json"
+    config_path: str = setting("/etc/wal-g/walg.json", absolute_path=True)
 
 
 @dataclass(frozen=True)
-class RestoreTestSettings:
+class RestoreTestSettings(Settings):
     # Runbook text: first Sunday of January, April, July, October at 02:00 UTC. Its cron line
     # (`0 2 1 JAN,APR,JUL,OCT *`) says the 1st of the month instead; the text wins.
-    schedule: str = "0 2 * 1,4,7,10 0#1"
-    tool: str = "pgbackrest"
-    staging_root: str = "/var/lib/postgresql/staging"
-    staging_data_directory: str = "/var/lib/postgresql/staging"
-    staging_port: int = 5433
+    schedule: str = setting("0 2 * 1,4,7,10 0#1", cron=True)
+    tool: str = setting("pgbackrest", choices=TOOLS)
+    staging_root: str = setting("/var/lib/postgresql/staging", absolute_path=True)
+    staging_data_directory: str = setting("/var/lib/postgresql/staging", absolute_path=True)
+    staging_port: int = setting(5433, minimum=1, maximum=65535, problem="{value} is not a TCP port")
     staging_socket_directory: str | None = None
     staging_conn_id: str | None = None  # default: pg_<name>_staging
     smoke_log: str = "/tmp/restore_smoke.log"
     audit_log: str = "/var/log/asso_restore_audit.log"
     audit_prefix: str = "audit"
-    signoff_timeout_days: int = 7
-    qa_users: list[str] = field(default_factory=lambda: ["qa"])
-    check_tables: list[str] = field(default_factory=list)
+    signoff_timeout_days: int = setting(7, minimum=1, fix="give QA at least 1 day")
+    qa_users: list[str] = setting(factory=lambda: ["qa"])
+    check_tables: list[str] = setting(factory=list)
+
+    def validate(self, fail) -> None:
+        root, staging = _norm(self.staging_root), _norm(self.staging_data_directory)
+        if staging != root and root not in staging.parents:
+            fail("staging_data_directory", f"{staging} is outside the staging root {root}",
+                 "put the staging data directory inside restore_test.staging_root")
+        if not self.qa_users:
+            fail("qa_users", "nobody can sign off", "list the Airflow user names of QA")
 
 
 @dataclass(frozen=True)
-class AlertSettings:
+class AlertSettings(Settings):
     slack_conn_id: str = "slack_ops"
     channel: str | None = None
     notify_on_retry: bool = False
-    max_backup_age_hours: int = 26
+    max_backup_age_hours: int = setting(26, minimum=1,
+                                        fix="use the backup interval plus a margin (default 26)")
 
 
 @dataclass(frozen=True)
-class MetricsSettings:
+class MetricsSettings(Settings):
     textfile_directory: str | None = None  # node_exporter textfile collector directory
     pushgateway_url: str | None = None
 
 
 @dataclass(frozen=True)
-class Cluster:
+class Cluster(Settings):
     name: str
     host: str = "db.internal"
-    port: int = 5432
+    port: int = setting(5432, minimum=1, maximum=65535, problem="{value} is not a TCP port",
+                       fix="use a port between 1 and 65535")
     user: str = "postgres"
     # Unix socket directory of a local cluster (pgBackRest pg1-socket-path, WAL-G PGHOST).
     socket_directory: str | None = None
-    data_directory: str = "/var/lib/postgresql/data"
-    bin_directory: str = "/usr/lib/postgresql/15/bin"
+    data_directory: str = setting("/var/lib/postgresql/data", absolute_path=True)
+    bin_directory: str = setting("/usr/lib/postgresql/15/bin", absolute_path=True)
     # When the worker runs as root, tools run as this user (they must own what they write).
     os_user: str | None = None
     postgres_conn_id: str | None = None  # default: pg_<name>
     # Where the per-cluster backup lock lives (see runner.cluster_lock).
-    lock_directory: str = "/tmp/pg_backups"
-    tools: list[str] = field(default_factory=lambda: list(TOOLS))
-    s3: S3Settings = field(default_factory=S3Settings)
-    pgbackrest: PgBackRestSettings = field(default_factory=PgBackRestSettings)
-    walg: WalgSettings = field(default_factory=WalgSettings)
-    restore_test: RestoreTestSettings = field(default_factory=RestoreTestSettings)
-    alerts: AlertSettings = field(default_factory=AlertSettings)
-    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    lock_directory: str = setting("/tmp/pg_backups", absolute_path=True)
+    tools: list[str] = setting(factory=lambda: list(TOOLS), choices=TOOLS,
+                               problem="{value!r} is not a non-empty subset of ['pgbackrest', 'walg']",
+                               fix="list pgbackrest, walg or both")
+    s3: S3Settings = setting(factory=S3Settings)
+    pgbackrest: PgBackRestSettings = setting(factory=PgBackRestSettings)
+    walg: WalgSettings = setting(factory=WalgSettings)
+    restore_test: RestoreTestSettings = setting(factory=RestoreTestSettings)
+    alerts: AlertSettings = setting(factory=AlertSettings)
+    metrics: MetricsSettings = setting(factory=MetricsSettings)
     owner: str = "ops"
     # Task retries (the failure alert goes out after the last one).
-    retries: int = 2
-    retry_delay_seconds: int = 300
+    retries: int = setting(2, minimum=0)
+    retry_delay_seconds: int = setting(300, minimum=0)
+
+    def validate(self, fail) -> None:
+        if not NAME_RE.match(self.name):
+            fail("name", f"{self.name!r} has characters outside [A-Za-z0-9_-]",
+                 "use letters, digits, '_' and '-' only (it is the pgBackRest stanza and part of DAG ids)")
+        if not self.tools or len(set(self.tools)) != len(self.tools):
+            fail("tools", f"{self.tools!r} is not a non-empty subset of {list(TOOLS)} (each tool once)",
+                 "list pgbackrest, walg or both")
+        rt = self.restore_test
+        if rt.tool not in self.tools:
+            fail("restore_test.tool", f"{rt.tool!r} is not one of this cluster's tools {self.tools}",
+                 "restore with a tool that backs the cluster up")
+        # The restore test purges staging: it must never be, hold or sit in production.
+        prod, staging, root = _norm(self.data_directory), _norm(rt.staging_data_directory), _norm(rt.staging_root)
+        if staging == prod or prod in staging.parents:
+            fail("restore_test.staging_data_directory",
+                 f"{staging} is the production data directory or inside it ({prod}); the restore test purges it",
+                 "point staging at its own directory, outside the production data directory")
+        if staging in prod.parents or root == prod or root in prod.parents or prod in root.parents:
+            fail("restore_test.staging_root",
+                 f"staging ({root}, {staging}) and production ({prod}) overlap; the restore test purges staging",
+                 "give staging a root that neither contains nor sits inside the production data directory")
+        if rt.staging_port == self.port and self.host in ("localhost", "127.0.0.1") and not rt.staging_socket_directory:
+            fail("restore_test.staging_port", f"staging would listen on production's port {self.port}",
+                 "give staging a port of its own")
 
     # Derived names, so that every DAG and script agrees on them.
     @property
@@ -197,6 +271,10 @@ class Cluster:
     @property
     def walg_s3_prefix(self) -> str:
         return f"s3://{self.s3.bucket}/{self.walg.prefix.strip('/')}"
+
+
+def _norm(path: str) -> PurePosixPath:
+    return PurePosixPath(os.path.normpath(path))
 
 
 @dataclass(frozen=True)
@@ -285,9 +363,7 @@ def build_cluster(data: dict, source: str = "<config>", where: str = "cluster") 
     if "name" not in data or data["name"] in (None, ""):
         raise ConfigError(source, f"{where}.name", "missing required value",
                           "name the cluster; the name is also its pgBackRest stanza, e.g. 'name: asso'")
-    cluster = _build(Cluster, data, source, where)
-    validate_cluster(cluster, source, where)
-    return cluster
+    return _build(Cluster, data, source, where)
 
 
 def with_overrides(cluster: Cluster, overrides: dict, source: str) -> Cluster:
@@ -307,28 +383,70 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _build(cls, data: Any, source: str, where: str):
+    """One settings object: known keys, typed values, each field's declaration, then ``validate``."""
     if not isinstance(data, dict):
         raise ConfigError(source, where, f"must be a mapping, got {type(data).__name__}",
                           f"write {where} as 'key: value' lines")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(source, f"{where}.{unknown[0]}", "unknown key",
-                          f"remove it or correct its spelling; {where} takes: {', '.join(names)}")
-    for f in dataclasses.fields(cls):
+                          f"remove it or correct its spelling; {where} takes: {', '.join(fields)}")
+    for f in fields.values():
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and data.get(f.name) in (None, ""):
-            raise ConfigError(source, f"{where}.{f.name}", "missing required value",
-                              f"give {where} a '{f.name}'")
-    kwargs = {key: _coerce(hints[key], value, source, f"{where}.{key}") for key, value in data.items()}
-    return cls(**kwargs)
+            raise ConfigError(source, f"{where}.{f.name}", "missing required value", f"give {where} a '{f.name}'")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, source, f"{where}.{key}")
+        _check_declaration(fields[key], kwargs[key], source, f"{where}.{key}")
+    built = cls(**kwargs)
+
+    def fail(key: str, problem: str, fix: str):
+        raise ConfigError(source, f"{where}.{key}", problem, fix)
+
+    built.validate(fail)
+    return built
+
+
+def _check_declaration(f: dataclasses.Field, value, source: str, where: str) -> None:
+    """What :func:`setting` declared for the field: allowed values, range, absolute path, cron."""
+    meta = f.metadata
+    if not meta or value is None:
+        return
+
+    def fail(problem: str, default_fix: str, bad=None):
+        if meta.get("problem"):
+            problem = meta["problem"].format(value=value, bad=bad)
+        raise ConfigError(source, where, problem, meta.get("fix") or default_fix)
+
+    choices = meta.get("choices")
+    if choices:
+        if isinstance(value, list):
+            bad = [v for v in value if v not in choices]
+            if bad:
+                fail(f"{bad!r} are not among {list(choices)}", f"use some of {list(choices)}", bad)
+        elif value not in choices:
+            fail(f"{value!r} is unknown (allowed: {', '.join(choices)})", f"use one of {', '.join(choices)}")
+    low, high = meta.get("minimum"), meta.get("maximum")
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"{low} to {high}" if high is not None else f"at least {low}"
+        fail(f"{value} is out of range ({span})", f"use a value of {span}")
+    if meta.get("absolute_path") and not PurePosixPath(value).is_absolute():
+        fail(f"{value!r} is not an absolute path", "write the full path, starting with '/'")
+    if meta.get("cron"):
+        from croniter import croniter  # Airflow's own cron parser: what it accepts, the scheduler runs
+
+        if not croniter.is_valid(value):
+            fail(f"{value!r} is not a valid cron expression",
+                 "write five cron fields, e.g. '15 2 * * *' for 02:15 UTC daily")
 
 
 def _coerce(hint, value, source: str, where: str):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
@@ -352,90 +470,3 @@ def _coerce(hint, value, source: str, where: str):
             raise ConfigError(source, where, f"must be a non-empty text, got {value!r}", "write a value in quotes")
         return str(value)
     return value
-
-
-# --------------------------------------------------------------------------------------------
-# Validation: everything that can be known wrong before any tool runs.
-
-
-def validate_cluster(c: Cluster, source: str, where: str) -> None:
-    def fail(key: str, problem: str, fix: str) -> None:
-        raise ConfigError(source, f"{where}.{key}", problem, fix)
-
-    if not NAME_RE.match(c.name):
-        fail("name", f"{c.name!r} has characters outside [A-Za-z0-9_-]",
-             "use letters, digits, '_' and '-' only (it is the pgBackRest stanza and part of DAG ids)")
-    if not c.tools or set(c.tools) - set(TOOLS):
-        fail("tools", f"{c.tools!r} is not a non-empty subset of {list(TOOLS)}", "list pgbackrest, walg or both")
-    if len(set(c.tools)) != len(c.tools):
-        fail("tools", f"{c.tools!r} lists a tool twice", "list each tool once")
-    if not (0 < c.port < 65536):
-        fail("port", f"{c.port} is not a TCP port", "use a port between 1 and 65535")
-    for key in ("data_directory", "bin_directory"):
-        if not PurePosixPath(getattr(c, key)).is_absolute():
-            fail(key, f"{getattr(c, key)!r} is not an absolute path", "write the full path, starting with '/'")
-
-    from croniter import croniter  # Airflow's own cron parser: what it accepts, the scheduler runs
-
-    for section in ("pgbackrest", "walg", "restore_test"):
-        schedule = getattr(c, section).schedule
-        if not croniter.is_valid(schedule):
-            fail(f"{section}.schedule", f"{schedule!r} is not a valid cron expression",
-                 "write five cron fields, e.g. '15 2 * * *' for 02:15 UTC daily")
-
-    pb = c.pgbackrest
-    if pb.retention_full_days < 1:
-        fail("pgbackrest.retention_full_days", f"{pb.retention_full_days} keeps nothing", "keep at least 1 day (runbook: 30)")
-    if pb.process_max < 1:
-        fail("pgbackrest.process_max", f"{pb.process_max} is below 1", "use 1 or more processes")
-    if pb.compress_type not in ("none", "gz", "lz4", "zst", "bz2"):
-        fail("pgbackrest.compress_type", f"{pb.compress_type!r} is unknown", "use zst, lz4, gz, bz2 or none")
-    if pb.incremental_type not in ("diff", "incr", "full"):
-        fail("pgbackrest.incremental_type", f"{pb.incremental_type!r} is unknown", "use diff, incr or full")
-    bad_days = [d for d in pb.full_backup_days if d not in WEEKDAYS]
-    if bad_days:
-        fail("pgbackrest.full_backup_days", f"{bad_days!r} are not weekdays", f"use some of {list(WEEKDAYS)}")
-
-    w = c.walg
-    if w.retention_days < 1:
-        fail("walg.retention_days", f"{w.retention_days} keeps nothing", "keep at least 1 day (runbook: 30)")
-    if w.compression not in ("lz4", "lzma", "zstd"):
-        fail("walg.compression", f"{w.compression!r} is not available in a pure-Go WAL-G build",
-             "use lz4, zstd or lzma (brotli needs a cgo build)")
-
-    r = c.restore_test
-    if r.tool not in c.tools:
-        fail("restore_test.tool", f"{r.tool!r} is not one of this cluster's tools {c.tools}",
-             "restore with a tool that backs the cluster up")
-    prod = PurePosixPath(os.path.normpath(c.data_directory))
-    staging = PurePosixPath(os.path.normpath(r.staging_data_directory))
-    root = PurePosixPath(os.path.normpath(r.staging_root))
-    if not staging.is_absolute() or not root.is_absolute():
-        fail("restore_test.staging_data_directory", "staging paths must be absolute", "write full paths")
-    if staging == prod or prod in staging.parents:
-        fail("restore_test.staging_data_directory",
-             f"{staging} is the production data directory or inside it ({prod}); the restore test purges it",
-             "point staging at its own directory, outside the production data directory")
-    if staging in prod.parents or root == prod or root in prod.parents or prod in root.parents:
-        fail("restore_test.staging_root",
-             f"staging ({root}, {staging}) and production ({prod}) overlap; the restore test purges staging",
-             "give staging a root that neither contains nor sits inside the production data directory")
-    if staging != root and root not in staging.parents:
-        fail("restore_test.staging_data_directory", f"{staging} is outside the staging root {root}",
-             "put the staging data directory inside restore_test.staging_root")
-    if r.staging_port == c.port and c.host in ("localhost", "127.0.0.1") and not r.staging_socket_directory:
-        fail("restore_test.staging_port", f"staging would listen on production's port {c.port}",
-             "give staging a port of its own")
-    if r.signoff_timeout_days < 1:
-        fail("restore_test.signoff_timeout_days", f"{r.signoff_timeout_days} is below 1 day", "give QA at least 1 day")
-    if not r.qa_users:
-        fail("restore_test.qa_users", "nobody can sign off", "list the Airflow user names of QA")
-    if c.alerts.max_backup_age_hours < 1:
-        fail("alerts.max_backup_age_hours", "below 1 hour", "use the backup interval plus a margin (default 26)")
-
-    from pg_backups import s3_bucket  # bucket rules live with the code that applies them
-
-    try:
-        s3_bucket.validate(c.s3)
-    except s3_bucket.BucketSettingsError as exc:
-        fail(f"s3.{exc.key}", exc.problem, exc.fix)

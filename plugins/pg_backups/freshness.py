@@ -2,14 +2,17 @@
 
 Pure judgements over what the tools and PostgreSQL report: ``pgbackrest info --output=json``,
 ``wal-g backup-list --json --detail`` and a ``pg_stat_archiver`` row. The hourly
-``backup_freshness_<cluster>`` DAG runs them (:mod:`pg_backups.freshness_tasks`); a backup DAG
+``backup_freshness_<cluster>`` DAG runs them (:mod:`pg_backups.airflow.freshness_tasks`); a backup DAG
 that is paused, a dead scheduler or a cron line gone missing all end up here as a backup too old.
 Nothing here imports Airflow.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
+
+from pg_backups import pgbackrest, walg
+from pg_backups.times import utc
 
 # WAL archiving lags when this many segments (16 MB each) wait in pg_wal/archive_status...
 WAL_READY_LAG_SEGMENTS = 10
@@ -17,51 +20,26 @@ WAL_READY_LAG_SEGMENTS = 10
 WAL_STALL_SECONDS = 3600
 
 
-class StaleBackup(RuntimeError):
-    """The newest good backup of a tool is older than alerts.max_backup_age_hours (or missing)."""
-
-
-class WalArchivingProblem(RuntimeError):
-    """pg_stat_archiver shows failures, or WAL waiting too long to be archived."""
-
-
-def _utc(value) -> datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, tz=timezone.utc)
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
 # --------------------------------------------------------------------------------------------
 # Backups
 
 
 def newest_pgbackrest(stanza_info: dict) -> dict | None:
-    """The newest backup without error from the stanza's ``info`` entry (None: no good backup)."""
-    good = [b for b in (stanza_info or {}).get("backup", []) if not b.get("error")]
-    if not good:
+    """The newest good backup of the stanza's ``info`` entry (None: no good backup)."""
+    newest = pgbackrest.newest_good(stanza_info)
+    if newest is None:
         return None
-    newest = max(good, key=lambda b: b["timestamp"]["stop"])
     return {"tool": "pgbackrest", "label": newest["label"], "type": newest.get("type"),
-            "finished_at": _utc(newest["timestamp"]["stop"]).isoformat()}
+            "finished_at": utc(newest["timestamp"]["stop"]).isoformat()}
 
 
 def newest_walg(backups: list[dict]) -> dict | None:
     """The newest backup of ``backup-list --json --detail`` (WAL-G lists only completed ones)."""
-    if not backups:
+    newest = walg.newest(backups)
+    if newest is None:
         return None
-
-    def finished(b):
-        return _utc(b.get("finish_time") or b.get("time") or b.get("start_time"))
-
-    newest = max(backups, key=finished)
-    return {"tool": "walg", "label": newest["backup_name"],
-            "type": "delta" if "_D_" in newest["backup_name"] else "full",
-            "finished_at": finished(newest).isoformat()}
+    return {"tool": "walg", "label": newest["backup_name"], "type": "full" if walg.is_full(newest) else "delta",
+            "finished_at": walg.finished(newest).isoformat()}
 
 
 def judge_backup(tool: str, newest: dict | None, now: datetime, max_age_hours: float) -> dict:
@@ -69,7 +47,7 @@ def judge_backup(tool: str, newest: dict | None, now: datetime, max_age_hours: f
     if newest is None:
         return {"tool": tool, "label": None, "finished_at": None, "age_hours": None, "stale": True,
                 "problem": f"{tool}: no good backup in the repository"}
-    age_hours = (now - _utc(newest["finished_at"])).total_seconds() / 3600
+    age_hours = (now - utc(newest["finished_at"])).total_seconds() / 3600
     stale = age_hours > max_age_hours
     verdict = {**newest, "age_hours": round(age_hours, 2), "stale": stale, "problem": None}
     if stale:
@@ -101,7 +79,7 @@ ARCHIVER_COLUMNS = ("archived_count", "last_archived_wal", "last_archived_time",
 
 def archiver_failing(stats: dict) -> bool:
     """The last attempt failed: a failure newer than the last success (or failures and no success)."""
-    failed, archived = _utc(stats.get("last_failed_time")), _utc(stats.get("last_archived_time"))
+    failed, archived = utc(stats.get("last_failed_time")), utc(stats.get("last_archived_time"))
     return failed is not None and (archived is None or failed > archived)
 
 
@@ -118,7 +96,7 @@ def archiver_problems(stats: dict, previous: dict | None, now: datetime) -> list
         if new_failures > 0:
             problems.append(f"{new_failures} failed archive attempts since the previous check")
     ready = int(stats.get("ready_count") or 0)
-    archived = _utc(stats.get("last_archived_time"))
+    archived = utc(stats.get("last_archived_time"))
     idle = (now - archived).total_seconds() if archived else None
     if ready >= WAL_READY_LAG_SEGMENTS:
         problems.append(f"{ready} WAL segments wait to be archived (lag; pg_wal grows)")

@@ -22,8 +22,10 @@ import logging
 import os
 import re
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from pg_backups import freshness
+from pg_backups.times import epoch
 
 log = logging.getLogger(__name__)
 
@@ -161,20 +163,6 @@ def publish(cluster, source: str, samples: list[tuple[str, dict, float]]) -> dic
     return done
 
 
-def _epoch(value) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, datetime):
-        dt = value
-    else:
-        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
-
-
 # --------------------------------------------------------------------------------------------
 # What the jobs publish
 
@@ -184,8 +172,8 @@ def backup_samples(cluster, record: dict) -> list[tuple[str, dict, float]]:
     base = {"cluster": cluster.name, "stanza": cluster.stanza, "tool": tool}
     typed = {**base, "backup_type": record.get("type") or "unknown"}
     return [
-        ("backup_last_completion_timestamp_seconds", typed, _epoch(record.get("stop_time"))),
-        ("backup_last_start_timestamp_seconds", typed, _epoch(record.get("start_time"))),
+        ("backup_last_completion_timestamp_seconds", typed, epoch(record.get("stop_time"))),
+        ("backup_last_start_timestamp_seconds", typed, epoch(record.get("start_time"))),
         ("backup_last_duration_seconds", typed, record.get("duration_seconds")),
         ("backup_last_size_bytes", typed, record.get("database_size_bytes")),
         ("backup_last_delta_bytes", typed, record.get("backup_size_bytes")),
@@ -206,7 +194,7 @@ def restore_samples(cluster, audit: dict, previous_success: float | None = None)
     tool = audit.get("tool") or "unknown"
     base = {"cluster": cluster.name, "stanza": cluster.stanza, "tool": tool}
     ok = str(audit.get("outcome", "")).lower() == "success"
-    finished = _epoch(audit.get("finished_at") or audit.get("time")) or time.time()  # restore.py writes "time"
+    finished = epoch(audit.get("finished_at") or audit.get("time")) or time.time()  # the audit line's "time"
     return [
         ("restore_test_last_run_timestamp_seconds", base, finished),
         ("restore_test_last_success_timestamp_seconds", base, finished if ok else previous_success),
@@ -233,16 +221,14 @@ def record_restore(cluster, audit: dict) -> dict:
 
 def archiver_samples(cluster, stats: dict) -> list[tuple[str, dict, float]]:
     """``stats``: a pg_stat_archiver row (archived_count, failed_count, last_archived_time, ...)."""
-    from pg_backups import freshness
-
     base = {"cluster": cluster.name}
     return [
         ("wal_archive_status", base, 0 if freshness.archiver_failing(stats) else 1),
         ("wal_archived_total", base, stats.get("archived_count")),
         ("wal_archive_failed_total", base, stats.get("failed_count")),
         ("wal_archive_ready_files", base, stats.get("ready_count")),
-        ("wal_last_archived_timestamp_seconds", base, _epoch(stats.get("last_archived_time"))),
-        ("wal_last_failed_timestamp_seconds", base, _epoch(stats.get("last_failed_time"))),
+        ("wal_last_archived_timestamp_seconds", base, epoch(stats.get("last_archived_time"))),
+        ("wal_last_failed_timestamp_seconds", base, epoch(stats.get("last_failed_time"))),
     ]
 
 

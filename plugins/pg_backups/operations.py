@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime
+from pathlib import Path
 
-from pg_backups import metrics, pgbackrest, restore, runner, s3_bucket, walg
+from pg_backups import audit, checks, marker, metrics, pgbackrest, runner, s3_bucket, staging, times, walg
+from pg_backups.errors import CheckFailed, RestoreRefused, ToolError, Unreachable
 from pg_backups.s3_access import S3Access
 
 log = logging.getLogger(__name__)
@@ -55,16 +57,14 @@ def configure_bucket(cluster, client) -> dict:
 def check_postgres_reachable(cluster, timeout: int = 10) -> None:
     """Fail fast, naming the server, when production PostgreSQL does not accept connections:
     pgBackRest's own message for it (``check``: "unable to find primary cluster") hides the cause."""
-    from pathlib import Path
-
     host = cluster.socket_directory or cluster.host
     proc = runner.run([str(Path(cluster.bin_directory) / "pg_isready"), "-h", host, "-p", str(cluster.port),
                        "-U", cluster.user, "-t", str(timeout)], os_user=cluster.os_user, timeout=timeout + 20,
                       check=False)
     if proc.returncode != 0:
-        raise ConnectionError(f"production PostgreSQL of cluster {cluster.name} ({cluster.host}:{cluster.port}) is not "
-                              f"accepting connections (pg_isready: {runner.last_error_line(proc.stdout + proc.stderr)})."
-                              " Nothing was backed up; start it or fix host/port in the cluster configuration")
+        raise Unreachable(f"production PostgreSQL of cluster {cluster.name} ({cluster.host}:{cluster.port}) is not "
+                          f"accepting connections (pg_isready: {runner.last_error_line(proc.stdout + proc.stderr)})."
+                          " Nothing was backed up", "start it or fix host/port in the cluster configuration")
 
 
 def pgbackrest_preflight(cluster, access: S3Access) -> dict:
@@ -77,7 +77,7 @@ def pgbackrest_preflight(cluster, access: S3Access) -> dict:
 
 def pgbackrest_backup(cluster, backup_type: str, run_id: str | None) -> dict:
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
-        restore.write_marker(cluster, run_id, "pgbackrest")  # the restore test looks for it
+        marker.write_marker(cluster, run_id, "pgbackrest")  # the restore test looks for it
         entry = pgbackrest.backup(cluster, backup_type, run_id, timeout=BACKUP_TIMEOUT_SECONDS)
     return {"label": entry["label"], "type": entry["type"]}
 
@@ -95,19 +95,17 @@ def pgbackrest_verify(cluster) -> str:
 
 def pgbackrest_latest_record(cluster, label: str | None = None) -> dict:
     stanza_info = pgbackrest.info(cluster)
-    backups = [b for b in stanza_info.get("backup", []) if not b.get("error")]
-    if label:
-        backups = [b for b in backups if b["label"] == label]
-    if not backups:
-        raise runner.ToolError(f"pgbackrest info lists no good backup{' ' + label if label else ''} "
-                               f"for stanza {cluster.stanza}")
-    return pgbackrest.backup_record(cluster, backups[-1], stanza_info)
+    entry = pgbackrest.newest_good(stanza_info, label)
+    if entry is None:
+        raise ToolError(f"pgbackrest info lists no good backup{' ' + label if label else ''} "
+                        f"for stanza {cluster.stanza}")
+    return pgbackrest.backup_record(cluster, entry, stanza_info)
 
 
 def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetime | None = None) -> dict:
     """The whole daily chain, for cron: the DAG runs the same steps as separate tasks."""
     pgbackrest_preflight(cluster, access)
-    done = pgbackrest_backup(cluster, pgbackrest.backup_type_for(cluster, day or datetime.now(timezone.utc)), run_id)
+    done = pgbackrest_backup(cluster, pgbackrest.backup_type_for(cluster, day or times.now()), run_id)
     pgbackrest_expire(cluster)
     pgbackrest_verify(cluster)
     record = pgbackrest_latest_record(cluster, done["label"])
@@ -123,7 +121,7 @@ def walg_backup(cluster, access: S3Access, run_id: str | None) -> dict:
     access.check_reachable(cluster.s3.bucket)
     walg.write_config(cluster, access)
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
-        restore.write_marker(cluster, run_id, "walg")  # the restore test looks for it
+        marker.write_marker(cluster, run_id, "walg")  # the restore test looks for it
         entry = walg.backup_push(cluster, access, run_id, timeout=BACKUP_TIMEOUT_SECONDS)
     return {"label": entry["backup_name"]}
 
@@ -134,11 +132,11 @@ def walg_delete_old(cluster, access: S3Access) -> dict:
 
 def walg_latest_record(cluster, access: S3Access, label: str | None = None) -> dict:
     backups = walg.backup_list(cluster, access)
-    chosen = [b for b in backups if not label or b["backup_name"] == label]
-    if not chosen:
-        raise runner.ToolError(f"wal-g backup-list shows no backup{' ' + label if label else ''} "
-                               f"under {cluster.walg_s3_prefix}")
-    return walg.backup_record(cluster, chosen[-1], backups)
+    chosen = walg.newest(backups, label)
+    if chosen is None:
+        raise ToolError(f"wal-g backup-list shows no backup{' ' + label if label else ''} "
+                        f"under {cluster.walg_s3_prefix}")
+    return walg.backup_record(cluster, chosen, backups)
 
 
 def walg_daily(cluster, access: S3Access, run_id: str | None) -> dict:
@@ -156,15 +154,15 @@ RESTORE_TIMEOUT_SECONDS = 6 * 3600
 
 
 def restore_guard(cluster, staging_conn=None) -> dict:
-    return restore.guard(cluster, staging_conn)
+    return staging.guard(cluster, staging_conn)
 
 
 def restore_stop_staging(cluster, staging_conn=None) -> str:
-    return restore.stop_staging(cluster, staging_conn)
+    return staging.stop_staging(cluster, staging_conn)
 
 
 def restore_purge_staging(cluster, staging_conn=None) -> dict:
-    return restore.purge_staging(cluster, staging_conn)
+    return staging.purge_staging(cluster, staging_conn)
 
 
 def restore_backup_record(cluster, tool: str, access: S3Access | None, label: str | None = None) -> dict:
@@ -179,51 +177,44 @@ def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: st
     """Restore ``label`` (default: the latest good backup) into staging; returns its record and
     the restore's wall time. A retry after a failed try purges the leftovers first."""
     if tool not in cluster.tools:
-        raise restore.RestoreRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
+        raise RestoreRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
                                      "choose one of the cluster's tools")
     record = restore_backup_record(cluster, tool, access, label)
-    if not restore.staging_is_empty(cluster):
-        restore.stop_staging(cluster, staging_conn)
-        restore.purge_staging(cluster, staging_conn)
+    if not staging.staging_is_empty(cluster):
+        staging.stop_staging(cluster, staging_conn)
+        staging.purge_staging(cluster, staging_conn)
     else:
-        restore.guard(cluster, staging_conn)
+        staging.guard(cluster, staging_conn)
+    if access is not None:
+        (walg if tool == "walg" else pgbackrest).write_config(cluster, access)
     started = time.monotonic()
-    if tool == "walg":
-        walg.write_config(cluster, access)
-        restore.restore_walg(cluster, access, record["label"], target_time, timeout=RESTORE_TIMEOUT_SECONDS)
-    else:
-        if access is not None:
-            pgbackrest.write_config(cluster, access)
-        restore.restore_pgbackrest(cluster, record["label"], target_time, timeout=RESTORE_TIMEOUT_SECONDS)
+    staging.restore_into_staging(cluster, tool, access, record["label"], target_time,
+                                 timeout=RESTORE_TIMEOUT_SECONDS)
     return {"record": record, "restore_seconds": round(time.monotonic() - started, 2), "tool": tool,
             "target_time": target_time}
 
 
 def restore_start_staging(cluster) -> dict:
     started = time.monotonic()
-    restore.start_staging(cluster, timeout=RESTORE_TIMEOUT_SECONDS)
-    restore.wait_recovery_end(cluster, timeout=RESTORE_TIMEOUT_SECONDS)
+    staging.start_staging(cluster, timeout=RESTORE_TIMEOUT_SECONDS)
+    staging.wait_recovery_end(cluster, timeout=RESTORE_TIMEOUT_SECONDS)
     return {"state": "started", "startup_seconds": round(time.monotonic() - started, 2)}
 
 
 def restore_smoke(cluster, dbname: str | None = None) -> dict:
-    return restore.smoke(cluster, dbname)
+    return checks.smoke(cluster, dbname)
 
 
 def restore_data_checks(cluster, record: dict, dbname: str | None = None) -> list[dict]:
-    return restore.data_checks(cluster, record, dbname)
+    return checks.data_checks(cluster, record, dbname)
 
 
 def restore_audit_and_archive(cluster, client, line: dict) -> dict:
     """Append the audit line, archive both logs to S3, publish the metrics (when available)."""
-    path = restore.append_audit(cluster, line)
-    uris = restore.archive_logs(cluster, client, line["run_id"])
+    path = audit.append_audit(cluster, line)
+    uris = audit.archive_logs(cluster, client, line["run_id"])
     try:
-        from pg_backups import metrics
-
         metrics.record_restore(cluster, line)
-    except (ImportError, AttributeError) as exc:
-        log.warning("restore metrics not published (pg_backups.metrics.record_restore unavailable: %s)", exc)
     except Exception as exc:  # the audit line is the evidence; a metrics outage must not change the outcome
         log.warning("restore metrics not published: %s: %s", type(exc).__name__, exc)
     return {"audit_log": path, "archived": uris, "outcome": line["outcome"]}
@@ -233,8 +224,8 @@ def restore_test(cluster, tool: str, access: S3Access | None, client, run_id: st
                  target_time: str | None = None, staging_conn=None, dbname: str | None = None) -> dict:
     """The whole drill for cron: the audit line is written (sign-off "pending") whatever happens,
     and a drill that did not pass raises after it."""
-    restore.guard(cluster, staging_conn)  # a refusal writes no audit line: nothing happened
-    done = smoke = checks = None
+    staging.guard(cluster, staging_conn)  # a refusal writes no audit line: nothing happened
+    done = smoke = results = None
     seconds = None
     errors: list[str] = []
     try:
@@ -244,9 +235,9 @@ def restore_test(cluster, tool: str, access: S3Access | None, client, run_id: st
         started = restore_start_staging(cluster)
         seconds = done["restore_seconds"] + started["startup_seconds"]
         smoke = restore_smoke(cluster, dbname)
-        checks = restore_data_checks(cluster, done["record"], dbname)
-    except restore.CheckFailed as exc:
-        checks = exc.checks
+        results = restore_data_checks(cluster, done["record"], dbname)
+    except CheckFailed as exc:
+        results = exc.checks
         errors.append(str(exc))
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
@@ -255,12 +246,13 @@ def restore_test(cluster, tool: str, access: S3Access | None, client, run_id: st
             restore_stop_staging(cluster, staging_conn)
         except Exception as exc:  # reported, but the audit line still gets written
             errors.append(f"stopping staging: {type(exc).__name__}: {exc}")
-    line = restore.audit_record(cluster, run_id=run_id, tool=tool, record=done and done["record"],
-                                restore_seconds=seconds, smoke_result=smoke, checks=checks,
-                                signoff={"status": "pending", "by": None, "at": None,
-                                         "note": "cron run: QA signs off in the quality register"},
-                                errors=errors, target_time=target_time)
+    line = audit.audit_record(cluster, run_id=run_id, tool=tool, record=done and done["record"],
+                              restore_seconds=seconds, smoke_result=smoke, checks=results,
+                              signoff={"status": "pending", "by": None, "at": None,
+                                       "note": "cron run: QA signs off in the quality register"},
+                              errors=errors, target_time=target_time)
     result = restore_audit_and_archive(cluster, client, line)
     if line["outcome"] != "success":
-        raise runner.ToolError(f"restore test of cluster {cluster.name} failed: {'; '.join(errors) or 'see audit'}")
+        raise ToolError(f"restore test of cluster {cluster.name} failed: {'; '.join(errors) or 'see audit'}",
+                        retryable=False)
     return {**result, "audit": line}

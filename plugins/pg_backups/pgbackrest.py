@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from datetime import datetime, timezone
+import shlex
+import time
+from datetime import datetime
 from pathlib import Path
 
-from pg_backups import runner
+from pg_backups import files, runner, times
+from pg_backups.errors import ToolError
 from pg_backups.s3_access import S3Access
 
 log = logging.getLogger(__name__)
 
 BINARY = "pgbackrest"
 LOCK_ERROR = 50  # "unable to acquire lock"
+# pgBackRest refused its options (031 invalid option, 032 invalid value, 033 out of range,
+# 034 invalid pair, 035 duplicate key, 036 bad negation, 037 missing option): it did nothing, and
+# running it again with the same configuration cannot succeed.
+OPTION_ERRORS = range(31, 38)
 # pgBackRest 2.45 rejects the runbook's `repo1-retention-archive-type=time` ("'time' is not
 # allowed": it takes full, diff or incr). Left unset, archive retention follows the full backups
 # that time-based retention keeps, which is what the runbook means: PITR across the 30 days.
@@ -81,54 +87,24 @@ def render_credentials(access: S3Access) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-def write_private(path: str | os.PathLike, text: str, os_user: str | None, mode: int = 0o600) -> None:
-    """Write a file only its owner (the tool's OS user) can read, atomically."""
-    import pwd
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    # A leftover temporary file keeps its old mode through O_TRUNC (the secrets would be readable
-    # until the chmod), and a symlink planted there would make root write them elsewhere: start anew.
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    if os_user and os.geteuid() == 0:
-        pw = pwd.getpwnam(os_user)
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
-        os.chown(path.parent, pw.pw_uid, pw.pw_gid)
-    os.replace(tmp, path)
-
-
 def write_config(cluster, access: S3Access) -> list[str]:
     """Write pgbackrest.conf (and its credentials include, 0600) when the project manages it."""
     pb = cluster.pgbackrest
     if not pb.manage_config:
         if not Path(pb.config_path).exists():
-            raise runner.ToolError(f"pgbackrest.config_path {pb.config_path} does not exist and manage_config is false; "
-                                   "write it by hand or set pgbackrest.manage_config: true")
+            raise ToolError(f"pgbackrest.config_path {pb.config_path} does not exist and manage_config is false",
+                            fix="write it by hand or set pgbackrest.manage_config: true", retryable=False)
         return []
-    write_private(pb.config_path, render_config(cluster, access), cluster.os_user, 0o640)
+    files.write_private(pb.config_path, render_config(cluster, access), cluster.os_user, 0o640)
     written = [pb.config_path]
     credentials = render_credentials(access)
     if credentials:
         path = Path(include_path(cluster)) / "s3-credentials.conf"
-        write_private(path, credentials, cluster.os_user)
+        files.write_private(path, credentials, cluster.os_user)
         written.append(str(path))
     for directory in (pb.spool_path, pb.log_path, pb.lock_path):
-        _ensure_dir(directory, cluster.os_user)
+        files.ensure_dir(directory, cluster.os_user)
     return written
-
-
-def _ensure_dir(directory: str, os_user: str | None) -> None:
-    import pwd
-
-    Path(directory).mkdir(parents=True, exist_ok=True, mode=0o750)
-    if os_user and os.geteuid() == 0:
-        pw = pwd.getpwnam(os_user)
-        os.chown(directory, pw.pw_uid, pw.pw_gid)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,26 +121,23 @@ def command(cluster, name: str, *options: str) -> list[str]:
 
 def archive_command(cluster) -> str:
     """The archive_command fragment that pushes one WAL segment (``%p``) to the repository."""
-    import shlex
-
     return shlex.join(command(cluster, "archive-push")) + " %p"
 
 
-def restore_command(cluster) -> str:
-    import shlex
-
-    return shlex.join(command(cluster, "archive-get")) + " %f \"%p\""
-
-
 def run(cluster, name: str, *options: str, timeout: float | None = None, check: bool = True):
-    return runner.run(command(cluster, name, *options), os_user=cluster.os_user, timeout=timeout, check=check)
+    try:
+        return runner.run(command(cluster, name, *options), os_user=cluster.os_user, timeout=timeout, check=check)
+    except ToolError as exc:
+        if exc.returncode in OPTION_ERRORS:
+            exc.retryable = False
+            exc.fix = exc.fix or (f"correct the option in {cluster.pgbackrest.config_path} (or the cluster "
+                                  "configuration it is written from); retrying cannot help")
+        raise
 
 
 def backup_type_for(cluster, day: datetime) -> str:
     """Full on the configured weekdays (of the run's logical date, UTC), the incremental type otherwise."""
-    pb = cluster.pgbackrest
-    weekday = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[day.astimezone(timezone.utc).weekday()]
-    return "full" if weekday in pb.full_backup_days else pb.incremental_type
+    return "full" if times.weekday(day) in cluster.pgbackrest.full_backup_days else cluster.pgbackrest.incremental_type
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,15 +160,13 @@ def ensure_stanza(cluster) -> str:
 def _stanza_create(cluster, wait_seconds: float = 180) -> None:
     """stanza-create, waiting out the archive lock: on a cluster that archived before its stanza
     existed, the asynchronous archive-push holds that lock while it retries (error [050])."""
-    import time
-
     deadline = time.monotonic() + wait_seconds
     while True:
         proc = run(cluster, "stanza-create", check=False)
         if proc.returncode == 0:
             return
         if proc.returncode != LOCK_ERROR or time.monotonic() > deadline:
-            raise runner.ToolError(f"pgbackrest stanza-create failed for stanza {cluster.stanza}: "
+            raise ToolError(f"pgbackrest stanza-create failed for stanza {cluster.stanza}: "
                                    f"{runner.last_error_line(proc.stdout + proc.stderr)}", proc.returncode)
         log.info("stanza-create: the archive lock is held by archive-push; retrying in 5 s")
         time.sleep(5)
@@ -212,7 +183,7 @@ def backup(cluster, backup_type: str, run_id: str | None = None, timeout: float 
     run(cluster, "backup", *options, timeout=timeout)
     latest = latest_backup(cluster)
     if latest is None or (run_id and latest.get("annotation", {}).get("airflow_run_id") != run_id):
-        raise runner.ToolError(f"pgbackrest backup exited 0 but info does not list the backup of run {run_id}")
+        raise ToolError(f"pgbackrest backup exited 0 but info does not list the backup of run {run_id}")
     return latest
 
 
@@ -226,7 +197,7 @@ def verify(cluster) -> str:
     output = proc.stdout + proc.stderr
     problems = verify_problems(output)
     if proc.returncode != 0 or problems:
-        raise runner.ToolError(f"pgbackrest verify found problems in stanza {cluster.stanza}: "
+        raise ToolError(f"pgbackrest verify found problems in stanza {cluster.stanza}: "
                                + ("; ".join(problems) or runner.last_error_line(output)), proc.returncode, output)
     return "ok"
 
@@ -256,19 +227,26 @@ def parse_info(text: str, stanza: str) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise runner.ToolError(f"pgbackrest info did not return JSON ({exc}): {text[:200]!r}") from None
+        raise ToolError(f"pgbackrest info did not return JSON ({exc}): {text[:200]!r}") from None
     if not isinstance(data, list):
-        raise runner.ToolError(f"pgbackrest info returned {type(data).__name__}, expected a list of stanzas")
+        raise ToolError(f"pgbackrest info returned {type(data).__name__}, expected a list of stanzas")
     for entry in data:
         if isinstance(entry, dict) and entry.get("name") == stanza:
             return entry
     return {}
 
 
+def newest_good(stanza_info: dict, label: str | None = None, finished_before: datetime | None = None) -> dict | None:
+    """The one rule for "the newest good backup": no error, the given label if any, finished
+    before ``finished_before`` if given (a PITR target), and the latest stop time among those."""
+    good = [b for b in (stanza_info or {}).get("backup", []) if not b.get("error")
+            and (label is None or b["label"] == label)
+            and (finished_before is None or times.utc(b["timestamp"]["stop"]) <= finished_before)]
+    return max(good, key=lambda b: b["timestamp"]["stop"]) if good else None
+
+
 def latest_backup(cluster, stanza_info: dict | None = None) -> dict | None:
-    stanza_info = info(cluster) if stanza_info is None else stanza_info
-    good = [b for b in stanza_info.get("backup", []) if not b.get("error")]
-    return good[-1] if good else None
+    return newest_good(info(cluster) if stanza_info is None else stanza_info)
 
 
 def backup_record(cluster, backup_entry: dict, stanza_info: dict) -> dict:
@@ -280,8 +258,8 @@ def backup_record(cluster, backup_entry: dict, stanza_info: dict) -> dict:
         "tool": "pgbackrest",
         "label": backup_entry["label"],
         "type": backup_entry["type"],
-        "start_time": _iso(start),
-        "stop_time": _iso(stop),
+        "start_time": times.iso(start),
+        "stop_time": times.iso(stop),
         "duration_seconds": stop - start,
         "database_size_bytes": backup_entry.get("info", {}).get("size"),
         "backup_size_bytes": backup_entry.get("info", {}).get("delta"),
@@ -291,10 +269,6 @@ def backup_record(cluster, backup_entry: dict, stanza_info: dict) -> dict:
         "airflow_run_id": (backup_entry.get("annotation") or {}).get("airflow_run_id"),
         "backup_count": len(stanza_info.get("backup", [])),
     }
-
-
-def _iso(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat()
 
 
 def restore(cluster, target_directory: str, *, set_label: str | None = None, target_time: str | None = None,

@@ -16,20 +16,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pg_backups.errors import ToolError
+
 log = logging.getLogger(__name__)
 
 # Environment variables whose values are secrets, wherever they come from.
 SECRET_ENV = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
               "PGBACKREST_REPO1_S3_KEY", "PGBACKREST_REPO1_S3_KEY_SECRET", "PGBACKREST_REPO1_S3_TOKEN",
               "PGBACKREST_REPO1_CIPHER_PASS", "WALG_PGP_KEY_PASSPHRASE", "WALG_LIBSODIUM_KEY")
-
-
-class ToolError(RuntimeError):
-    """A tool exited non-zero (or said it failed). The message is already redacted."""
-
-    def __init__(self, message: str, returncode: int | None = None, output: str = ""):
-        super().__init__(message)
-        self.returncode, self.output = returncode, output
 
 
 @dataclass
@@ -86,6 +80,12 @@ def run(argv: list[str], *, env: dict | None = None, os_user: str | None = None,
         raise ToolError(f"{shown} failed with exit code {proc.returncode}: {last_error_line(output)}",
                         proc.returncode, output)
     return proc
+
+
+def psql_command(cluster, host: str | None, port: int, dbname: str, sql: str) -> list[str]:
+    """The one psql command line: unaligned, quiet, stops at the first error."""
+    return [str(Path(cluster.bin_directory) / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+            *(["-h", host] if host else []), "-p", str(port), "-U", cluster.user, "-d", dbname, "-c", sql]
 
 
 def last_error_line(output: str) -> str:

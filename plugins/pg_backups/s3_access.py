@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from pg_backups.errors import Unreachable
+
 
 @dataclass(frozen=True)
 class S3Access:
@@ -50,11 +52,11 @@ class S3Access:
             client.head_bucket(Bucket=bucket)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
-            raise ConnectionError(f"S3 bucket {bucket} at {self.endpoint_url or 'AWS ' + self.region} answered {code}: "
-                                  "check that the bucket exists (run the S3 bucket DAG) and the credentials") from None
+            raise Unreachable(f"S3 bucket {bucket} at {self.endpoint_url or 'AWS ' + self.region} answered {code}",
+                              "check that the bucket exists (run the S3 bucket DAG) and the credentials") from None
         except BotoCoreError as exc:
-            raise ConnectionError(f"S3 endpoint {self.endpoint_url or 'AWS ' + self.region} is unreachable for bucket "
-                                  f"{bucket}: {exc}. Nothing was backed up; check the endpoint and the network") from None
+            raise Unreachable(f"S3 endpoint {self.endpoint_url or 'AWS ' + self.region} is unreachable for bucket "
+                              f"{bucket}: {exc}. Nothing was backed up", "check the endpoint and the network") from None
 
     def boto3_client(self, config=None):
         import boto3

@@ -18,6 +18,8 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from pg_backups.errors import EXIT_REFUSED, PgBackupsError
+
 log = logging.getLogger(__name__)
 
 # Colder classes come later in a lifecycle; S3 refuses a transition to a warmer class.
@@ -35,10 +37,15 @@ RULE_CURRENT, RULE_NONCURRENT, RULE_MULTIPART = "backups-current-tiering", "back
 POLICY_SID = "DenyInsecureTransport"  # the one bucket-policy statement this project manages
 
 
-class BucketSettingsError(ValueError):
+class BucketSettingsError(PgBackupsError):
+    """A bucket setting S3 would refuse; found before any call to S3."""
+
+    retryable = False
+    exit_code = EXIT_REFUSED
+
     def __init__(self, key: str, problem: str, fix: str):
-        self.key, self.problem, self.fix = key, problem, fix
-        super().__init__(f"s3.{key}: {problem}. Fix: {fix}")
+        self.key = key
+        super().__init__(problem, fix, head=f"s3.{key}: {problem}")
 
 
 def validate(s) -> None:
@@ -297,8 +304,9 @@ def ensure_bucket(client, s) -> bool:
     location = client.get_bucket_location(Bucket=s.bucket).get("LocationConstraint") or "us-east-1"
     location = "eu-west-1" if location == "EU" else location  # the legacy name of eu-west-1
     if location != s.region:
-        raise RuntimeError(f"bucket {s.bucket} exists in {location}, not in the configured region {s.region}; "
-                           f"set s3.region to {location} or choose another bucket name")
+        raise BucketSettingsError("region", f"bucket {s.bucket} exists in {location}, not in the configured region "
+                                  f"{s.region}; nothing was changed", f"set s3.region to {location} or choose "
+                                  "another bucket name")
     return False
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
-from pg_backups import runner
-from pg_backups.pgbackrest import write_private
+from pg_backups import files, runner, times
+from pg_backups.errors import ToolError
 from pg_backups.s3_access import S3Access
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def settings(cluster, access: S3Access, *, secrets: bool = True) -> dict[str, st
 
 def write_config(cluster, access: S3Access) -> list[str]:
     """walg.json for archive_command on the database host (it holds the S3 keys: mode 0600)."""
-    write_private(cluster.walg.config_path, json.dumps(settings(cluster, access), indent=2, sort_keys=True) + "\n",
+    files.write_private(cluster.walg.config_path, json.dumps(settings(cluster, access), indent=2, sort_keys=True) + "\n",
                   cluster.os_user)
     return [cluster.walg.config_path]
 
@@ -76,10 +76,10 @@ def backup_push(cluster, access: S3Access, run_id: str | None = None, timeout: f
     run(cluster, access, "backup-push", cluster.data_directory, extra_env=extra, timeout=timeout)
     backups = backup_list(cluster, access)
     if not backups:
-        raise runner.ToolError("wal-g backup-push exited 0 but backup-list shows no backup")
-    latest = backups[-1]
+        raise ToolError("wal-g backup-push exited 0 but backup-list shows no backup")
+    latest = newest(backups)
     if run_id and run_tag(latest) != run_id:
-        raise runner.ToolError(f"wal-g backup-push exited 0 but the newest backup {latest.get('backup_name')} "
+        raise ToolError(f"wal-g backup-push exited 0 but the newest backup {latest.get('backup_name')} "
                                f"is not tagged with run {run_id}")
     return latest
 
@@ -90,7 +90,7 @@ def backup_list(cluster, access: S3Access) -> list[dict]:
         # WAL-G says "No backups found" on stderr (exit 0 or 1 depending on version) for an empty store.
         if "no backups found" in (proc.stdout + proc.stderr).lower():
             return []
-        raise runner.ToolError(f"wal-g backup-list failed: {runner.last_error_line(proc.stdout + proc.stderr)}",
+        raise ToolError(f"wal-g backup-list failed: {runner.last_error_line(proc.stdout + proc.stderr)}",
                                proc.returncode)
     return parse_backup_list(proc.stdout)
 
@@ -103,10 +103,27 @@ def parse_backup_list(text: str) -> list[dict]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise runner.ToolError(f"wal-g backup-list did not return JSON ({exc}): {text[:200]!r}") from None
+        raise ToolError(f"wal-g backup-list did not return JSON ({exc}): {text[:200]!r}") from None
     if not isinstance(data, list) or not all(isinstance(b, dict) and "backup_name" in b for b in data):
-        raise runner.ToolError("wal-g backup-list returned JSON without a list of backups")
-    return sorted(data, key=lambda b: b.get("start_time") or b.get("time") or "")
+        raise ToolError("wal-g backup-list returned JSON without a list of backups")
+    return sorted(data, key=started)
+
+
+def started(backup: dict) -> datetime:
+    return times.utc(backup.get("start_time") or backup.get("time"))
+
+
+def finished(backup: dict) -> datetime:
+    return times.utc(backup.get("finish_time") or backup.get("time") or backup.get("start_time"))
+
+
+def newest(backups: list[dict], label: str | None = None, finished_before: datetime | None = None) -> dict | None:
+    """The one rule for "the newest good backup" (``backup-list`` shows only completed ones): the
+    given label if any, finished before ``finished_before`` if given (a PITR target), and the
+    latest finish time among those."""
+    chosen = [b for b in backups if (label is None or b["backup_name"] == label)
+              and (finished_before is None or finished(b) <= finished_before)]
+    return max(chosen, key=finished) if chosen else None
 
 
 def run_tag(backup: dict) -> str | None:
@@ -133,24 +150,19 @@ def retention_target(backups: list[dict], now: datetime, days: int) -> str | Non
     if not backups:
         return None
     cutoff = now - timedelta(days=days)
-    kept = [b for b in backups if _time(b) >= cutoff]
+    kept = [b for b in backups if started(b) >= cutoff]
     fulls = [b for b in backups if is_full(b)]
     if fulls:
         kept.append(fulls[-1])
-    oldest_kept = min(kept, key=_time) if kept else backups[-1]
-    if oldest_kept is backups[0] or _time(oldest_kept) <= _time(backups[0]):
+    oldest_kept = min(kept, key=started) if kept else backups[-1]
+    if oldest_kept is backups[0] or started(oldest_kept) <= started(backups[0]):
         return None
     return oldest_kept["backup_name"]
 
 
-def _time(backup: dict) -> datetime:
-    raw = backup.get("start_time") or backup.get("time")
-    return datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(timezone.utc)
-
-
 def delete_old(cluster, access: S3Access, now: datetime | None = None) -> dict:
     """Retention. The runbook's `wal-g delete before --confirm` names no target and is not valid."""
-    now = now or datetime.now(timezone.utc)
+    now = now or times.now()
     backups = backup_list(cluster, access)
     target = retention_target(backups, now, cluster.walg.retention_days)
     if target is None:
@@ -162,15 +174,15 @@ def delete_old(cluster, access: S3Access, now: datetime | None = None) -> dict:
 
 
 def backup_record(cluster, backup: dict, backups: list[dict]) -> dict:
-    start, finish = backup.get("start_time") or backup.get("time"), backup.get("finish_time") or backup.get("time")
-    duration = (_parse(finish) - _parse(start)).total_seconds() if start and finish else None
+    start, finish = started(backup), finished(backup)
+    duration = (finish - start).total_seconds() if start and finish else None
     return {
         "cluster": cluster.name,
         "tool": "walg",
         "label": backup["backup_name"],
         "type": "full" if is_full(backup) else "delta",
-        "start_time": _parse(start).isoformat() if start else None,
-        "stop_time": _parse(finish).isoformat() if finish else None,
+        "start_time": times.iso(start),
+        "stop_time": times.iso(finish),
         "duration_seconds": duration,
         "database_size_bytes": backup.get("uncompressed_size"),
         "backup_size_bytes": backup.get("compressed_size"),
@@ -180,10 +192,6 @@ def backup_record(cluster, backup: dict, backups: list[dict]) -> dict:
         "airflow_run_id": run_tag(backup),
         "backup_count": len(backups),
     }
-
-
-def _parse(raw: str) -> datetime:
-    return datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
 def backup_fetch(cluster, access: S3Access, target_directory: str, name: str = "LATEST",

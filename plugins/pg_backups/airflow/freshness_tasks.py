@@ -1,74 +1,73 @@
-"""The task bodies of the hourly ``backup_freshness_<cluster>`` DAG.
+"""Task bodies of the hourly ``backup_freshness_<cluster>`` DAG.
 
-Each takes the cluster's name and reads the configuration when it runs (as
-:mod:`pg_backups.airflow_tasks` does). A task that finds a problem raises: the task fails, and
-the cluster's Slack failure alert (``on_failure_callback``) says what is wrong after the last try.
-Metrics are published on the way, problem or not.
+Each takes the cluster's name and reads the configuration when it runs. A task that finds a
+problem raises: the task fails, and the cluster's Slack failure alert says what is wrong after the
+last try. Metrics are published on the way, problem or not.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+
+from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 from pg_backups import freshness, metrics, pgbackrest, walg
-from pg_backups.airflow_tasks import cluster_named, s3_access, s3_client
+from pg_backups.airflow.common import cluster_named, context, s3_access, s3_client, task_body
+from pg_backups.errors import StaleBackup, WalArchivingProblem
+from pg_backups.times import now
 
 log = logging.getLogger(__name__)
 
 ARCHIVER_XCOM_KEY = "archiver_stats"
 
 
+@task_body
 def check_backups(cluster_name: str) -> dict:
     """The newest good backup of every tool of the cluster is younger than alerts.max_backup_age_hours."""
     cluster = cluster_named(cluster_name)
-    now = datetime.now(timezone.utc)
+    at = now()
     limit = cluster.alerts.max_backup_age_hours
     verdicts = []
     if "pgbackrest" in cluster.tools:
         stanza_info = pgbackrest.info(cluster)
         newest = freshness.newest_pgbackrest(stanza_info)
-        verdict = freshness.judge_backup("pgbackrest", newest, now, limit)
+        verdict = freshness.judge_backup("pgbackrest", newest, at, limit)
         status = (stanza_info.get("status") or {})
         if newest is None and status.get("code") not in (None, 0):  # e.g. the repository is unreachable
             verdict["problem"] += f" (pgbackrest info: {status.get('message')}; " + \
                 "; ".join(str((r.get("status") or {}).get("message")) for r in stanza_info.get("repo", [])) + ")"
         verdicts.append(verdict)
         if newest:  # keep the backup metrics current even if the backup was published elsewhere
-            entry = pgbackrest.latest_backup(cluster, stanza_info)
+            entry = pgbackrest.newest_good(stanza_info)
             metrics.record_backup(cluster, pgbackrest.backup_record(cluster, entry, stanza_info))
     if "walg" in cluster.tools:
         access = s3_access(cluster)
         walg.write_config(cluster, access)  # as walg_backup does: `--config` must exist on this worker
         backups = walg.backup_list(cluster, access)
         newest = freshness.newest_walg(backups)
-        verdicts.append(freshness.judge_backup("walg", newest, now, limit))
+        verdicts.append(freshness.judge_backup("walg", newest, at, limit))
         if newest:
-            chosen = next(b for b in backups if b["backup_name"] == newest["label"])
-            metrics.record_backup(cluster, walg.backup_record(cluster, chosen, backups))
+            metrics.record_backup(cluster, walg.backup_record(cluster, walg.newest(backups), backups))
     for verdict in verdicts:
         log.info("%s: newest good backup %s, finished %s, %s h old (limit %s h)", verdict["tool"],
                  verdict["label"], verdict["finished_at"], verdict["age_hours"], limit)
     message = freshness.stale_message(cluster.name, verdicts)
     if message:
-        raise freshness.StaleBackup(message)
+        raise StaleBackup(message)
     return {"cluster": cluster.name, "max_backup_age_hours": limit, "backups": verdicts}
 
 
 def archiver_stats(cluster) -> dict:
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
     row = PostgresHook(postgres_conn_id=cluster.pg_conn_id).get_first(freshness.ARCHIVER_SQL)
-    return dict(zip(freshness.ARCHIVER_COLUMNS, row))
+    return dict(zip(freshness.ARCHIVER_COLUMNS, row, strict=True))
 
 
+@task_body
 def check_wal_archiving(cluster_name: str) -> dict:
     """pg_stat_archiver: no failure since the last success, no new failures since the last check,
     no WAL piling up unarchived."""
-    from airflow.sdk import get_current_context
-
     cluster = cluster_named(cluster_name)
-    ti = get_current_context()["ti"]
+    ti = context()["ti"]
     # The newest earlier value (one map index: XCom.get_one, newest logical date first).
     previous = ti.xcom_pull(task_ids=ti.task_id, key=ARCHIVER_XCOM_KEY, include_prior_dates=True,
                             map_indexes=ti.map_index)
@@ -78,12 +77,13 @@ def check_wal_archiving(cluster_name: str) -> dict:
     ti.xcom_push(key=ARCHIVER_XCOM_KEY, value=stats)  # the next check compares with it, even if this one fails
     metrics.record_archiver(cluster, stats)
     log.info("pg_stat_archiver: %s", stats)
-    problems = freshness.archiver_problems(stats, previous, datetime.now(timezone.utc))
+    problems = freshness.archiver_problems(stats, previous, now())
     if problems:
-        raise freshness.WalArchivingProblem(f"cluster {cluster.name}: " + "; ".join(problems))
+        raise WalArchivingProblem(f"cluster {cluster.name}: " + "; ".join(problems))
     return stats
 
 
+@task_body
 def bucket_usage(cluster_name: str) -> dict:
     """Bytes and objects of the bucket by storage class, noncurrent versions included (S3 cost)."""
     cluster = cluster_named(cluster_name)

@@ -3,8 +3,9 @@ staging, checked, signed off by QA, audited. First Sunday of Jan/Apr/Jul/Oct, 02
 
 from airflow.sdk import DAG, Param, task
 
-from pg_backups import airflow_restore as r
-from pg_backups import airflow_tasks as t
+from pg_backups.airflow import restore_tasks
+from pg_backups.airflow.common import backup_asset, dag_args
+from pg_backups.airflow.operators import qa_signoff_operator
 from pg_backups.config import TOOLS, load_config
 
 DOC = """
@@ -37,7 +38,7 @@ for cluster in load_config().clusters:
     with DAG(
         dag_id=f"restore_test_{cluster.name}",
         schedule=rt.schedule,
-        **t.dag_args(cluster, "restore-test"),
+        **dag_args(cluster, "restore-test"),
         params={
             "tool": Param(rt.tool, enum=[tool for tool in TOOLS if tool in cluster.tools],
                           description="Which tool's backup to restore"),
@@ -52,16 +53,16 @@ for cluster in load_config().clusters:
                           qa=", ".join(rt.qa_users), days=rt.signoff_timeout_days, audit=rt.audit_log,
                           bucket=cluster.s3.bucket, prefix=rt.audit_prefix),
     ):
-        guard = task(task_id="guard")(r.guard)(cluster.name)
-        stop = task(task_id="stop_staging")(r.stop_staging)(cluster.name)
-        purge = task(task_id="purge_staging")(r.purge_staging)(cluster.name)
+        guard = task(task_id="guard")(restore_tasks.guard)(cluster.name)
+        stop = task(task_id="stop_staging")(restore_tasks.stop_staging)(cluster.name)
+        purge = task(task_id="purge_staging")(restore_tasks.purge_staging)(cluster.name)
         restored = task(task_id="restore_latest_backup",
-                        inlets=[t.backup_asset(cluster, tool) for tool in cluster.tools])(
-            r.restore_latest_backup)(cluster.name)
-        start = task(task_id="start_staging")(r.start_staging)(cluster.name)
-        smoke = task(task_id="smoke_query")(r.smoke_query)(cluster.name)
-        checks = task(task_id="data_checks")(r.data_checks)(cluster.name, restored)
-        signoff = r.qa_signoff_operator(cluster)
-        audit = task(task_id="audit_and_archive", trigger_rule="all_done")(r.audit_and_archive)(cluster.name)
-        stop_after = task(task_id="stop_staging_after", trigger_rule="all_done")(r.stop_staging_after)(cluster.name)
+                        inlets=[backup_asset(cluster, tool) for tool in cluster.tools])(
+            restore_tasks.restore_latest_backup)(cluster.name)
+        start = task(task_id="start_staging")(restore_tasks.start_staging)(cluster.name)
+        smoke = task(task_id="smoke_query")(restore_tasks.smoke_query)(cluster.name)
+        checks = task(task_id="data_checks")(restore_tasks.data_checks)(cluster.name, restored)
+        signoff = qa_signoff_operator(cluster)
+        audit = task(task_id="audit_and_archive", trigger_rule="all_done")(restore_tasks.audit_and_archive)(cluster.name)
+        stop_after = task(task_id="stop_staging_after", trigger_rule="all_done")(restore_tasks.stop_staging_after)(cluster.name)
         guard >> stop >> purge >> restored >> start >> smoke >> checks >> signoff >> audit >> stop_after.as_teardown()

@@ -1,0 +1,95 @@
+"""Task bodies of the bucket and backup DAGs: resolve the cluster and its S3 access from Airflow,
+then call :mod:`pg_backups.operations`, the same code the cron scripts run.
+
+Each takes the cluster's name (not the object) so that DAG files can generate one DAG per cluster
+in a loop without Python's late-binding closures mixing clusters up, and so that the
+configuration is read when the task runs.
+"""
+
+from __future__ import annotations
+
+from pg_backups import metrics, operations, pgbackrest
+from pg_backups.airflow import notifiers
+from pg_backups.airflow.common import (
+    backup_asset,
+    cluster_named,
+    context,
+    params,
+    run_time,
+    s3_access,
+    s3_client,
+    task_body,
+)
+
+
+@task_body
+def configure_bucket(cluster_name: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    report = operations.configure_bucket(cluster, s3_client(cluster))
+    if report["changed"]:
+        removed = report.get("removed_lifecycle_rules") or []
+        notifiers.post(cluster, f":wrench: S3 bucket `{report['bucket']}` of cluster `{cluster.name}`: "
+                                f"{'created and configured' if report['created'] else 'drift repaired'}: "
+                                f"{', '.join(report['drifted_settings'])}"
+                                + (f" (removed lifecycle rules not managed here: {', '.join(map(str, removed))})"
+                                   if removed else ""))
+    return report
+
+
+@task_body
+def pgbackrest_preflight(cluster_name: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    return operations.pgbackrest_preflight(cluster, s3_access(cluster))
+
+
+@task_body
+def pgbackrest_backup(cluster_name: str) -> dict:
+    """Backup type from the run's params: `auto` (the weekly policy, on the run's date) or
+    full/diff/incr by hand."""
+    cluster = cluster_named(cluster_name)
+    ctx = context()
+    backup_type = params(ctx).get("backup_type", "auto")
+    if backup_type == "auto":
+        backup_type = pgbackrest.backup_type_for(cluster, run_time(ctx))
+    return operations.pgbackrest_backup(cluster, backup_type, ctx["run_id"])
+
+
+@task_body
+def pgbackrest_expire(cluster_name: str) -> dict:
+    return operations.pgbackrest_expire(cluster_named(cluster_name))
+
+
+@task_body
+def pgbackrest_verify(cluster_name: str) -> str:
+    return operations.pgbackrest_verify(cluster_named(cluster_name))
+
+
+def _publish(cluster, record: dict) -> dict:
+    """The backup's record: the task's return value, the asset event's extra, the metrics."""
+    context()["outlet_events"][backup_asset(cluster, record["tool"])].extra = record
+    metrics.record_backup(cluster, record)
+    return record
+
+
+@task_body
+def publish_pgbackrest_backup(cluster_name: str, label: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    return _publish(cluster, operations.pgbackrest_latest_record(cluster, label))
+
+
+@task_body
+def walg_backup(cluster_name: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    return operations.walg_backup(cluster, s3_access(cluster), context()["run_id"])
+
+
+@task_body
+def walg_delete_old(cluster_name: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    return operations.walg_delete_old(cluster, s3_access(cluster))
+
+
+@task_body
+def publish_walg_backup(cluster_name: str, label: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    return _publish(cluster, operations.walg_latest_record(cluster, s3_access(cluster), label))

@@ -1,0 +1,116 @@
+"""What every task body shares: the cluster by name, the run's time, S3 access from the Airflow
+connection, the DAG arguments, and the one place where an error that a retry cannot fix becomes
+a failure without retry.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Asset, get_current_context
+from airflow.sdk.exceptions import AirflowFailException
+
+from pg_backups.airflow import notifiers
+from pg_backups.config import load_config
+from pg_backups.errors import PgBackupsError
+from pg_backups.s3_access import S3Access
+from pg_backups.times import now
+
+log = logging.getLogger(__name__)
+
+START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def task_body(fn):
+    """Run a task body; an error whose ``retryable`` is false fails the task at once, without retry
+    (a refused staging path or an invalid pgBackRest option does not get better in five minutes)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PgBackupsError as exc:
+            if exc.retryable:
+                raise
+            raise AirflowFailException(str(exc)) from exc
+
+    return wrapper
+
+
+def default_args(cluster) -> dict:
+    args = {
+        "owner": cluster.owner,
+        "retries": cluster.retries,
+        "retry_delay": timedelta(seconds=cluster.retry_delay_seconds),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": [notifiers.failure_notifier(cluster)],
+    }
+    if cluster.alerts.notify_on_retry:
+        args["on_retry_callback"] = [notifiers.retry_notifier(cluster)]
+    return args
+
+
+def dag_args(cluster, purpose: str) -> dict:
+    """What every DAG of a cluster shares: its start, no catchup, one run at a time, retries and
+    Slack alerts, tags to filter by in the UI."""
+    return {"start_date": START_DATE, "catchup": False, "max_active_runs": 1,
+            "default_args": default_args(cluster), "tags": ["backups", purpose, cluster.name]}
+
+
+def backup_asset(cluster, tool: str) -> Asset:
+    """The asset a backup DAG updates; its events carry the backup record (label, times, sizes)."""
+    path = cluster.pgbackrest.repo_path.strip("/") + f"/backup/{cluster.stanza}" if tool == "pgbackrest" \
+        else cluster.walg.prefix.strip("/") + "/basebackups_005"
+    return Asset(name=f"{tool}_backup_{cluster.name}", uri=f"s3://{cluster.s3.bucket}/{path}", group="backups")
+
+
+def cluster_named(name: str):
+    return load_config().cluster(name)
+
+
+def context():
+    return get_current_context()
+
+
+def run_time(ctx=None) -> datetime:
+    """The time a run stands for: its logical date when it has one, else when the run started.
+
+    A run triggered from the UI or the REST API with no logical date has none (Airflow 3):
+    reading ``context["logical_date"]`` would fail.
+    """
+    ctx = ctx or context()
+    logical = ctx.get("logical_date")
+    if logical is not None:
+        return logical
+    dag_run = ctx.get("dag_run")
+    return getattr(dag_run, "start_date", None) or getattr(dag_run, "run_after", None) or now()
+
+
+def params(ctx=None) -> dict:
+    return dict((ctx or context()).get("params") or {})
+
+
+def s3_hook(cluster):
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=cluster.s3.aws_conn_id, region_name=cluster.s3.region,
+                  verify=cluster.s3.ca_file or None)
+
+
+def s3_access(cluster) -> S3Access:
+    """Credentials and endpoint from the cluster's Airflow AWS connection (never from code)."""
+    hook = s3_hook(cluster)
+    credentials = hook.get_credentials()
+    conn = hook.conn_config
+    verify = cluster.s3.ca_file or (conn.verify if isinstance(conn.verify, str) else None)
+    return S3Access(region=cluster.s3.region, access_key=credentials.access_key, secret_key=credentials.secret_key,
+                    session_token=credentials.token, endpoint_url=cluster.s3.endpoint_url or conn.endpoint_url,
+                    ca_file=verify)
+
+
+def s3_client(cluster):
+    if cluster.s3.endpoint_url:  # the configuration overrides the connection's endpoint
+        return s3_access(cluster).boto3_client()
+    return s3_hook(cluster).get_conn()

@@ -1,0 +1,151 @@
+"""Task bodies of the quarterly restore test DAG (``dags/quarterly_restore.py``): resolve the
+cluster, its S3 access and its staging connection from Airflow, then call
+:mod:`pg_backups.operations`, the same code as ``pg_backups.cli restore-test``.
+
+Results travel between tasks as XComs, none of them holding a secret: the restore's backup record
+and duration, the startup time, the smoke result, the checks, QA's answer. ``audit_and_archive``
+reads whatever exists (it runs even when an earlier task failed) and records ``failed`` unless the
+restore happened, every check passed and QA approved; then it fails itself, so the run never
+reports success for a restore that did not happen.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowFailException
+
+from pg_backups import audit, operations
+from pg_backups.airflow import notifiers
+from pg_backups.airflow.common import cluster_named, context, params, s3_access, s3_client, task_body
+from pg_backups.airflow.operators import SIGNOFF_XCOM_KEY
+from pg_backups.errors import CheckFailed
+from pg_backups.staging import StagingConnection
+
+log = logging.getLogger(__name__)
+
+TASK_ORDER = ("guard", "stop_staging", "purge_staging", "restore_latest_backup", "start_staging", "smoke_query",
+              "data_checks", "qa_signoff")
+CHECKS_XCOM_KEY = "checks"
+
+
+def staging_connection(cluster) -> StagingConnection | None:
+    """host/port/dbname of the staging connection (its password is never read here)."""
+    try:
+        conn = BaseHook.get_connection(cluster.staging_conn_id)
+    except Exception as exc:  # AirflowNotFoundException: the guard still checks the paths
+        log.warning("no Airflow connection %s (%s): the guard checks the staging paths only",
+                    cluster.staging_conn_id, type(exc).__name__)
+        return None
+    return StagingConnection(conn.host, conn.port, conn.schema)
+
+
+def restore_params() -> dict:
+    """The run's params: tool, backup label (None for ``latest``), PITR target (None: end of WAL)."""
+    p = params()
+    label = (p.get("backup_label") or "").strip()
+    target = (p.get("target_time") or "").strip() if isinstance(p.get("target_time"), str) else None
+    return {"tool": p.get("tool"), "label": None if label in ("", "latest") else label, "target_time": target or None}
+
+
+def _dbname(cluster) -> str | None:
+    conn = staging_connection(cluster)
+    return conn.dbname if conn else None
+
+
+@task_body
+def guard(cluster_name: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    return operations.restore_guard(cluster, staging_connection(cluster))
+
+
+@task_body
+def stop_staging(cluster_name: str) -> str:
+    cluster = cluster_named(cluster_name)
+    return operations.restore_stop_staging(cluster, staging_connection(cluster))
+
+
+@task_body
+def purge_staging(cluster_name: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    return operations.restore_purge_staging(cluster, staging_connection(cluster))
+
+
+@task_body
+def restore_latest_backup(cluster_name: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    p = restore_params()
+    tool = p["tool"] or cluster.restore_test.tool
+    return operations.restore_latest_backup(cluster, tool, s3_access(cluster), p["label"], p["target_time"],
+                                            staging_connection(cluster))
+
+
+@task_body
+def start_staging(cluster_name: str) -> dict:
+    return operations.restore_start_staging(cluster_named(cluster_name))
+
+
+@task_body
+def smoke_query(cluster_name: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    return operations.restore_smoke(cluster, _dbname(cluster))
+
+
+@task_body
+def data_checks(cluster_name: str, restored: dict) -> list[dict]:
+    cluster = cluster_named(cluster_name)
+    try:
+        return operations.restore_data_checks(cluster, restored["record"], _dbname(cluster))
+    except CheckFailed as exc:
+        context()["ti"].xcom_push(CHECKS_XCOM_KEY, exc.checks)  # the audit line shows every result
+        raise
+
+
+def _xcom(ti, task_id: str, key: str = "return_value"):
+    try:
+        return ti.xcom_pull(task_ids=task_id, key=key)
+    except Exception as exc:
+        log.warning("no %s XCom from %s: %s", key, task_id, exc)
+        return None
+
+
+@task_body
+def audit_and_archive(cluster_name: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    ctx = context()
+    ti, run_id = ctx["ti"], ctx["run_id"]
+    restored = _xcom(ti, "restore_latest_backup")
+    started = _xcom(ti, "start_staging")
+    smoke = _xcom(ti, "smoke_query")
+    checks = _xcom(ti, "data_checks") or _xcom(ti, "data_checks", CHECKS_XCOM_KEY)
+    signoff = _xcom(ti, "qa_signoff", SIGNOFF_XCOM_KEY)
+    errors = []
+    try:
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id], task_ids=list(TASK_ORDER)).get(run_id, {})
+        errors = [f"{task_id}: {states[task_id]}" for task_id in TASK_ORDER
+                  if states.get(task_id) not in ("success", None)]
+    except Exception as exc:  # the XComs alone already decide the outcome
+        log.warning("could not read the task states: %s", exc)
+    p = restore_params()
+    seconds = None
+    if restored and started:
+        seconds = restored["restore_seconds"] + started["startup_seconds"]
+    line = audit.audit_record(cluster, run_id=run_id, tool=(restored or {}).get("tool") or p["tool"]
+                              or cluster.restore_test.tool, record=(restored or {}).get("record"),
+                              restore_seconds=seconds, smoke_result=smoke, checks=checks, signoff=signoff,
+                              errors=errors, target_time=p["target_time"])
+    result = operations.restore_audit_and_archive(cluster, s3_client(cluster), line)
+    if line["outcome"] != "success":
+        # No retry: the line is written; the failure callback alerts Slack.
+        raise AirflowFailException(f"restore test of cluster {cluster.name} failed "
+                                   f"({'; '.join(errors) or 'see the audit line'}); audit: {result['archived']}")
+    try:
+        notifiers.post(cluster, audit.summary_text(cluster, line))
+    except Exception as exc:  # the drill passed; a Slack outage must not turn it red
+        log.warning("could not post the restore summary to Slack: %s", type(exc).__name__)
+    return {**result, "audit": line}
+
+
+def stop_staging_after(cluster_name: str) -> str:
+    return stop_staging(cluster_name)

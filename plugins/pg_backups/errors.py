@@ -1,0 +1,89 @@
+"""One error family for the whole package.
+
+Every error the project raises on purpose is a :class:`PgBackupsError`: it says what went wrong,
+what to do about it, and whether trying again can help. Two places read that and nothing else:
+
+* the Airflow wing (:func:`pg_backups.airflow.common.task_body`) fails a task without retry when
+  ``retryable`` is false (a refused staging path does not get better in five minutes);
+* the cron command (:func:`pg_backups.cli.main`) exits with ``exit_code``: 2 when the input was
+  refused before anything ran, 1 for a failure while running.
+
+Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+# Exit codes of the cron scripts (documented in the README).
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+
+
+class PgBackupsError(RuntimeError):
+    """What went wrong (``problem``), the fix (``fix``), and whether a retry can help."""
+
+    retryable = True
+    exit_code = EXIT_FAILED
+
+    def __init__(self, problem: str, fix: str | None = None, *, retryable: bool | None = None, head: str | None = None):
+        self.problem, self.fix, self.head = problem, fix, head or problem
+        if retryable is not None:
+            self.retryable = retryable
+        super().__init__(problem)
+
+    def __str__(self) -> str:  # read when shown, so a fix added on the way up is part of the message
+        return f"{self.head}. Fix: {self.fix}" if self.fix else self.head
+
+
+class ConfigError(PgBackupsError):
+    """A setting is wrong: where it is (``source``, ``key``), what is wrong, and the fix."""
+
+    retryable = False
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, source: str, key: str, problem: str, fix: str):
+        self.source, self.key = source, key
+        super().__init__(problem, fix, head=f"{source}: {key}: {problem}")
+
+
+class RestoreRefused(PgBackupsError):
+    """The restore test's guard refused: nothing was stopped or deleted."""
+
+    retryable = False
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, setting: str, problem: str, fix: str):
+        self.setting = setting
+        super().__init__(problem, fix, head=f"restore test refused, nothing was deleted: {setting}: {problem}")
+
+
+class ToolError(PgBackupsError):
+    """A backup tool (or psql, pg_ctl) exited non-zero or said it failed. Already redacted."""
+
+    def __init__(self, message: str, returncode: int | None = None, output: str = "", *,
+                 fix: str | None = None, retryable: bool | None = None):
+        super().__init__(message, fix, retryable=retryable)
+        self.returncode, self.output = returncode, output
+
+
+class Unreachable(PgBackupsError):
+    """A service the job needs (S3, PostgreSQL) did not answer; nothing was changed. Worth a retry."""
+
+
+class CheckFailed(PgBackupsError):
+    """A check of the restored cluster failed; ``checks`` holds every result for the audit."""
+
+    retryable = False  # the restored data will not change by asking again
+
+    def __init__(self, message: str, checks: list[dict]):
+        super().__init__(message)
+        self.checks = checks
+
+
+class StaleBackup(PgBackupsError):
+    """The newest good backup of a tool is older than alerts.max_backup_age_hours (or missing).
+
+    Retried like any failure: a backup that is finishing right now makes the next try pass."""
+
+
+class WalArchivingProblem(PgBackupsError):
+    """pg_stat_archiver shows failures, or WAL waits too long to be archived."""

@@ -1,0 +1,51 @@
+"""Time values as the tools and PostgreSQL give them, read one way everywhere.
+
+pgBackRest reports Unix times, WAL-G ISO 8601 with ``Z``, PostgreSQL ``timestamptz`` values (or
+their text), the run's params free text: :func:`utc` turns any of them into an aware UTC datetime.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def utc(value) -> datetime | None:
+    """An aware UTC datetime from a Unix time, a datetime or an ISO 8601 text; None for None or "".
+
+    A naive value is taken as UTC (PostgreSQL's ``timestamptz`` text always has its offset).
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"not a time: {value!r}")
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        text = str(value).strip().replace("Z", "+00:00")
+        # PostgreSQL writes '+00' for the offset; Python 3.11 reads it, older ones want '+00:00'.
+        dt = datetime.fromisoformat(text)
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def epoch(value) -> float | None:
+    """Unix time of :func:`utc`'s reading (for metrics)."""
+    dt = utc(value)
+    return dt.timestamp() if dt else None
+
+
+def iso(value) -> str | None:
+    dt = utc(value)
+    return dt.isoformat() if dt else None
+
+
+def weekday(day: datetime) -> str:
+    """``mon`` .. ``sun`` of ``day`` in UTC."""
+    return WEEKDAYS[utc(day).weekday()]
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,134 @@
+"""One error family: what went wrong, the fix, and whether a retry can help. A non-retryable error
+fails the task on its first try (one place in the Airflow wing), and the cron command maps every
+error to its documented exit code (one place in cli.main)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from pg_backups import cli, pgbackrest
+from pg_backups.config import build_cluster
+from pg_backups.errors import (
+    EXIT_FAILED,
+    EXIT_REFUSED,
+    CheckFailed,
+    ConfigError,
+    PgBackupsError,
+    RestoreRefused,
+    StaleBackup,
+    ToolError,
+    Unreachable,
+    WalArchivingProblem,
+)
+from pg_backups.s3_bucket import BucketSettingsError
+
+
+@pytest.mark.parametrize("error,retryable,exit_code", [
+    (ConfigError("f.yaml", "k", "bad", "fix it"), False, EXIT_REFUSED),
+    (RestoreRefused("restore_test.staging_data_directory", "is production", "point it elsewhere"), False, EXIT_REFUSED),
+    (BucketSettingsError("region", "bucket exists in us-west-2", "set s3.region"), False, EXIT_REFUSED),
+    (CheckFailed("restored cluster failed checks: backup_marker", []), False, EXIT_FAILED),
+    (ToolError("pgbackrest backup failed with exit code 49", 49), True, EXIT_FAILED),
+    (Unreachable("S3 endpoint is unreachable", "check the network"), True, EXIT_FAILED),
+    (StaleBackup("cluster asso: pgbackrest: no good backup"), True, EXIT_FAILED),
+    (WalArchivingProblem("cluster asso: archive_command is failing"), True, EXIT_FAILED),
+])
+def test_every_error_says_whether_a_retry_helps_and_its_exit_code(error, retryable, exit_code):
+    assert isinstance(error, PgBackupsError)
+    assert (error.retryable, error.exit_code) == (retryable, exit_code)
+    if error.fix:
+        assert str(error).endswith(f"Fix: {error.fix}")
+
+
+def test_a_fix_added_on_the_way_up_is_part_of_the_message():
+    error = ToolError("pgbackrest check failed", 37)
+    error.fix = "set pg1-path"
+    assert str(error) == "pgbackrest check failed. Fix: set pg1-path"
+
+
+def test_task_body_fails_without_retry_only_what_a_retry_cannot_fix():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pg_backups.airflow.common import task_body
+
+    @task_body
+    def refused():
+        raise RestoreRefused("restore_test.staging_data_directory", "is production", "point it elsewhere")
+
+    @task_body
+    def transient():
+        raise Unreachable("S3 endpoint is unreachable", "check the network")
+
+    with pytest.raises(AirflowFailException) as failed:
+        refused()
+    assert isinstance(failed.value.__cause__, RestoreRefused) and "Fix: point it elsewhere" in str(failed.value)
+    with pytest.raises(Unreachable):  # Airflow retries it
+        transient()
+
+
+def test_alert_names_the_cause_not_the_airflow_wrapper():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pg_backups.airflow.notifiers import error_summary
+
+    try:
+        try:
+            raise ConfigError("clusters.yaml", "s3.region", "bucket exists in us-west-2", "set s3.region")
+        except ConfigError as exc:
+            raise AirflowFailException(str(exc)) from exc
+    except AirflowFailException as wrapped:
+        assert error_summary(wrapped).startswith("ConfigError: clusters.yaml: s3.region: bucket exists in us-west-2")
+
+
+def test_an_option_pgbackrest_refuses_is_not_retryable(tmp_path):
+    """The real pgBackRest: an option it rejects (exit 031/032) does not get better by retrying."""
+    conf = tmp_path / "pgbackrest.conf"
+    conf.write_text("[global]\nrepo1-path=/nonexistent\n")
+    cluster = build_cluster({"name": "asso", "pgbackrest": {"config_path": str(conf), "manage_config": False}})
+    with pytest.raises(ToolError) as bad_value:
+        pgbackrest.run(cluster, "expire", "--repo1-retention-archive-type=time")
+    assert bad_value.value.returncode == 32 and bad_value.value.retryable is False
+    assert str(conf) in str(bad_value.value) and "retrying cannot help" in str(bad_value.value)
+    with pytest.raises(ToolError) as missing:  # a repository that cannot be read now may be readable later
+        pgbackrest.run(cluster, "expire", "--lock-path", str(tmp_path), "--log-path", str(tmp_path))
+    assert missing.value.returncode not in pgbackrest.OPTION_ERRORS
+    assert missing.value.retryable is True
+
+
+@pytest.mark.parametrize("error,code", [
+    (ConfigError("environment", "PGPORT", "'x' is not a number", "set PGPORT to a port number"), EXIT_REFUSED),
+    (RestoreRefused("STAGING_PGDATA", "is production", "point it at staging"), EXIT_REFUSED),
+    (ToolError("pgbackrest backup failed with exit code 49", 49), EXIT_FAILED),
+    (RuntimeError("anything else"), EXIT_FAILED),
+])
+def test_cron_command_exits_with_the_documented_code(monkeypatch, capsys, error, code):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cli, "resolve_cluster", fail)
+    assert cli.main(["pgbackrest-backup"]) == code
+
+
+@pytest.mark.sandbox
+def test_a_non_retryable_error_fails_the_task_on_its_first_try(sandbox):
+    """The real S3 DAG on a bucket that lives in another region: refused, not retried (the sandbox
+    retries once after 5 s), one Slack alert naming the cause."""
+    from test_alerts_sandbox import alerts_for, config_copy
+
+    from pg_backups.s3_access import S3Access
+
+    bucket = f"asso-elsewhere-{uuid.uuid4().hex[:8]}"
+    S3Access(region="us-west-2", access_key=sandbox.env["AWS_ACCESS_KEY_ID"],
+             secret_key=sandbox.env["AWS_SECRET_ACCESS_KEY"], endpoint_url=sandbox.env["AWS_ENDPOINT_URL"],
+             ca_file=sandbox.env["AWS_CA_BUNDLE"]).boto3_client().create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+    config = config_copy(sandbox, "wrong-region", {"s3": {"bucket": bucket}})
+    count = len(sandbox.slack_messages())
+    result = sandbox.dags_test("s3_bucket_config_asso", env={"PG_BACKUPS_CONFIG": config})
+    assert result.state == "failed" and result.task_states["configure_bucket"] == "failed"
+    assert result.try_numbers["configure_bucket"] == 1, result.output[-3000:]
+    failures = alerts_for(sandbox.slack_texts_since(count), "s3_bucket_config_asso", "configure_bucket")
+    assert len(failures) == 1 and "BucketSettingsError: s3.region: bucket " in failures[0], failures
+    assert "exists in us-west-2" in failures[0]
