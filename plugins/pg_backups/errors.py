@@ -34,22 +34,23 @@ class PgBackupsError(RuntimeError):
         return f"{self.head}. Fix: {self.fix}" if self.fix else self.head
 
 
-class ConfigError(PgBackupsError):
-    """A setting is wrong: where it is (``source``, ``key``), what is wrong, and the fix."""
+class Refused(PgBackupsError):
+    """Refused before anything ran or changed: the input is wrong, and asking again cannot help."""
 
     retryable = False
     exit_code = EXIT_REFUSED
+
+
+class ConfigError(Refused):
+    """A setting is wrong: where it is (``source``, ``key``), what is wrong, and the fix."""
 
     def __init__(self, source: str, key: str, problem: str, fix: str):
         self.source, self.key = source, key
         super().__init__(problem, fix, head=f"{source}: {key}: {problem}")
 
 
-class RestoreRefused(PgBackupsError):
+class RestoreRefused(Refused):
     """The restore test's guard refused: nothing was stopped or deleted."""
-
-    retryable = False
-    exit_code = EXIT_REFUSED
 
     def __init__(self, setting: str, problem: str, fix: str):
         self.setting = setting

@@ -95,7 +95,7 @@ def render(samples: list[tuple[str, dict, float]]) -> str:
 
 
 def parse(text: str) -> dict[tuple[str, tuple], float]:
-    """The samples of a textfile, keyed by (metric name, sorted label pairs). For tests and reuse."""
+    """The samples of a textfile, keyed by (metric name, sorted label pairs): the last success is read back."""
     out = {}
     pattern = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
     label_re = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')

@@ -13,7 +13,6 @@ import shlex
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pg_backups.errors import ToolError
@@ -26,18 +25,9 @@ SECRET_ENV = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_A
               "PGBACKREST_REPO1_CIPHER_PASS", "WALG_PGP_KEY_PASSPHRASE", "WALG_LIBSODIUM_KEY")
 
 
-@dataclass
-class Secrets:
-    """Values that must never be printed; collected from the env that a command is given."""
-
-    values: set[str] = field(default_factory=set)
-
-    def add(self, *values: str | None) -> None:
-        self.values.update(v for v in values if v and len(v) >= 4)
-
-
 def redact(text: str, secrets) -> str:
-    for value in sorted(getattr(secrets, "values", secrets) or (), key=len, reverse=True):
+    """``text`` with every value of ``secrets`` replaced by ``***`` (longest first)."""
+    for value in sorted(secrets or (), key=len, reverse=True):
         text = text.replace(value, "***")
     return text
 

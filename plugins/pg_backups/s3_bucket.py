@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from pg_backups.errors import EXIT_REFUSED, PgBackupsError
+from pg_backups.errors import Refused
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,8 @@ RULE_CURRENT, RULE_NONCURRENT, RULE_MULTIPART = "backups-current-tiering", "back
 POLICY_SID = "DenyInsecureTransport"  # the one bucket-policy statement this project manages
 
 
-class BucketSettingsError(PgBackupsError):
-    """A bucket setting S3 would refuse; found before any call to S3."""
-
-    retryable = False
-    exit_code = EXIT_REFUSED
+class BucketSettingsError(Refused):
+    """A bucket setting S3 would refuse, or a bucket that is not ours to configure; nothing was changed."""
 
     def __init__(self, key: str, problem: str, fix: str):
         self.key = key
