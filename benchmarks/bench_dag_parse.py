@@ -33,9 +33,11 @@ def config_for(n: int) -> str:
     lines = ["clusters:"]
     for i in range(n):
         lines += [f"  - name: cluster{i:03d}",
+                  f"    host: db{i:03d}.internal",
                   f"    data_directory: /srv/pg/cluster{i:03d}/data",
+                  f"    walg: {{prefix: postgres/cluster{i:03d}}}",
                   f"    restore_test: {{staging_root: /srv/staging/cluster{i:03d}, "
-                  f"staging_data_directory: /srv/staging/cluster{i:03d}/data}}"]
+                  f"staging_data_directory: /srv/staging/cluster{i:03d}/data, staging_port: {6000 + i}}}"]
     return "\n".join(lines) + "\n"
 
 

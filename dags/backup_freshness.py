@@ -19,11 +19,11 @@ Notices what a failed task cannot report: a paused backup DAG, a dead scheduler,
    included, as metrics (S3 cost; Prometheus alerts on unusual growth).
 """
 
-for cluster in load_config().clusters:
+for cluster in load_config(strict=False).clusters:
     with DAG(
         dag_id=f"backup_freshness_{cluster.name}",
         schedule="@hourly",
-        **dag_args(cluster, "monitoring"),
+        **dag_args(cluster, "monitoring", queue=cluster.database_queue),
         doc_md=DOC.format(name=cluster.name, tools=", ".join(cluster.tools), hours=cluster.alerts.max_backup_age_hours,
                           conn=cluster.pg_conn_id, bucket=cluster.s3.bucket),
     ):

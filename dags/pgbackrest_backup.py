@@ -19,13 +19,13 @@ DOC = """
    and as an event of asset `pgbackrest_backup_{name}`.
 """
 
-for cluster in load_config().clusters:
+for cluster in load_config(strict=False).clusters:
     if "pgbackrest" not in cluster.tools:
         continue
     with DAG(
         dag_id=f"pgbackrest_backup_{cluster.name}",
         schedule=cluster.pgbackrest.schedule,
-        **dag_args(cluster, "pgbackrest"),
+        **dag_args(cluster, "pgbackrest", queue=cluster.database_queue),
         params={"backup_type": Param("auto", enum=["auto", "full", "diff", "incr"],
                                      description="auto: the weekly policy; or force a type for this run")},
         doc_md=DOC.format(name=cluster.name, full_days=", ".join(cluster.pgbackrest.full_backup_days),

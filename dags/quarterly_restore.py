@@ -33,12 +33,12 @@ the weekday; the text wins (a Sunday night keeps the restore off working hours),
 9. **stop_staging_after** (teardown, always runs).
 """
 
-for cluster in load_config().clusters:
+for cluster in load_config(strict=False).clusters:
     rt = cluster.restore_test
     with DAG(
         dag_id=f"restore_test_{cluster.name}",
         schedule=rt.schedule,
-        **dag_args(cluster, "restore-test"),
+        **dag_args(cluster, "restore-test", queue=rt.staging_queue),
         params={
             "tool": Param(rt.tool, enum=[tool for tool in TOOLS if tool in cluster.tools],
                           description="Which tool's backup to restore"),

@@ -14,7 +14,7 @@ only the difference. The drift it repaired is in the log, the return value and S
 no drift changes nothing. Safe to run every day.
 """
 
-for cluster in load_config().clusters:
+for cluster in load_config(strict=False).clusters:
     with DAG(
         dag_id=f"s3_bucket_config_{cluster.name}",
         schedule="@daily",

@@ -16,13 +16,13 @@ DOC = """
    value and as an event of asset `walg_backup_{name}`.
 """
 
-for cluster in load_config().clusters:
+for cluster in load_config(strict=False).clusters:
     if "walg" not in cluster.tools:
         continue
     with DAG(
         dag_id=f"walg_backup_{cluster.name}",
         schedule=cluster.walg.schedule,
-        **dag_args(cluster, "walg"),
+        **dag_args(cluster, "walg", queue=cluster.database_queue),
         doc_md=DOC.format(name=cluster.name, pool=cluster.pool, days=cluster.walg.retention_days),
     ):
         backup = task(task_id="backup_push", pool=cluster.pool)(backup_tasks.walg_backup)(cluster.name)

@@ -21,7 +21,7 @@ def test_runbook_values_are_the_defaults():
     assert c.walg_s3_prefix == "s3://asso-prod-backups/postgres"
     assert [(t.days, t.storage_class) for t in c.s3.lifecycle.transitions] == [(90, "STANDARD_IA"), (365, "DEEP_ARCHIVE")]
     assert [(t.days, t.storage_class) for t in c.s3.lifecycle.noncurrent_transitions] == [(90, "DEEP_ARCHIVE")]
-    assert c.restore_test.smoke_log == "/tmp/restore_smoke.log"
+    assert c.restore_test.smoke_log == "/tmp/asso_restore_smoke.log"  # one per cluster
     assert c.restore_test.audit_log == "/var/log/asso_restore_audit.log"
 
 
@@ -32,7 +32,9 @@ def test_shipped_file_loads():
 
 def test_defaults_are_merged_into_every_cluster():
     config = parse_config({"defaults": {"s3": {"region": "eu-west-1"}, "pgbackrest": {"process_max": 2}},
-                           "clusters": [{"name": "a"}, {"name": "b", "pgbackrest": {"process_max": 8}}]})
+                           "clusters": [{"name": "a", "host": "db-a"},
+                                        {"name": "b", "host": "db-b", "pgbackrest": {"process_max": 8}, "walg": {"prefix": "b"},
+                                         "restore_test": {"staging_port": 5434}}]})
     a, b = config.clusters
     assert a.s3.region == b.s3.region == "eu-west-1"
     assert (a.pgbackrest.process_max, b.pgbackrest.process_max) == (2, 8)

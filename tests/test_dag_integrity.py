@@ -81,8 +81,9 @@ def test_both_backup_dags_share_the_clusters_pool(dagbag):
 
 def test_dags_are_generated_per_cluster(tmp_path):
     config = tmp_path / "clusters.yaml"
-    config.write_text("clusters:\n  - name: asso\n  - name: billing\n    tools: [pgbackrest]\n"
-                      "    restore_test: {staging_root: /srv/st, staging_data_directory: /srv/st/data}\n")
+    config.write_text("clusters:\n  - name: asso\n  - name: billing\n    host: db-billing.internal\n"
+                      "    tools: [pgbackrest]\n"
+                      "    restore_test: {staging_root: /srv/st, staging_data_directory: /srv/st/data, staging_port: 5434}\n")
     bag = load_dagbag(config)
     assert bag["errors"] == {}
     assert "pgbackrest_backup_billing" in bag["dags"] and "walg_backup_billing" not in bag["dags"]
@@ -97,3 +98,54 @@ def test_bad_configuration_is_an_import_error_not_a_half_built_dag(tmp_path):
     assert bag["errors"], "a bad configuration must show as an import error"
     for message in bag["errors"].values():
         assert str(config) in message and "pgbackrest.schedule" in message and "Fix:" in message
+
+
+def test_one_bad_cluster_is_one_import_error_and_the_others_keep_their_dags(tmp_path):
+    config = tmp_path / "clusters.yaml"
+    config.write_text("clusters:\n  - name: asso\n  - name: billing\n    host: db-billing.internal\n"
+                      "    pgbackrest: {schedule: 'at night'}\n")
+    bag = load_dagbag(config)
+    assert len(bag["errors"]) == 1, bag["errors"]
+    (path, message), = bag["errors"].items()
+    assert path.endswith("configuration_errors.py")
+    assert "clusters[1].pgbackrest.schedule" in message and "Fix:" in message
+    assert {"pgbackrest_backup_asso", "walg_backup_asso", "restore_test_asso", "backup_freshness_asso",
+            "s3_bucket_config_asso"} <= set(bag["dags"])
+    assert not [dag_id for dag_id in bag["dags"] if dag_id.endswith("_billing")]
+
+
+def test_a_file_that_is_not_yaml_is_one_import_error(tmp_path):
+    config = tmp_path / "clusters.yaml"
+    config.write_text("clusters: [name: {\n")
+    bag = load_dagbag(config)
+    assert bag["dags"] == {}
+    assert len(bag["errors"]) == 1 and "not valid YAML" in next(iter(bag["errors"].values()))
+
+
+def test_clusters_that_would_share_a_resource_are_refused_naming_both(tmp_path):
+    """The second cluster would restore over the first one's staging port: it is left out, the first runs."""
+    config = tmp_path / "clusters.yaml"
+    config.write_text("clusters:\n  - name: asso\n  - name: billing\n    host: db-billing.internal\n"
+                      "    walg: {prefix: billing}\n")
+    bag = load_dagbag(config)
+    (message,) = bag["errors"].values()
+    assert "clusters[1].restore_test.staging_port" in message and "'billing'" in message and "'asso'" in message
+    assert "restore_test_asso" in bag["dags"] and "restore_test_billing" not in bag["dags"]
+
+
+def test_tasks_run_on_the_queue_of_the_host_that_owns_the_data(tmp_path):
+    config = tmp_path / "clusters.yaml"
+    config.write_text("clusters:\n  - name: asso\n    database_queue: db-asso\n"
+                      "    restore_test: {staging_queue: staging-asso}\n")
+    code = ("import json, sys\nfrom airflow.dag_processing.dagbag import DagBag\nbag = DagBag(dag_folder=sys.argv[1])\n"
+            "print(json.dumps({d.dag_id: sorted({t.queue for t in d.tasks}) for d in bag.dags.values()}))\n")
+    env = {**os.environ, "PG_BACKUPS_CONFIG": str(config), "PYTHONPATH": str(REPO / "plugins")}
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "dags")], env=env, text=True, capture_output=True,
+                          timeout=300)
+    import json
+
+    queues = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert queues["pgbackrest_backup_asso"] == ["db-asso"] and queues["walg_backup_asso"] == ["db-asso"]
+    assert queues["backup_freshness_asso"] == ["db-asso"]
+    assert queues["restore_test_asso"] == ["staging-asso"]
+    assert queues["s3_bucket_config_asso"] == ["default"]

@@ -112,23 +112,17 @@ def test_cron_command_exits_with_the_documented_code(monkeypatch, capsys, error,
 
 
 @pytest.mark.sandbox
-def test_a_non_retryable_error_fails_the_task_on_its_first_try(sandbox):
-    """The real S3 DAG on a bucket that lives in another region: refused, not retried (the sandbox
-    retries once after 5 s), one Slack alert naming the cause."""
-    from test_alerts_sandbox import alerts_for, config_copy
-
+def test_cron_script_exits_2_for_a_bucket_in_another_region_and_changes_nothing(sandbox):
+    """The real configure_s3.sh on a bucket that lives in another region: refused (exit 2), not touched."""
     from pg_backups.s3_access import S3Access
 
     bucket = f"asso-elsewhere-{uuid.uuid4().hex[:8]}"
-    S3Access(region="us-west-2", access_key=sandbox.env["AWS_ACCESS_KEY_ID"],
-             secret_key=sandbox.env["AWS_SECRET_ACCESS_KEY"], endpoint_url=sandbox.env["AWS_ENDPOINT_URL"],
-             ca_file=sandbox.env["AWS_CA_BUNDLE"]).boto3_client().create_bucket(
-        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
-    config = config_copy(sandbox, "wrong-region", {"s3": {"bucket": bucket}})
-    count = len(sandbox.slack_messages())
-    result = sandbox.dags_test("s3_bucket_config_asso", env={"PG_BACKUPS_CONFIG": config})
-    assert result.state == "failed" and result.task_states["configure_bucket"] == "failed"
-    assert result.try_numbers["configure_bucket"] == 1, result.output[-3000:]
-    failures = alerts_for(sandbox.slack_texts_since(count), "s3_bucket_config_asso", "configure_bucket")
-    assert len(failures) == 1 and "BucketSettingsError: s3.region: bucket " in failures[0], failures
-    assert "exists in us-west-2" in failures[0]
+    client = S3Access(region="us-west-2", access_key=sandbox.env["AWS_ACCESS_KEY_ID"],
+                      secret_key=sandbox.env["AWS_SECRET_ACCESS_KEY"], endpoint_url=sandbox.env["AWS_ENDPOINT_URL"],
+                      ca_file=sandbox.env["AWS_CA_BUNDLE"]).boto3_client()
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+    proc = sandbox.run("include/scripts/configure_s3.sh", check=False,
+                       env={"BUCKET_NAME": bucket, "REGION": "eu-west-3", "SLACK_WEBHOOK_URL": ""})
+    assert proc.returncode == EXIT_REFUSED, proc.stdout + proc.stderr
+    assert "exists in us-west-2, not in the configured region eu-west-3" in proc.stderr and "Fix:" in proc.stderr
+    assert client.get_bucket_versioning(Bucket=bucket).get("Status") is None  # not reconfigured

@@ -141,6 +141,7 @@ def test_guard_refusal_in_a_real_run_deletes_nothing(sandbox, first_backup):
     result = sandbox.dags_test(DAG_ID, env={"AIRFLOW_CONN_PG_ASSO_STAGING": prod_conn})
     assert result.state == "failed"
     assert result.task_states["guard"] == "failed" and result.task_states["purge_staging"] == "upstream_failed"
+    assert result.try_numbers["guard"] == 1  # refused: not retried (the sandbox retries failures once)
     assert "points at the production database" in result.output and "Fix:" in result.output
     assert sorted(str(p) for p in staging.rglob("*")) == before
     line = audit_lines(sandbox)[-1]

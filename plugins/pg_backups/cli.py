@@ -85,9 +85,11 @@ def _int(value: str, name: str) -> int:
 
 
 def resolve_cluster(name: str | None, env=os.environ):
-    config = load_config()
+    config = load_config(strict=False)  # another cluster's mistake does not stop this one's backup
     name = name or env.get("PG_BACKREST_STANZA")
     if name is None:
+        if config.errors and len(config.clusters) + len(config.errors) == 1:
+            raise config.errors[0]
         if len(config.clusters) != 1:
             raise ConfigError(config.source, "clusters", "several clusters are configured",
                               "choose one with --cluster or PG_BACKREST_STANZA")
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
     run_id = "cron__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     cluster = None
     if args.command == "list-pools":  # for deployment: `airflow pools set` each (docker-compose init)
-        for configured in load_config().clusters:
+        for configured in load_config(strict=False).clusters:
             print(configured.pool)
         return 0
     try:

@@ -39,6 +39,8 @@ DEFAULT_CONFIG_PATH = REPO_ROOT / "include" / "config" / "clusters.yaml"
 CONFIG_ENV = "PG_BACKUPS_CONFIG"
 
 TOOLS = ("pgbackrest", "walg")
+# In a text setting, replaced by the cluster's name: what must differ between clusters does by default.
+CLUSTER_PLACEHOLDER = "{cluster}"
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 # Allowed values, named once; the loader checks them and the error lists them.
@@ -115,7 +117,9 @@ class S3Settings(Settings):
 @dataclass(frozen=True)
 class PgBackRestSettings(Settings):
     schedule: str = setting("15 2 * * *", cron=True)
-    config_path: str = setting("/etc/pgbackrest/pgbackrest.conf", absolute_path=True)
+    # One file per cluster (with its own conf.d for the S3 keys): a cluster's task never rewrites
+    # another's stanza, and clusters may use different buckets and keys.
+    config_path: str = setting("/etc/pgbackrest/{cluster}/pgbackrest.conf", absolute_path=True)
     # true: the project writes config_path from this file; false: it reads a hand-written one.
     manage_config: bool = True
     repo_path: str = "/pgbackrest"
@@ -150,7 +154,7 @@ class WalgSettings(Settings):
     # OpenPGP public/private key file for client-side encryption (WALG_PGP_KEY_PATH).
     pgp_key_path: str | None = None
     # Non-secret settings for archive_command, written by the project (owner-only permissions).
-    config_path: str = setting("/etc/wal-g/walg.json", absolute_path=True)
+    config_path: str = setting("/etc/wal-g/{cluster}.json", absolute_path=True)
 
 
 @dataclass(frozen=True)
@@ -160,12 +164,15 @@ class RestoreTestSettings(Settings):
     schedule: str = setting("0 2 * 1,4,7,10 0#1", cron=True)
     tool: str = setting("pgbackrest", choices=TOOLS)
     staging_root: str = setting("/var/lib/postgresql/staging", absolute_path=True)
-    staging_data_directory: str = setting("/var/lib/postgresql/staging", absolute_path=True)
+    staging_data_directory: str = setting("/var/lib/postgresql/staging/{cluster}", absolute_path=True)
     staging_port: int = setting(5433, minimum=1, maximum=65535, problem="{value} is not a TCP port")
     staging_socket_directory: str | None = None
     staging_conn_id: str | None = None  # default: pg_<name>_staging
-    smoke_log: str = "/tmp/restore_smoke.log"
-    audit_log: str = "/var/log/asso_restore_audit.log"
+    # The Airflow queue of the staging host's Celery worker (its tasks run where staging lives);
+    # none: Airflow's default queue (one host for everything).
+    staging_queue: str | None = None
+    smoke_log: str = "/tmp/{cluster}_restore_smoke.log"
+    audit_log: str = "/var/log/{cluster}_restore_audit.log"  # runbook: /var/log/asso_restore_audit.log
     audit_prefix: str = "audit"
     signoff_timeout_days: int = setting(7, minimum=1, fix="give QA at least 1 day")
     qa_users: list[str] = setting(factory=lambda: ["qa"])
@@ -209,6 +216,9 @@ class Cluster(Settings):
     # When the worker runs as root, tools run as this user (they must own what they write).
     os_user: str | None = None
     postgres_conn_id: str | None = None  # default: pg_<name>
+    # The Airflow queue of the database host's Celery worker: backups run where the data
+    # directory is. None: Airflow's default queue (one host for everything).
+    database_queue: str | None = None
     # Where the per-cluster backup lock lives (see runner.cluster_lock).
     lock_directory: str = setting("/tmp/pg_backups", absolute_path=True)
     tools: list[str] = setting(factory=lambda: list(TOOLS), choices=TOOLS,
@@ -226,9 +236,6 @@ class Cluster(Settings):
     retry_delay_seconds: int = setting(300, minimum=0)
 
     def validate(self, fail) -> None:
-        if not NAME_RE.match(self.name):
-            fail("name", f"{self.name!r} has characters outside [A-Za-z0-9_-]",
-                 "use letters, digits, '_' and '-' only (it is the pgBackRest stanza and part of DAG ids)")
         if not self.tools or len(set(self.tools)) != len(self.tools):
             fail("tools", f"{self.tools!r} is not a non-empty subset of {list(TOOLS)} (each tool once)",
                  "list pgbackrest, walg or both")
@@ -279,16 +286,79 @@ def _norm(path: str) -> PurePosixPath:
 
 @dataclass(frozen=True)
 class Config:
+    """The valid clusters, and the problems of the others.
+
+    A cluster entry with a problem is left out and its error kept (``errors``), so that one
+    cluster's mistake never stops another cluster's backups; a file that cannot be read at all
+    has no clusters and one error. ``dags/configuration_errors.py`` shows the errors as one import
+    error in the UI; :meth:`cluster` raises a left-out cluster's own error.
+    """
+
     source: str
     clusters: list[Cluster]
+    errors: list[ConfigError] = field(default_factory=list)
+    # Left-out entries by name (when they had one), for :meth:`cluster`.
+    refused: dict[str, ConfigError] = field(default_factory=dict)
 
     def cluster(self, name: str) -> Cluster:
         for cluster in self.clusters:
             if cluster.name == name:
                 return cluster
+        if name in self.refused:
+            raise self.refused[name]
+        if self.errors and not self.clusters:
+            raise self.errors[0]
         known = ", ".join(c.name for c in self.clusters) or "none"
         raise ConfigError(self.source, "clusters", f"no cluster named {name!r} (configured: {known})",
                           "use one of the configured names, or add the cluster to the file")
+
+    def raise_errors(self) -> None:
+        """Every problem at once (the first one alone when there is one)."""
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            kept = ", ".join(c.name for c in self.clusters) or "none"
+            raise ConfigError(self.source, "clusters", f"{len(self.errors)} problems (clusters still running: {kept}):\n"
+                              + "\n".join(f"- {e}" for e in self.errors), "correct each entry as its line says")
+
+
+# What two clusters must never share: (what it is, the setting to change, how to read it off a cluster).
+# Shared, these break each other: one rewrites the other's file, restores over its staging, listens on
+# its port, or mixes backups under one prefix.
+def _resources(c: Cluster) -> list[tuple[str, str, object]]:
+    rt = c.restore_test
+    staging_host = rt.staging_queue or "(default queue)"
+    found = [
+        ("production database", "port", (c.host, c.port)),
+        ("restore-test staging data directory", "restore_test.staging_data_directory",
+         (staging_host, str(_norm(rt.staging_data_directory)))),
+        ("restore-test staging port", "restore_test.staging_port", (staging_host, rt.staging_port)),
+        ("restore-test smoke log", "restore_test.smoke_log", (staging_host, rt.smoke_log)),
+        ("restore-test audit log", "restore_test.audit_log", (staging_host, rt.audit_log)),
+    ]
+    if "pgbackrest" in c.tools and c.pgbackrest.manage_config:
+        found.append(("generated pgBackRest configuration", "pgbackrest.config_path",
+                      (c.database_queue, str(_norm(c.pgbackrest.config_path)))))
+        found.append(("pgBackRest credentials directory", "pgbackrest.config_path",
+                      (c.database_queue, str(_norm(c.pgbackrest.config_path).parent))))
+    if "walg" in c.tools:
+        found.append(("WAL-G configuration", "walg.config_path", (c.database_queue, str(_norm(c.walg.config_path)))))
+        found.append(("WAL-G S3 prefix", "walg.prefix", c.walg_s3_prefix.rstrip("/")))
+    return found
+
+
+def _shared_with(cluster: Cluster, kept: list[Cluster], source: str, where: str) -> ConfigError | None:
+    """The first resource ``cluster`` would share with an already accepted cluster, as an error naming both."""
+    for other in kept:
+        theirs = {(what, value): key for what, key, value in _resources(other)}
+        for what, key, value in _resources(cluster):
+            if (what, value) in theirs:
+                shown = value[1] if isinstance(value, tuple) else value
+                return ConfigError(source, f"{where}.{key}",
+                                   f"cluster {cluster.name!r} would share its {what} ({shown}) with cluster "
+                                   f"{other.name!r}; the two would break each other",
+                                   f"give cluster {cluster.name!r} a {key} of its own")
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,13 +369,23 @@ def config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
+def load_config(path: str | os.PathLike | None = None, *, strict: bool = True) -> Config:
     """Read and validate the configuration file (``$PG_BACKUPS_CONFIG`` or the default).
+
+    ``strict``: raise the first problem. Otherwise (DAG files, task bodies, the cron command)
+    return the valid clusters with the problems of the others in ``errors``.
 
     Every DAG file loads it at parse time: the result is kept while the file is unchanged
     (same path, size and modification time), so a folder of DAG files parses it once.
     """
     path = Path(path) if path else config_path()
+    config = _load(path)
+    if strict and config.errors:
+        raise config.errors[0]
+    return config
+
+
+def _load(path: Path) -> Config:
     source = str(path)
     try:
         stat = path.stat()
@@ -314,13 +394,15 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             return _CACHE[key]
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(source, "(file)", f"cannot be read ({exc.strerror})",
-                          f"create it, or point {CONFIG_ENV} at the cluster configuration") from None
+        return Config(source, [], [ConfigError(source, "(file)", f"cannot be read ({exc.strerror})",
+                                               f"create it, or point {CONFIG_ENV} at the cluster configuration")])
     try:
         data = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
-        raise ConfigError(source, "(file)", f"is not valid YAML ({exc})", "correct the YAML syntax") from None
-    config = parse_config(data, source)
+        config = Config(source, [], [ConfigError(source, "(file)", f"is not valid YAML ({exc})",
+                                                 "correct the YAML syntax")])
+    else:
+        config = parse_config(data, source, strict=False)
     _CACHE.clear()
     _CACHE[key] = config
     return config
@@ -331,7 +413,43 @@ _CACHE: dict = {}
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def parse_config(data: Any, source: str = "<config>") -> Config:
+def parse_config(data: Any, source: str = "<config>", *, strict: bool = True) -> Config:
+    """The clusters of a parsed file. ``strict``: raise the first problem; otherwise keep the valid
+    clusters and collect the problems (a file-level problem leaves no cluster)."""
+    try:
+        entries, defaults = _entries(data, source)
+    except ConfigError as exc:
+        if strict:
+            raise
+        return Config(source, [], [exc])
+    clusters: list[Cluster] = []
+    errors: list[ConfigError] = []
+    refused: dict[str, ConfigError] = {}
+    for index, entry in enumerate(entries):
+        where = f"clusters[{index}]"
+        name = entry.get("name") if isinstance(entry, dict) else None
+        try:
+            if not isinstance(entry, dict):
+                raise ConfigError(source, where, "must be a mapping", "write each cluster as '- name: <stanza>'")
+            cluster = build_cluster(_merge(defaults, entry), source, where)
+            if any(c.name == cluster.name for c in clusters) or cluster.name in refused:
+                raise ConfigError(source, f"{where}.name", f"duplicate cluster name {cluster.name!r}",
+                                  "give each cluster its own name (it is also the pgBackRest stanza)")
+            conflict = _shared_with(cluster, clusters, source, where)
+            if conflict:
+                raise conflict
+        except ConfigError as exc:
+            if strict:
+                raise
+            errors.append(exc)
+            if isinstance(name, str) and name not in refused and not any(c.name == name for c in clusters):
+                refused[name] = exc
+            continue
+        clusters.append(cluster)
+    return Config(source, clusters, errors, refused)
+
+
+def _entries(data: Any, source: str) -> tuple[list, dict]:
     if not isinstance(data, dict):
         raise ConfigError(source, "(file)", "must be a mapping with a 'clusters' list",
                           "start the file with 'clusters:' and one '- name: <stanza>' entry per cluster")
@@ -345,17 +463,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     if not isinstance(entries, list) or not entries:
         raise ConfigError(source, "clusters", "missing or empty",
                           "list at least one cluster: 'clusters: [{name: asso}]'")
-    clusters: list[Cluster] = []
-    for index, entry in enumerate(entries):
-        where = f"clusters[{index}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(source, where, "must be a mapping", "write each cluster as '- name: <stanza>'")
-        cluster = build_cluster(_merge(defaults, entry), source, where)
-        if any(c.name == cluster.name for c in clusters):
-            raise ConfigError(source, f"{where}.name", f"duplicate cluster name {cluster.name!r}",
-                              "give each cluster its own name (it is also the pgBackRest stanza)")
-        clusters.append(cluster)
-    return Config(source=source, clusters=clusters)
+    return entries, defaults
 
 
 def build_cluster(data: dict, source: str = "<config>", where: str = "cluster") -> Cluster:
@@ -363,7 +471,13 @@ def build_cluster(data: dict, source: str = "<config>", where: str = "cluster") 
     if "name" not in data or data["name"] in (None, ""):
         raise ConfigError(source, f"{where}.name", "missing required value",
                           "name the cluster; the name is also its pgBackRest stanza, e.g. 'name: asso'")
-    return _build(Cluster, data, source, where)
+    cluster = _build(Cluster, data, source, where)
+    if not NAME_RE.match(cluster.name):  # before the name goes into paths
+        raise ConfigError(source, f"{where}.name", f"{cluster.name!r} has characters outside [A-Za-z0-9_-]",
+                          "use letters, digits, '_' and '-' only (it is the pgBackRest stanza and part of DAG ids)")
+    cluster = _expand(cluster, cluster.name)
+    _validate(cluster, source, where)
+    return cluster
 
 
 def with_overrides(cluster: Cluster, overrides: dict, source: str) -> Cluster:
@@ -401,13 +515,38 @@ def _build(cls, data: Any, source: str, where: str):
     for key, value in data.items():
         kwargs[key] = _coerce(hints[key], value, source, f"{where}.{key}")
         _check_declaration(fields[key], kwargs[key], source, f"{where}.{key}")
-    built = cls(**kwargs)
+    return cls(**kwargs)
+
+
+def _expand(obj, name: str):
+    """Every ``{cluster}`` in the text settings of ``obj`` (and below) replaced by the cluster's name."""
+    changes = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, str) and CLUSTER_PLACEHOLDER in value:
+            changes[f.name] = value.replace(CLUSTER_PLACEHOLDER, name)
+        elif isinstance(value, Settings):
+            expanded = _expand(value, name)
+            if expanded is not value:
+                changes[f.name] = expanded
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def _validate(obj: Settings, source: str, where: str) -> None:
+    """Each settings object's ``validate``, the nested ones first."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Settings):
+            _validate(value, source, f"{where}.{f.name}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, Settings):
+                    _validate(item, source, f"{where}.{f.name}[{i}]")
 
     def fail(key: str, problem: str, fix: str):
         raise ConfigError(source, f"{where}.{key}", problem, fix)
 
-    built.validate(fail)
-    return built
+    obj.validate(fail)
 
 
 def _check_declaration(f: dataclasses.Field, value, source: str, where: str) -> None:

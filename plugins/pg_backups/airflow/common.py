@@ -39,7 +39,7 @@ def task_body(fn):
     return wrapper
 
 
-def default_args(cluster) -> dict:
+def default_args(cluster, queue: str | None = None) -> dict:
     args = {
         "owner": cluster.owner,
         "retries": cluster.retries,
@@ -49,14 +49,17 @@ def default_args(cluster) -> dict:
     }
     if cluster.alerts.notify_on_retry:
         args["on_retry_callback"] = [notifiers.retry_notifier(cluster)]
+    if queue:  # none: Airflow's default queue
+        args["queue"] = queue
     return args
 
 
-def dag_args(cluster, purpose: str) -> dict:
+def dag_args(cluster, purpose: str, queue: str | None = None) -> dict:
     """What every DAG of a cluster shares: its start, no catchup, one run at a time, retries and
-    Slack alerts, tags to filter by in the UI."""
+    Slack alerts, tags to filter by in the UI; ``queue``: the Celery queue of the host whose
+    worker runs its tasks (the database host for backups, the staging host for the restore test)."""
     return {"start_date": START_DATE, "catchup": False, "max_active_runs": 1,
-            "default_args": default_args(cluster), "tags": ["backups", purpose, cluster.name]}
+            "default_args": default_args(cluster, queue), "tags": ["backups", purpose, cluster.name]}
 
 
 def backup_asset(cluster, tool: str) -> Asset:
@@ -67,7 +70,7 @@ def backup_asset(cluster, tool: str) -> Asset:
 
 
 def cluster_named(name: str):
-    return load_config().cluster(name)
+    return load_config(strict=False).cluster(name)  # another cluster's mistake does not stop this one
 
 
 def context():
