@@ -14,6 +14,8 @@ DOC = """
 runbook's text says. Its cron line (`0 2 1 JAN,APR,JUL,OCT *`) means the 1st of the month, whatever
 the weekday; the text wins (a Sunday night keeps the restore off working hours), so `0#1` = first Sunday.
 
+0. **claim_staging** (sensor): waits while another run holds staging (a backfill runs several at
+   once); released by the teardown.
 1. **guard**: refuses (and deletes nothing) when staging `{staging}` resolves to production's data
    directory, lies outside `{root}`, holds a running PostgreSQL that is not staging (port {port}), or
    when connection `{conn}` points at production.
@@ -53,6 +55,9 @@ for cluster in load_config(strict=False).clusters:
                           qa=", ".join(rt.qa_users), days=rt.signoff_timeout_days, audit=rt.audit_log,
                           bucket=cluster.s3.bucket, prefix=rt.audit_prefix),
     ):
+        # Waits (rescheduled, no worker held) while another run, e.g. of a backfill, holds staging.
+        claim = task.sensor(task_id="claim_staging", mode="reschedule", poke_interval=30,
+                            timeout=(rt.signoff_timeout_days + 1) * 86400)(restore_tasks.claim_staging)(cluster.name)
         guard = task(task_id="guard")(restore_tasks.guard)(cluster.name)
         stop = task(task_id="stop_staging")(restore_tasks.stop_staging)(cluster.name)
         purge = task(task_id="purge_staging")(restore_tasks.purge_staging)(cluster.name)
@@ -65,4 +70,4 @@ for cluster in load_config(strict=False).clusters:
         signoff = qa_signoff_operator(cluster)
         audit = task(task_id="audit_and_archive", trigger_rule="all_done")(restore_tasks.audit_and_archive)(cluster.name)
         stop_after = task(task_id="stop_staging_after", trigger_rule="all_done")(restore_tasks.stop_staging_after)(cluster.name)
-        guard >> stop >> purge >> restored >> start >> smoke >> checks >> signoff >> audit >> stop_after.as_teardown()
+        claim >> guard >> stop >> purge >> restored >> start >> smoke >> checks >> signoff >> audit >> stop_after.as_teardown()

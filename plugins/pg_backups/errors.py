@@ -57,6 +57,13 @@ class RestoreRefused(Refused):
         super().__init__(problem, fix, head=f"restore test refused, nothing was deleted: {setting}: {problem}")
 
 
+class NothingToDo(PgBackupsError):
+    """The run has nothing to do and says why (a backfill run whose backup slot is covered):
+    the task is skipped, not failed."""
+
+    retryable = False
+
+
 class ToolError(PgBackupsError):
     """A backup tool (or psql, pg_ctl) exited non-zero or said it failed. Already redacted."""
 

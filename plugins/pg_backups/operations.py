@@ -12,12 +12,14 @@ from datetime import datetime
 from pathlib import Path
 
 from pg_backups import audit, checks, marker, metrics, pgbackrest, runner, s3_bucket, staging, times, walg
-from pg_backups.errors import CheckFailed, RestoreRefused, ToolError, Unreachable
+from pg_backups.errors import CheckFailed, NothingToDo, RestoreRefused, ToolError, Unreachable
 from pg_backups.s3_access import S3Access
 
 log = logging.getLogger(__name__)
 
 BACKUP_TIMEOUT_SECONDS = 6 * 3600
+# Airflow's run type of a backfill run (DagRunType.BACKFILL_JOB); the operations know no Airflow.
+BACKFILL = "backfill"
 
 
 def archive_command(cluster) -> str:
@@ -75,22 +77,40 @@ def pgbackrest_preflight(cluster, access: S3Access) -> dict:
     return {"cluster": cluster.name, "stanza": stanza, "config_written": written}
 
 
-def pgbackrest_backup(cluster, backup_type: str, run_id: str | None) -> dict:
+def refuse_covered_backfill(tool: str, schedule: str, newest_label: str | None, newest_start) -> None:
+    """A backfill run cannot back up the past: it takes one backup now only when the current slot
+    of the schedule has none yet (so a backfill of N days takes at most one), else it is skipped."""
+    slot = times.last_slot(schedule)
+    if newest_start is not None and times.utc(newest_start) >= slot:
+        raise NothingToDo(f"backfill run: no {tool} backup taken. A backup cannot be taken of the past, and the "
+                          f"current slot of the schedule (since {slot.isoformat()}) already has backup "
+                          f"{newest_label}, started {times.iso(newest_start)}")
+
+
+def pgbackrest_backup(cluster, backup_type: str, run_id: str | None, run_type: str | None = None) -> dict:
+    """One backup under the cluster's lock (a second run waits). ``run_type`` ``backfill``: see
+    :func:`refuse_covered_backfill`; the backup's annotation says it is a backfill run's, taken now."""
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
+        if run_type == BACKFILL:
+            newest = pgbackrest.latest_backup(cluster)
+            refuse_covered_backfill("pgBackRest", cluster.pgbackrest.schedule, newest and newest["label"],
+                                    newest and newest["timestamp"]["start"])
         marker.write_marker(cluster, run_id, "pgbackrest")  # the restore test looks for it
-        entry = pgbackrest.backup(cluster, backup_type, run_id, timeout=BACKUP_TIMEOUT_SECONDS)
+        entry = pgbackrest.backup(cluster, backup_type, run_id, timeout=BACKUP_TIMEOUT_SECONDS, run_type=run_type)
     return {"label": entry["label"], "type": entry["type"]}
 
 
 def pgbackrest_expire(cluster) -> dict:
-    before = len(pgbackrest.info(cluster).get("backup", []))
-    pgbackrest.expire(cluster)
-    after = len(pgbackrest.info(cluster).get("backup", []))
+    with runner.cluster_lock(cluster.lock_directory, cluster.name):  # never while a backup runs
+        before = len(pgbackrest.info(cluster).get("backup", []))
+        pgbackrest.expire(cluster)
+        after = len(pgbackrest.info(cluster).get("backup", []))
     return {"expired": before - after, "kept": after}
 
 
 def pgbackrest_verify(cluster) -> str:
-    return pgbackrest.verify(cluster)
+    with runner.cluster_lock(cluster.lock_directory, cluster.name):
+        return pgbackrest.verify(cluster)
 
 
 def pgbackrest_latest_record(cluster, label: str | None = None) -> dict:
@@ -117,17 +137,23 @@ def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetim
 # WAL-G
 
 
-def walg_backup(cluster, access: S3Access, run_id: str | None) -> dict:
+def walg_backup(cluster, access: S3Access, run_id: str | None, run_type: str | None = None) -> dict:
+    """As :func:`pgbackrest_backup`, with WAL-G."""
     access.check_reachable(cluster.s3.bucket)
     walg.write_config(cluster, access)
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
+        if run_type == BACKFILL:
+            newest = walg.newest(walg.backup_list(cluster, access))
+            refuse_covered_backfill("WAL-G", cluster.walg.schedule, newest and newest["backup_name"],
+                                    newest and walg.started(newest))
         marker.write_marker(cluster, run_id, "walg")  # the restore test looks for it
-        entry = walg.backup_push(cluster, access, run_id, timeout=BACKUP_TIMEOUT_SECONDS)
+        entry = walg.backup_push(cluster, access, run_id, timeout=BACKUP_TIMEOUT_SECONDS, run_type=run_type)
     return {"label": entry["backup_name"]}
 
 
 def walg_delete_old(cluster, access: S3Access) -> dict:
-    return walg.delete_old(cluster, access)
+    with runner.cluster_lock(cluster.lock_directory, cluster.name):  # never while a backup runs
+        return walg.delete_old(cluster, access)
 
 
 def walg_latest_record(cluster, access: S3Access, label: str | None = None) -> dict:
@@ -165,11 +191,52 @@ def restore_purge_staging(cluster, staging_conn=None) -> dict:
     return staging.purge_staging(cluster, staging_conn)
 
 
-def restore_backup_record(cluster, tool: str, access: S3Access | None, label: str | None = None) -> dict:
-    """The backup to restore, read from the repository (``pgbackrest info`` / ``backup-list``)."""
+def restore_backup_record(cluster, tool: str, access: S3Access | None, label: str | None = None,
+                          target_time: str | None = None) -> dict:
+    """The backup to restore, read from the repository (``pgbackrest info`` / ``backup-list``): the
+    given label, else the newest good one; with a PITR target, the newest that finished before it
+    (a backup that ended after the target cannot recover to it). A target outside the window the
+    repository covers is refused before staging is touched, naming the window."""
+    target = _target(target_time)
     if tool == "walg":
-        return walg_latest_record(cluster, access, label)
-    return pgbackrest_latest_record(cluster, label)
+        backups = walg.backup_list(cluster, access)
+        chosen = walg.newest(backups, label, finished_before=target)
+        window = [walg.finished(b) for b in backups]
+        record = walg.backup_record(cluster, chosen, backups) if chosen else None
+    else:
+        stanza_info = pgbackrest.info(cluster)
+        chosen = pgbackrest.newest_good(stanza_info, label, finished_before=target)
+        window = [times.utc(b["timestamp"]["stop"]) for b in stanza_info.get("backup", []) if not b.get("error")]
+        record = pgbackrest.backup_record(cluster, chosen, stanza_info) if chosen else None
+    if record is None:
+        what = f"backup {label}" if label else "good backup"
+        if target is None or not window:
+            raise ToolError(f"the {tool} repository of cluster {cluster.name} lists no {what}")
+        raise RestoreRefused("target_time", f"{target.isoformat()} is outside the recovery window of cluster "
+                             f"{cluster.name}'s {tool} repository: no {what} finished before it (the oldest finished "
+                             f"{min(window).isoformat()}; retention keeps about {_retention_days(cluster, tool)} days)",
+                             "choose a target time between the oldest backup and now")
+    if target is not None:
+        log.info("PITR to %s: restoring %s backup %s, finished %s (the newest that finished before the target)",
+                 target.isoformat(), tool, record["label"], record["stop_time"])
+    return record
+
+
+def _target(target_time: str | None):
+    if not target_time:
+        return None
+    try:
+        target = times.utc(target_time)
+    except ValueError:
+        raise RestoreRefused("target_time", f"{target_time!r} is not a time",
+                             "write it as ISO 8601 with its offset, e.g. '2026-01-04 01:30:00+00'") from None
+    if target > times.now():
+        raise RestoreRefused("target_time", f"{target.isoformat()} is in the future", "choose a past time")
+    return target
+
+
+def _retention_days(cluster, tool: str) -> int:
+    return cluster.walg.retention_days if tool == "walg" else cluster.pgbackrest.retention_full_days
 
 
 def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: str | None = None,
@@ -178,8 +245,8 @@ def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: st
     the restore's wall time. A retry after a failed try purges the leftovers first."""
     if tool not in cluster.tools:
         raise RestoreRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
-                                     "choose one of the cluster's tools")
-    record = restore_backup_record(cluster, tool, access, label)
+                             "choose one of the cluster's tools")
+    record = restore_backup_record(cluster, tool, access, label, target_time)
     if not staging.staging_is_empty(cluster):
         staging.stop_staging(cluster, staging_conn)
         staging.purge_staging(cluster, staging_conn)
@@ -225,6 +292,12 @@ def restore_test(cluster, tool: str, access: S3Access | None, client, run_id: st
     """The whole drill for cron: the audit line is written (sign-off "pending") whatever happens,
     and a drill that did not pass raises after it."""
     staging.guard(cluster, staging_conn)  # a refusal writes no audit line: nothing happened
+    owner = staging.pid_owner()
+    holder = staging.claim(cluster, owner, staging.pid_owner_alive)
+    if holder:
+        raise RestoreRefused("restore_test.staging_data_directory", f"staging of cluster {cluster.name} is in use by "
+                             f"{holder} (a restore test in progress; claim file {staging.claim_path(cluster)})",
+                             "run again once that restore test has ended")
     done = smoke = results = None
     seconds = None
     errors: list[str] = []
@@ -246,6 +319,7 @@ def restore_test(cluster, tool: str, access: S3Access | None, client, run_id: st
             restore_stop_staging(cluster, staging_conn)
         except Exception as exc:  # reported, but the audit line still gets written
             errors.append(f"stopping staging: {type(exc).__name__}: {exc}")
+        staging.release(cluster, owner)
     line = audit.audit_record(cluster, run_id=run_id, tool=tool, record=done and done["record"],
                               restore_seconds=seconds, smoke_result=smoke, checks=results,
                               signoff={"status": "pending", "by": None, "at": None,

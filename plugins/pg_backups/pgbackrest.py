@@ -172,14 +172,18 @@ def _stanza_create(cluster, wait_seconds: float = 180) -> None:
         time.sleep(5)
 
 
-def backup(cluster, backup_type: str, run_id: str | None = None, timeout: float | None = None) -> dict:
-    """Take one backup; a failed or interrupted backup raises, it is never reported as a success.
+def backup(cluster, backup_type: str, run_id: str | None = None, timeout: float | None = None,
+           run_type: str | None = None) -> dict:
+    """Take one backup, annotated with the Airflow run that made it (and its kind: scheduled,
+    manual, backfill); a failed or interrupted backup raises, it is never reported as a success.
 
     pgBackRest resumes an interrupted backup of the same type by itself (``resume=y``).
     """
     options = [f"--type={backup_type}"]
     if run_id:
         options.append(f"--annotation=airflow_run_id={run_id}")
+    if run_type:
+        options.append(f"--annotation=airflow_run_type={run_type}")
     run(cluster, "backup", *options, timeout=timeout)
     latest = latest_backup(cluster)
     if latest is None or (run_id and latest.get("annotation", {}).get("airflow_run_id") != run_id):
@@ -267,6 +271,7 @@ def backup_record(cluster, backup_entry: dict, stanza_info: dict) -> dict:
         "wal_start": archive.get("start"),
         "wal_stop": archive.get("stop"),
         "airflow_run_id": (backup_entry.get("annotation") or {}).get("airflow_run_id"),
+        "airflow_run_type": (backup_entry.get("annotation") or {}).get("airflow_run_type"),
         "backup_count": len(stanza_info.get("backup", [])),
     }
 

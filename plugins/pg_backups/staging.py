@@ -8,16 +8,21 @@ repository) and :func:`wait_recovery_end` follow. Nothing here imports Airflow.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
 import shlex
 import shutil
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pg_backups import files, pgbackrest, runner, walg
 from pg_backups.errors import RestoreRefused, ToolError
+from pg_backups.times import now
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,74 @@ class StagingConnection:
             raise RestoreRefused("STAGING_CONNECTION_URI", f"scheme {parts.scheme!r} is not postgresql",
                                  "write it as postgresql://user:password@host:port/dbname")
         return cls(parts.hostname, parts.port or 5432, parts.path.lstrip("/") or None)
+
+
+# --------------------------------------------------------------------------------------------
+# Who holds staging: one restore test at a time
+
+
+def claim_path(cluster) -> Path:
+    # Beside the backup lock, not in staging: the purge empties staging.
+    return Path(cluster.lock_directory) / f"{cluster.name}.restore-test-claim.json"
+
+
+def pid_owner() -> str:
+    """The claim owner of a process outside Airflow (the cron restore test)."""
+    return f"pid:{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_owner_alive(owner: str) -> bool:
+    """Whether the process that claimed staging still runs. An Airflow run, or another host's
+    process, cannot be asked from here: assumed alive (the error names the claim file)."""
+    kind, _, rest = owner.partition(":")
+    host, _, pid = rest.partition(":")
+    if kind != "pid" or host != socket.gethostname() or not pid.isdigit():
+        return True
+    return pid_running(int(pid))
+
+
+@contextmanager
+def _claim_lock(cluster):
+    path = claim_path(cluster).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def claim_holder(cluster) -> str | None:
+    try:
+        return json.loads(claim_path(cluster).read_text()).get("owner")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def claim(cluster, owner: str, is_active) -> str | None:
+    """Claim staging for ``owner`` (an Airflow run, or :func:`pid_owner`). None when it is ours now;
+    else the owner that holds it. A claim whose owner is no longer active (``is_active(owner)``
+    false: its run ended without its teardown) is taken over, and the log says so."""
+    with _claim_lock(cluster):
+        holder = claim_holder(cluster)
+        if holder not in (None, owner):
+            if is_active(holder):
+                return holder
+            log.warning("staging of cluster %s was held by %s, which is no longer running: taken over by %s",
+                        cluster.name, holder, owner)
+        files.write_private(claim_path(cluster), json.dumps({"owner": owner, "since": now().isoformat()}) + "\n",
+                            None, 0o644)
+        return None
+
+
+def release(cluster, owner: str) -> bool:
+    """Give staging back (only a claim ``owner`` holds). True when it was released."""
+    with _claim_lock(cluster):
+        if claim_holder(cluster) != owner:
+            return False
+        claim_path(cluster).unlink(missing_ok=True)
+        return True
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,3 +49,13 @@ def weekday(day: datetime) -> str:
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def last_slot(schedule: str, at: datetime | None = None) -> datetime:
+    """The latest time at or before ``at`` (default: now) that the cron ``schedule`` fires."""
+    from croniter import croniter  # Airflow's own cron parser
+
+    at = utc(at) if at else now()
+    if croniter.match(schedule, at):
+        return at.replace(second=0, microsecond=0)
+    return utc(croniter(schedule, at).get_prev(datetime))

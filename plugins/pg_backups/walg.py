@@ -70,9 +70,12 @@ def run(cluster, access: S3Access, name: str, *args: str, extra_env: dict | None
     return runner.run(command(cluster, name, *args), env=env, os_user=cluster.os_user, timeout=timeout, check=check)
 
 
-def backup_push(cluster, access: S3Access, run_id: str | None = None, timeout: float | None = None) -> dict:
-    """One backup, tagged with the Airflow run that made it; never reported without a listed result."""
-    extra = {"WALG_SENTINEL_USER_DATA": json.dumps({"airflow_run_id": run_id})} if run_id else {}
+def backup_push(cluster, access: S3Access, run_id: str | None = None, timeout: float | None = None,
+                run_type: str | None = None) -> dict:
+    """One backup, tagged with the Airflow run that made it (and its kind: scheduled, manual,
+    backfill); never reported without a listed result."""
+    tag = {key: value for key, value in (("airflow_run_id", run_id), ("airflow_run_type", run_type)) if value}
+    extra = {"WALG_SENTINEL_USER_DATA": json.dumps(tag)} if tag else {}
     run(cluster, access, "backup-push", cluster.data_directory, extra_env=extra, timeout=timeout)
     backups = backup_list(cluster, access)
     if not backups:
@@ -126,14 +129,15 @@ def newest(backups: list[dict], label: str | None = None, finished_before: datet
     return max(chosen, key=finished) if chosen else None
 
 
-def run_tag(backup: dict) -> str | None:
+def run_tag(backup: dict, key: str = "airflow_run_id") -> str | None:
+    """What the backup's run tagged it with (``WALG_SENTINEL_USER_DATA``): its run id, or ``key``."""
     user_data = backup.get("user_data")
     if isinstance(user_data, str):
         try:
             user_data = json.loads(user_data)
         except json.JSONDecodeError:
             return None
-    return user_data.get("airflow_run_id") if isinstance(user_data, dict) else None
+    return user_data.get(key) if isinstance(user_data, dict) else None
 
 
 def is_full(backup: dict) -> bool:
@@ -190,6 +194,7 @@ def backup_record(cluster, backup: dict, backups: list[dict]) -> dict:
         "wal_start": backup.get("wal_file_name"),
         "wal_stop": None,
         "airflow_run_id": run_tag(backup),
+        "airflow_run_type": run_tag(backup, "airflow_run_type"),
         "backup_count": len(backups),
     }
 

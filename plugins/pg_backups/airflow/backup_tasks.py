@@ -14,12 +14,15 @@ from pg_backups.airflow.common import (
     backup_asset,
     cluster_named,
     context,
+    is_backfill,
     params,
     run_time,
+    run_type,
     s3_access,
     s3_client,
     task_body,
 )
+from pg_backups.times import now
 
 
 @task_body
@@ -44,14 +47,15 @@ def pgbackrest_preflight(cluster_name: str) -> dict:
 
 @task_body
 def pgbackrest_backup(cluster_name: str) -> dict:
-    """Backup type from the run's params: `auto` (the weekly policy, on the run's date) or
+    """Backup type from the run's params: `auto` (the weekly policy, on the run's date: its logical
+    date, or its start when it has none; a backfill run's backup is taken now, so now) or
     full/diff/incr by hand."""
     cluster = cluster_named(cluster_name)
     ctx = context()
     backup_type = params(ctx).get("backup_type", "auto")
     if backup_type == "auto":
-        backup_type = pgbackrest.backup_type_for(cluster, run_time(ctx))
-    return operations.pgbackrest_backup(cluster, backup_type, ctx["run_id"])
+        backup_type = pgbackrest.backup_type_for(cluster, now() if is_backfill(ctx) else run_time(ctx))
+    return operations.pgbackrest_backup(cluster, backup_type, ctx["run_id"], run_type(ctx))
 
 
 @task_body
@@ -80,7 +84,8 @@ def publish_pgbackrest_backup(cluster_name: str, label: str) -> dict:
 @task_body
 def walg_backup(cluster_name: str) -> dict:
     cluster = cluster_named(cluster_name)
-    return operations.walg_backup(cluster, s3_access(cluster), context()["run_id"])
+    ctx = context()
+    return operations.walg_backup(cluster, s3_access(cluster), ctx["run_id"], run_type(ctx))
 
 
 @task_body

@@ -10,11 +10,12 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Asset, get_current_context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pg_backups.airflow import notifiers
 from pg_backups.config import load_config
-from pg_backups.errors import PgBackupsError
+from pg_backups.errors import NothingToDo, PgBackupsError
+from pg_backups.operations import BACKFILL
 from pg_backups.s3_access import S3Access
 from pg_backups.times import now
 
@@ -25,12 +26,16 @@ START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 def task_body(fn):
     """Run a task body; an error whose ``retryable`` is false fails the task at once, without retry
-    (a refused staging path or an invalid pgBackRest option does not get better in five minutes)."""
+    (a refused staging path or an invalid pgBackRest option does not get better in five minutes),
+    and a run with nothing to do is skipped, its reason in the log."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except NothingToDo as exc:
+            log.info("skipped: %s", exc)
+            raise AirflowSkipException(str(exc)) from exc
         except PgBackupsError as exc:
             if exc.retryable:
                 raise
@@ -89,6 +94,17 @@ def run_time(ctx=None) -> datetime:
         return logical
     dag_run = ctx.get("dag_run")
     return getattr(dag_run, "start_date", None) or getattr(dag_run, "run_after", None) or now()
+
+
+def run_type(ctx=None) -> str:
+    """``scheduled``, ``manual``, ``backfill`` or ``asset_triggered`` (Airflow's DagRunType)."""
+    dag_run = (ctx or context()).get("dag_run")
+    value = getattr(dag_run, "run_type", None)
+    return str(getattr(value, "value", value) or "manual")
+
+
+def is_backfill(ctx=None) -> bool:
+    return run_type(ctx) == BACKFILL
 
 
 def params(ctx=None) -> dict:

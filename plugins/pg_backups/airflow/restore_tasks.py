@@ -13,24 +13,23 @@ from __future__ import annotations
 
 import logging
 
-from airflow.sdk import BaseHook
+from airflow.sdk import BaseHook, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
-from pg_backups import audit, operations
+from pg_backups import audit, operations, staging
 from pg_backups.airflow import notifiers
-from pg_backups.airflow.common import cluster_named, context, params, s3_access, s3_client, task_body
+from pg_backups.airflow.common import cluster_named, context, is_backfill, params, s3_access, s3_client, task_body
 from pg_backups.airflow.operators import SIGNOFF_XCOM_KEY
 from pg_backups.errors import CheckFailed
-from pg_backups.staging import StagingConnection
 
 log = logging.getLogger(__name__)
 
-TASK_ORDER = ("guard", "stop_staging", "purge_staging", "restore_latest_backup", "start_staging", "smoke_query",
+TASK_ORDER = ("claim_staging", "guard", "stop_staging", "purge_staging", "restore_latest_backup", "start_staging", "smoke_query",
               "data_checks", "qa_signoff")
 CHECKS_XCOM_KEY = "checks"
 
 
-def staging_connection(cluster) -> StagingConnection | None:
+def staging_connection(cluster) -> staging.StagingConnection | None:
     """host/port/dbname of the staging connection (its password is never read here)."""
     try:
         conn = BaseHook.get_connection(cluster.staging_conn_id)
@@ -38,20 +37,59 @@ def staging_connection(cluster) -> StagingConnection | None:
         log.warning("no Airflow connection %s (%s): the guard checks the staging paths only",
                     cluster.staging_conn_id, type(exc).__name__)
         return None
-    return StagingConnection(conn.host, conn.port, conn.schema)
+    return staging.StagingConnection(conn.host, conn.port, conn.schema)
 
 
 def restore_params() -> dict:
-    """The run's params: tool, backup label (None for ``latest``), PITR target (None: end of WAL)."""
-    p = params()
+    """The run's params: tool, backup label (None for ``latest``), PITR target (None: end of WAL).
+
+    A backfill run proves the past: with no ``target_time`` given, its target is its logical date
+    (the state as of that time, restored from the newest backup that finished before it).
+    """
+    ctx = context()
+    p = params(ctx)
     label = (p.get("backup_label") or "").strip()
     target = (p.get("target_time") or "").strip() if isinstance(p.get("target_time"), str) else None
+    if not target and is_backfill(ctx) and ctx.get("logical_date") is not None:
+        target = ctx["logical_date"].isoformat()
     return {"tool": p.get("tool"), "label": None if label in ("", "latest") else label, "target_time": target or None}
 
 
 def _dbname(cluster) -> str | None:
     conn = staging_connection(cluster)
     return conn.dbname if conn else None
+
+
+ACTIVE_RUN_STATES = ("queued", "running")
+
+
+def _owner(ctx) -> str:
+    return f"run:{ctx['dag'].dag_id}:{ctx['run_id']}"
+
+
+def _owner_active(ti, owner: str) -> bool:
+    kind, _, rest = owner.partition(":")
+    if kind != "run":
+        return staging.pid_owner_alive(owner)
+    dag_id, _, run_id = rest.partition(":")
+    try:
+        return ti.get_dagrun_state(dag_id=dag_id, run_id=run_id) in ACTIVE_RUN_STATES
+    except Exception as exc:  # a run Airflow no longer knows (deleted) holds nothing
+        log.info("run %s of %s: %s", run_id, dag_id, exc)
+        return False
+
+
+@task_body
+def claim_staging(cluster_name: str) -> PokeReturnValue:
+    """A sensor: staging is this run's once no other active run holds it (a backfill runs several
+    restore tests at once, whatever the DAG's max_active_runs). Released by stop_staging_after."""
+    cluster = cluster_named(cluster_name)
+    ctx = context()
+    holder = staging.claim(cluster, _owner(ctx), lambda owner: _owner_active(ctx["ti"], owner))
+    if holder:
+        log.info("staging of cluster %s is held by %s; waiting", cluster.name, holder)
+        return PokeReturnValue(is_done=False)
+    return PokeReturnValue(is_done=True, xcom_value={"claimed_by": _owner(ctx)})
 
 
 @task_body
@@ -147,5 +185,16 @@ def audit_and_archive(cluster_name: str) -> dict:
     return {**result, "audit": line}
 
 
+@task_body
 def stop_staging_after(cluster_name: str) -> str:
-    return stop_staging(cluster_name)
+    """Teardown: stop staging and give it back, only if this run holds it (a run that never got it
+    must not stop the one that has it)."""
+    cluster = cluster_named(cluster_name)
+    ctx = context()
+    holder = staging.claim_holder(cluster)
+    if holder not in (None, _owner(ctx)):
+        log.info("staging is held by %s: left as it is", holder)
+        return f"held by {holder}"
+    state = operations.restore_stop_staging(cluster, staging_connection(cluster))
+    staging.release(cluster, _owner(ctx))
+    return state
