@@ -17,6 +17,9 @@ Notices what a failed task cannot report: a paused backup DAG, a dead scheduler,
    archived. Writes the WAL archive metrics.
 3. **bucket_usage**: bytes and objects of `{bucket}` by storage class, noncurrent versions
    included, as metrics (S3 cost; Prometheus alerts on unusual growth).
+
+**Time**: every check judges the state now, whatever the run's logical date; a backfill run checks
+now too (the past state of a repository cannot be read back).
 """
 
 for cluster in load_config(strict=False).clusters:

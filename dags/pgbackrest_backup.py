@@ -17,6 +17,13 @@ DOC = """
 4. **verify**: `pgbackrest verify`, judged by its output as well as its exit code.
 5. **publish_backup**: the backup's record (label, type, times, sizes, WAL range) as return value
    and as an event of asset `pgbackrest_backup_{name}`.
+
+**Time**: the full/{incr} choice reads the run's logical date, or its start when it has none (a
+run triggered from the UI or the API without one). Runs of the cluster never overlap: `backup`,
+`expire` and `verify` take the cluster's lock (a second run waits).
+**Backfill**: a backup cannot be taken of the past. A backfill takes at most one backup, now: its
+first run backs up when the current slot of the schedule has no backup yet (annotated
+`airflow_run_type=backfill`); every other run is skipped, the reason in its `backup` log.
 """
 
 for cluster in load_config(strict=False).clusters:

@@ -32,7 +32,13 @@ the weekday; the text wins (a Sunday night keeps the restore off working hours),
 8. **audit_and_archive** (always runs): one JSON line in `{audit}` (backup, RTO, checks, sign-off,
    outcome), both logs archived to `s3://{bucket}/{prefix}/{name}/`; outcome `failed` fails the run.
    A success posts a summary to Slack.
-9. **stop_staging_after** (teardown, always runs).
+9. **stop_staging_after** (teardown, always runs): stops staging and releases it, if this run holds it.
+
+**Time**: a scheduled or triggered run restores the latest state (end of the archived WAL), or
+`target_time` when given. **Backfill** proves the past: each backfill run restores the state as of
+its logical date (PITR), from the newest backup that finished before it, and its audit line records
+that target; a date outside the repository's window (before the oldest backup kept, about
+{retention} days) fails the run at `restore_latest_backup`, first try, naming the window.
 """
 
 for cluster in load_config(strict=False).clusters:
@@ -53,7 +59,8 @@ for cluster in load_config(strict=False).clusters:
                           root=rt.staging_root, port=rt.staging_port, conn=cluster.staging_conn_id, tool=rt.tool,
                           smoke=rt.smoke_log, tables=", ".join(rt.check_tables) or "(none configured)",
                           qa=", ".join(rt.qa_users), days=rt.signoff_timeout_days, audit=rt.audit_log,
-                          bucket=cluster.s3.bucket, prefix=rt.audit_prefix),
+                          bucket=cluster.s3.bucket, prefix=rt.audit_prefix,
+                          retention=cluster.pgbackrest.retention_full_days),
     ):
         # Waits (rescheduled, no worker held) while another run, e.g. of a backfill, holds staging.
         claim = task.sensor(task_id="claim_staging", mode="reschedule", poke_interval=30,

@@ -11,7 +11,8 @@ DOC = """
 **configure_bucket** creates the bucket if missing, then compares its versioning, lifecycle,
 public access block, default encryption and TLS-only policy with the desired state and applies
 only the difference. The drift it repaired is in the log, the return value and Slack; a run with
-no drift changes nothing. Safe to run every day.
+no drift changes nothing. Safe to run every day, and at any time: nothing depends on the run's
+logical date (a backfill run checks the bucket as it is now).
 """
 
 for cluster in load_config(strict=False).clusters:

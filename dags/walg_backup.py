@@ -14,6 +14,11 @@ DOC = """
    <oldest kept backup> --confirm`); the newest full backup and the WAL kept backups need stay.
 3. **publish_backup**: the backup's record, in the same form as the pgBackRest DAG's, as return
    value and as an event of asset `walg_backup_{name}`.
+
+**Time**: nothing depends on the run's date: a run with or without a logical date backs up now.
+`backup_push` and `delete_old_backups` take the cluster's lock (a second run waits).
+**Backfill**: at most one backup, now, when the current slot has none (tagged
+`airflow_run_type=backfill`); every other run is skipped, the reason in its `backup_push` log.
 """
 
 for cluster in load_config(strict=False).clusters:

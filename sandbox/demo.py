@@ -1,15 +1,14 @@
-"""bin/demo: the sandbox up, every DAG of the sandbox's cluster run once for real, a summary.
+"""bin/demo: the sandbox up, a real Airflow over it, every DAG of the sandbox's cluster run once
+through the scheduler as Ops would (unpaused, triggered through the REST API with no logical
+date), QA's sign-off given through the API, a summary. Airflow stays up for the UI afterwards.
 
-Each DAG runs with ``airflow dags test`` (a real Airflow, its own SQLite database); its full log
-goes to ``<sandbox>/logs/<dag_id>.log``.
+Each run's task logs are in Airflow (UI, or ``<sandbox>/airflow/logs``); the components' own logs
+in ``<sandbox>/logs/airflow-*.log``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,62 +16,73 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import airflow_api  # noqa: E402
 import sandbox  # noqa: E402
-import signoff  # noqa: E402
 
-# In the order Ops would run them on a new cluster: the bucket, the backups, the proof.
+# In the order Ops would run them on a new cluster: the bucket, the backups, the proof, the watch.
 DAG_ORDER = ("s3_bucket_config_{c}", "pgbackrest_backup_{c}", "walg_backup_{c}", "restore_test_{c}",
              "backup_freshness_{c}")
+QA_COMMENT = "approved by bin/demo on behalf of QA (sandbox)"
 
 
-def dag_ids(env: dict) -> set[str]:
-    # --local: parse the DAG folder now; a new sandbox's database has no DAG in it yet.
-    proc = subprocess.run([Path(sys.executable).parent / "airflow", "dags", "list", "--local", "-o", "json"],
-                          env={**os.environ, **env}, text=True, capture_output=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"[demo] airflow dags list failed:\n{proc.stderr[-2000:]}")
-    listing = [line for line in proc.stdout.splitlines() if line.startswith("[{")]  # skip log lines
-    return {d["dag_id"] for d in json.loads(listing[-1])} if listing else set()
+def tool_of(dag_id: str) -> str | None:
+    return "walg" if dag_id.startswith("walg_") else "pgbackrest" if dag_id.startswith("pgbackrest_") else None
 
 
-def run_dag(dag_id: str, env: dict, L: sandbox.Layout) -> tuple[str, float]:
-    log_path = L.logs / f"{dag_id}.log"
+def why_absent(dag_id: str, cluster) -> str:
+    tool = tool_of(dag_id)
+    if tool and tool not in cluster.tools:
+        extra = f" (no WAL-G binary: set WALG_BIN or put one at {sandbox.WALG_BINARY})" if tool == "walg" else ""
+        return f"not generated: {tool} is not among the cluster's tools{extra}"
+    return "not generated: see the import errors in the UI"
+
+
+def run_dag(client: airflow_api.Client, dag_id: str) -> tuple[str, str, float]:
+    """Unpause, trigger with no logical date, wait; QA approves what waits for QA meanwhile."""
+    client.unpause(dag_id)
     started = time.monotonic()
-    if dag_id.startswith("restore_test_"):
-        # The restore test waits for QA: the demo answers for QA through Airflow's API, as QA would
-        # in the UI (Browse > Required Actions), and says so in the comment.
-        with signoff.api_server(L, env, L.logs / "api-server.log") as api:
-            _, output = signoff.run_with_signoff(L, env, api, dag_id, "Approve",
-                                                 "approved by bin/demo on behalf of QA (sandbox)")
-        log_path.write_text(output)
-    else:
-        with open(log_path, "w") as out:
-            subprocess.run([Path(sys.executable).parent / "airflow", "dags", "test", dag_id],
-                           env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-    with sqlite3.connect(L.airflow_home / "airflow.db") as db:
-        row = db.execute("SELECT state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)).fetchone()
-    return (row[0] if row else "not created"), time.monotonic() - started
+    run_id = client.trigger(dag_id)
+
+    def approve(*_):
+        for waiting in client.waiting_signoffs(dag_id):
+            print(f"[demo]   QA approves {waiting} through the API (user qa)", flush=True)
+            client.api.answer(dag_id, waiting, "qa", "Approve", QA_COMMENT)
+
+    run = airflow_api.wait_for(lambda: (approve(), (lambda r: r if r["state"] in ("success", "failed") else None)(
+        client.run(dag_id, run_id)))[1], 1200, every=3, what=f"{dag_id} to end")
+    return run_id, run["state"], time.monotonic() - started
 
 
 def main() -> int:
     L = sandbox.Layout.from_env()
     sandbox.main(["up"])
-    env = sandbox.read_env_file(L.env_file)
+    sandbox.main(["airflow-up"])
     cluster = sandbox.load_config(L.clusters_file).cluster(sandbox.STANZA)
-    available = dag_ids(env)
+    client = airflow_api.Client(L)
+    wanted = [pattern.format(c=cluster.name) for pattern in DAG_ORDER]
+    expected = {d for d in wanted if tool_of(d) in (None, *cluster.tools)}
+    airflow_api.wait_for(lambda: {d["dag_id"] for d in client.request("GET", "/api/v2/dags?limit=200")["dags"]}
+                         >= expected, 180, every=3, what="the DAGs parsed by the dag-processor")
+    available = {d["dag_id"] for d in client.request("GET", "/api/v2/dags?limit=200")["dags"]}
     results = []
-    for pattern in DAG_ORDER:
-        dag_id = pattern.format(c=cluster.name)
+    for dag_id in wanted:
         if dag_id not in available:
+            print(f"[demo] {dag_id}: skipped, {why_absent(dag_id, cluster)}", flush=True)
+            results.append((dag_id, "-", "skipped", 0.0, why_absent(dag_id, cluster)))
             continue
-        print(f"[demo] running {dag_id} ...", flush=True)
-        state, seconds = run_dag(dag_id, env, L)
-        print(f"[demo]   {state} in {seconds:.0f} s (log: {L.logs / (dag_id + '.log')})", flush=True)
-        results.append((dag_id, state, seconds))
+        print(f"[demo] running {dag_id} through the scheduler ...", flush=True)
+        run_id, state, seconds = run_dag(client, dag_id)
+        tasks = client.tasks(dag_id, run_id)
+        print(f"[demo]   {state} in {seconds:.0f} s: " + ", ".join(f"{t} {v['state']}" for t, v in tasks.items()),
+              flush=True)
+        results.append((dag_id, run_id, state, seconds, ""))
+    for dag_id, *_ in results:  # the demo's runs are done: the sandbox does nothing on its own
+        if dag_id in available:
+            client.unpause(dag_id, paused=True)
 
-    print("\n=== Summary ===")
-    for dag_id, state, seconds in results:
-        print(f"  {dag_id:32} {state:8} {seconds:5.0f} s")
+    print("\n=== Summary (as the UI shows it) ===")
+    for dag_id, run_id, state, seconds, why in results:
+        print(f"  {dag_id:28} {state:8} {seconds:5.0f} s  {run_id if run_id != '-' else why}")
     from pg_backups import pgbackrest
 
     info = sandbox.sh(*pgbackrest.command(cluster, "info"), user=cluster.os_user, check=False)
@@ -81,7 +91,8 @@ def main() -> int:
     if audit.exists() and audit.read_text().strip():
         last = json.loads(audit.read_text().strip().splitlines()[-1])
         print(f"\n--- restore test audit ({audit}) ---\n  outcome {last.get('outcome')}, backup "
-              f"{last.get('backup_label')}, RTO {last.get('restore_duration_seconds')} s, checks: "
+              f"{last.get('backup_label')}, RTO {last.get('restore_duration_seconds')} s, signed off by "
+              f"{(last.get('signoff') or {}).get('by')}, checks: "
               + ", ".join(f"{c.get('check')}={c.get('result')}" for c in last.get("checks", [])))
     slack = [json.loads(line) for line in L.slack_messages.read_text().splitlines() if line.strip()]
     print(f"\n--- Slack receiver: {len(slack)} message(s) in {L.slack_messages} ---")
@@ -89,17 +100,18 @@ def main() -> int:
         print("  " + message["body"].get("text", "")[:160].replace("\n", " | "))
     print(f"""
 Where to look:
-  DAG logs:          {L.logs}/<dag_id>.log
+  Airflow UI:        http://localhost:{L.api_port} (still running; users ops, qa; passwords in
+                     {L.airflow_home}/simple_auth_manager_passwords.json.generated)
+  task logs:         the UI, or {L.airflow_home}/logs
   pgBackRest logs:   {cluster.pgbackrest.log_path}
   cluster config:    {L.clusters_file}
   environment:       source {L.env_file}   (Airflow, connections, AWS variables for the scripts)
-  Airflow UI:        source {L.env_file} && .venv/bin/airflow standalone
-                     then http://localhost:{L.api_port} (users ops, qa; passwords in
-                     {L.airflow_home}/simple_auth_manager_passwords.json.generated)
+  stop Airflow:      .venv/bin/python sandbox/sandbox.py airflow-down
   stop everything:   .venv/bin/python sandbox/sandbox.py down
 """)
-    failed = [d for d, s, _ in results if s != "success"]
-    if not results:
+    ran = [r for r in results if r[2] != "skipped"]
+    failed = [r[0] for r in ran if r[2] != "success"]
+    if not ran:
         print("[demo] FAILED: no DAG of the sandbox's cluster was found to run", file=sys.stderr)
         return 1
     if failed:

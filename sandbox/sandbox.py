@@ -12,7 +12,9 @@ Slack's incoming webhook; and (e) Airflow (SQLite) with connections pointing at 
 written to ``<dir>/sandbox.env`` (owner-only) for ``source``.
 
 Settings: SANDBOX_DIR (default /var/tmp/pg-backups-sandbox) and SANDBOX_PORT_BASE (default
-25400; the sandbox uses the ten ports from there). Keep them below 32768: ports in the kernel's
+25400; the sandbox uses the ten ports from there). SANDBOX_CLUSTERS=asso,billing adds a second
+cluster, `billing` (its own PostgreSQL, staging, stanza and pool; pgBackRest only), to try
+several clusters side by side. Keep them below 32768: ports in the kernel's
 ephemeral range (32768-60999) can be held by any outgoing connection, and binding then fails.
 """
 
@@ -41,6 +43,7 @@ from pg_backups.s3_access import S3Access  # noqa: E402
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 WALG_BINARY = REPO / ".tools" / "bin" / "wal-g"
 STANZA = "asso"
+SECOND = "billing"  # the optional second cluster (SANDBOX_CLUSTERS=asso,billing)
 REGION = "eu-west-3"
 BUCKET = "asso-prod-backups"
 APP_DB = "app"
@@ -50,11 +53,22 @@ APP_DB = "app"
 class Layout:
     root: Path
     port_base: int
+    clusters: tuple = (STANZA,)
 
     @classmethod
     def from_env(cls, env=os.environ) -> "Layout":
+        names = tuple(n.strip() for n in env.get("SANDBOX_CLUSTERS", STANZA).split(",") if n.strip())
+        if names not in ((STANZA,), (STANZA, SECOND)):
+            raise SystemExit(f"[sandbox] SANDBOX_CLUSTERS={','.join(names)} is not supported: use '{STANZA}' "
+                             f"or '{STANZA},{SECOND}'")
         return cls(Path(env.get("SANDBOX_DIR", "/var/tmp/pg-backups-sandbox")).resolve(),
-                   int(env.get("SANDBOX_PORT_BASE", "25400")))
+                   int(env.get("SANDBOX_PORT_BASE", "25400")), names)
+
+    # The second cluster's PostgreSQL and staging (ports +6 and +7).
+    billing_pg_port = property(lambda s: s.port_base + 6)
+    billing_staging_port = property(lambda s: s.port_base + 7)
+    billing_pgdata = property(lambda s: s.root / "pg" / SECOND)
+    billing_staging = property(lambda s: s.root / "staging" / SECOND)
 
     # Ports
     pg_port = property(lambda s: s.port_base)
@@ -145,12 +159,15 @@ def stop_daemon(name: str, L: Layout) -> None:
             os.killpg(pid, signal.SIGTERM)
         except OSError:
             os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
+        for _ in range(300):  # Airflow's components take a few seconds to shut down
             if not pid_alive(pid_file):
                 break
             time.sleep(0.1)
         else:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                os.kill(pid, signal.SIGKILL)
         log(f"{name} stopped")
     pid_file.unlink(missing_ok=True)
 
@@ -220,6 +237,44 @@ clusters:
       audit_log: {L.logs / "asso_restore_audit.log"}
       check_tables: [members, memberships, payments, events]
 """
+    if SECOND in L.clusters:
+        text += f"""  - name: {SECOND}
+    host: 127.0.0.1
+    port: {L.billing_pg_port}
+    socket_directory: {L.run_dir}
+    data_directory: {L.billing_pgdata}
+    os_user: postgres
+    retries: 1
+    retry_delay_seconds: 5
+    lock_directory: {L.run_dir / "locks"}
+    tools: [pgbackrest]
+    metrics:
+      textfile_directory: {L.root / "metrics"}
+    s3:
+      bucket: {BUCKET}
+      region: {REGION}
+      deny_insecure_transport: false
+    pgbackrest:
+      config_path: {L.etc / "pgbackrest" / "{cluster}" / "pgbackrest.conf"}
+      spool_path: {L.root / "pgbackrest" / "spool"}
+      log_path: {L.root / "pgbackrest" / "log"}
+      lock_path: {L.root / "pgbackrest" / "lock"}
+      process_max: 2
+      io_timeout_seconds: 10
+    walg:
+      prefix: {SECOND}
+    restore_test:
+      # Every 2 minutes, so that a backfill has slots after the sandbox's first backup (paused
+      # until someone unpauses it: each run waits for QA's sign-off).
+      schedule: "*/2 * * * *"
+      staging_root: {L.staging_root}
+      staging_data_directory: {L.billing_staging}
+      staging_port: {L.billing_staging_port}
+      staging_socket_directory: {L.run_dir}
+      smoke_log: {L.logs / "{cluster}_restore_smoke.log"}
+      audit_log: {L.logs / "{cluster}_restore_audit.log"}
+      check_tables: [invoices]
+"""
     L.clusters_file.write_text(text)
 
 
@@ -264,42 +319,45 @@ def pg_running(pgdata: Path) -> bool:
     return pgdata.exists() and pg_ctl(pgdata, "status", check=False).returncode == 0
 
 
-def start_production(L: Layout, creds: dict) -> None:
-    cluster = load_config(L.clusters_file).cluster(STANZA)
-    first = not (L.pgdata / "PG_VERSION").exists()
+def start_production(L: Layout, creds: dict, name: str = STANZA) -> None:
+    """The production cluster ``name`` (asso, or the optional second one), archiving to its tools."""
+    cluster = load_config(L.clusters_file).cluster(name)
+    pgdata, port = Path(cluster.data_directory), cluster.port
+    first = not (pgdata / "PG_VERSION").exists()
     if first:
-        L.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        shutil.chown(L.pgdata.parent, "postgres", "postgres")
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        shutil.chown(pgdata.parent, "postgres", "postgres")
         pwfile = L.run_dir / "pwfile"
         pwfile.write_text(creds["pg_password"] + "\n")
         shutil.chown(pwfile, "postgres", "postgres")
         os.chmod(pwfile, 0o600)
-        sh(PG_BIN / "initdb", "-D", L.pgdata, "--auth-local=peer", "--auth-host=scram-sha-256", "-U", "postgres",
+        sh(PG_BIN / "initdb", "-D", pgdata, "--auth-local=peer", "--auth-host=scram-sha-256", "-U", "postgres",
            f"--pwfile={pwfile}", "--data-checksums", user="postgres")
         pwfile.unlink()
     # Written every time: the archive_command follows the configured tools and paths.
-    (L.pgdata / "postgresql.auto.conf").write_text("")
+    (pgdata / "postgresql.auto.conf").write_text("")
     settings = {
-        "port": L.pg_port, "listen_addresses": "'127.0.0.1'", "unix_socket_directories": f"'{L.run_dir}'",
+        "port": port, "listen_addresses": "'127.0.0.1'", "unix_socket_directories": f"'{L.run_dir}'",
         "wal_level": "replica", "archive_mode": "on", "archive_timeout": "60",
         "archive_command": "'" + operations.archive_command(cluster).replace("'", "''") + "'",
         "max_wal_size": "'256MB'", "shared_buffers": "'64MB'", "log_min_messages": "warning",
     }
-    (L.pgdata / "conf.d").mkdir(exist_ok=True)
-    conf = L.pgdata / "postgresql.conf"
+    (pgdata / "conf.d").mkdir(exist_ok=True)
+    conf = pgdata / "postgresql.conf"
     if "include_dir = 'conf.d'" not in conf.read_text():
         conf.write_text(conf.read_text() + "\ninclude_dir = 'conf.d'\n")
-    (L.pgdata / "conf.d" / "sandbox.conf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-    sh("chown", "-R", "postgres:postgres", L.pgdata)
-    if pg_running(L.pgdata):
-        pg_ctl(L.pgdata, "reload")
+    (pgdata / "conf.d" / "sandbox.conf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+    sh("chown", "-R", "postgres:postgres", pgdata)
+    if pg_running(pgdata):
+        pg_ctl(pgdata, "reload")
     else:
-        if port_open(L.pg_port):
-            raise SystemExit(f"[sandbox] port {L.pg_port} is taken; set SANDBOX_PORT_BASE to a free range")
-        pg_ctl(L.pgdata, "-l", L.pgdata.parent / "production.log", "-w", "-t", "60", "start")
-    log(f"production PostgreSQL on 127.0.0.1:{L.pg_port} (socket {L.run_dir}), data {L.pgdata}")
-    if not psql(L, f"SELECT 1 FROM pg_database WHERE datname = '{APP_DB}'", db="postgres"):
-        seed(L)
+        if port_open(port):
+            raise SystemExit(f"[sandbox] port {port} is taken; set SANDBOX_PORT_BASE to a free range")
+        log_name = "production.log" if name == STANZA else f"{name}.log"
+        pg_ctl(pgdata, "-l", pgdata.parent / log_name, "-w", "-t", "60", "start")
+    log(f"production PostgreSQL {name} on 127.0.0.1:{port} (socket {L.run_dir}), data {pgdata}")
+    if not psql(L, f"SELECT 1 FROM pg_database WHERE datname = '{APP_DB}'", db="postgres", port=port):
+        seed(L, name, port)
 
 
 SEED_SQL = """
@@ -332,12 +390,18 @@ def psql(L: Layout, sql: str, db: str = APP_DB, port: int | None = None) -> str:
               "-d", db, "-At", "-c", sql, user="postgres").stdout.strip()
 
 
-def seed(L: Layout) -> None:
-    psql(L, f"CREATE DATABASE {APP_DB}", db="postgres")
-    psql(L, SEED_SQL)
-    counts = psql(L, "SELECT (SELECT count(*) FROM members) || ' members, ' || (SELECT count(*) FROM payments) "
-                     "|| ' payments'")
-    log(f"seeded database {APP_DB}: {counts}")
+# The second cluster's application: small, but real rows that a restore must bring back.
+SECOND_SEED_SQL = """
+CREATE TABLE invoices (id bigserial PRIMARY KEY, number text NOT NULL UNIQUE, amount_cents int NOT NULL,
+                       issued_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO invoices (number, amount_cents) SELECT 'INV-' || g, 1000 + g FROM generate_series(1, 200) g;
+"""
+
+
+def seed(L: Layout, name: str = STANZA, port: int | None = None) -> None:
+    psql(L, f"CREATE DATABASE {APP_DB}", db="postgres", port=port)
+    psql(L, SEED_SQL if name == STANZA else SECOND_SEED_SQL, port=port)
+    log(f"seeded database {APP_DB} of cluster {name}")
 
 
 def airflow_env(L: Layout, creds: dict) -> dict:
@@ -347,6 +411,11 @@ def airflow_env(L: Layout, creds: dict) -> dict:
     pg = {"conn_type": "postgres", "host": "127.0.0.1", "port": L.pg_port, "login": "postgres",
           "password": creds["pg_password"], "schema": APP_DB}
     staging = {**pg, "port": L.staging_port}
+    second = {}
+    if SECOND in L.clusters:
+        billing = {**pg, "port": L.billing_pg_port}
+        second = {"AIRFLOW_CONN_PG_BILLING": json.dumps(billing),
+                  "AIRFLOW_CONN_PG_BILLING_STAGING": json.dumps({**billing, "port": L.billing_staging_port})}
     slack = {"conn_type": "slackwebhook", "host": f"http://127.0.0.1:{L.slack_port}/services",
              "password": creds["slack_token"]}
     return {
@@ -356,6 +425,8 @@ def airflow_env(L: Layout, creds: dict) -> dict:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{L.api_port}/execution/",
         "AIRFLOW__API__PORT": str(L.api_port),
+        # Slack alerts link to the task's log on this sandbox's UI, not to localhost:8080.
+        "AIRFLOW__API__BASE_URL": f"http://localhost:{L.api_port}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ops:admin,qa:user",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "PYTHONPATH": str(REPO / "plugins"),
@@ -364,6 +435,7 @@ def airflow_env(L: Layout, creds: dict) -> dict:
         "AIRFLOW_CONN_PG_ASSO": json.dumps(pg),
         "AIRFLOW_CONN_PG_ASSO_STAGING": json.dumps(staging),
         "AIRFLOW_CONN_SLACK_OPS": json.dumps(slack),
+        **second,
         # The same settings for the cron scripts, which read the standard AWS variables.
         "AWS_ACCESS_KEY_ID": creds["aws_access_key_id"],
         "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
@@ -372,6 +444,7 @@ def airflow_env(L: Layout, creds: dict) -> dict:
         "SLACK_WEBHOOK_URL": f"http://127.0.0.1:{L.slack_port}/services/{creds['slack_token']}",
         "SANDBOX_DIR": str(L.root),
         "SANDBOX_PORT_BASE": str(L.port_base),
+        "SANDBOX_CLUSTERS": ",".join(L.clusters),
     }
 
 
@@ -409,6 +482,72 @@ def setup_airflow(L: Layout, env: dict) -> None:
                        env=full_env, check=True, capture_output=True, text=True)
 
 
+# --------------------------------------------------------------------------------------------
+# A real Airflow over the sandbox, as Ops run it: scheduler, dag-processor, triggerer, API server
+# (LocalExecutor on the sandbox's SQLite database). `airflow dags test` needs none of it.
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def stack_env(L: Layout) -> dict:
+    env = {**os.environ, **read_env_file(L.env_file)}
+    return {**env,
+            # Its components start `airflow ...` children: the venv's bin must be on PATH.
+            "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",  # two cores
+            # New and changed DAG files within seconds (the defaults are minutes).
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600"}
+
+
+def airflow_health(L: Layout) -> dict | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{L.api_port}/api/v2/monitor/health", timeout=5) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def airflow_healthy(L: Layout) -> bool:
+    health = airflow_health(L) or {}
+    return all((health.get(part) or {}).get("status") == "healthy"
+               for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+
+
+def start_airflow(L: Layout, seconds: float = 300) -> None:
+    """Start the components not running yet; wait until the API reports each healthy."""
+    env = stack_env(L)
+    airflow = Path(sys.executable).parent / "airflow"
+    for name in AIRFLOW_COMPONENTS:
+        pid_file = L.run_dir / f"airflow-{name}.pid"
+        if pid_alive(pid_file):
+            continue
+        argv = [airflow, name] + (["--port", str(L.api_port), "--workers", "1"] if name == "api-server" else [])
+        with open(L.logs / f"airflow-{name}.log", "a") as out:
+            proc = subprocess.Popen([str(a) for a in argv], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=L.root)
+        pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + seconds
+    while not airflow_healthy(L):
+        dead = [n for n in AIRFLOW_COMPONENTS if not pid_alive(L.run_dir / f"airflow-{n}.pid")]
+        if dead or time.monotonic() > deadline:
+            stop_airflow(L)
+            why = f"{', '.join(dead)} exited" if dead else f"not healthy after {seconds:.0f} s"
+            raise SystemExit(f"[sandbox] Airflow did not start ({why}); see {L.logs}/airflow-*.log")
+        time.sleep(2)
+    log(f"Airflow up: scheduler, dag-processor, triggerer, UI and API http://localhost:{L.api_port} "
+        f"(users ops and qa: {L.airflow_home / 'simple_auth_manager_passwords.json.generated'})")
+
+
+def stop_airflow(L: Layout) -> None:
+    for name in AIRFLOW_COMPONENTS:
+        stop_daemon(f"airflow-{name}", L)
+
+
 def up(L: Layout) -> None:
     for d in (L.root, L.run_dir, L.logs, L.etc, L.staging_root, L.root / "metrics"):
         d.mkdir(parents=True, exist_ok=True)
@@ -420,9 +559,11 @@ def up(L: Layout) -> None:
     ensure_tls(L)
     start_s3(L)
     start_slack(L)
-    cluster = load_config(L.clusters_file).cluster(STANZA)
-    operations.write_tool_configs(cluster, access(L, creds))
-    start_production(L, creds)
+    config = load_config(L.clusters_file)
+    for cluster in config.clusters:
+        operations.write_tool_configs(cluster, access(L, creds))
+        start_production(L, creds, cluster.name)
+    cluster = config.cluster(STANZA)
     env = airflow_env(L, creds)
     write_env_file(L, env)
     setup_airflow(L, env)
@@ -434,11 +575,12 @@ def up(L: Layout) -> None:
 
 
 def down(L: Layout) -> None:
-    for pgdata in (L.staging_root / "data", L.pgdata):
+    stop_airflow(L)
+    for pgdata in (L.staging_root / "data", L.billing_staging, L.pgdata, L.billing_pgdata):
         if pg_running(pgdata):
             pg_ctl(pgdata, "-m", "fast", "-w", "stop")
             log(f"PostgreSQL {pgdata} stopped")
-    for name in ("slack_receiver", "stunnel", "moto", "airflow"):
+    for name in ("slack_receiver", "stunnel", "moto"):
         stop_daemon(name, L)
 
 
@@ -449,15 +591,18 @@ def status(L: Layout) -> int:
         "moto S3": port_open(L.moto_port),
         "stunnel TLS": port_open(L.s3_tls_port),
         "Slack receiver": port_open(L.slack_port),
+        "Airflow (airflow-up)": airflow_healthy(L),
     }
     for name, ok in rows.items():
         print(f"{name:24} {'up' if ok else 'down'}")
-    return 0 if all(v for k, v in rows.items() if k != "staging PostgreSQL") else 1
+    return 0 if all(v for k, v in rows.items() if k not in ("staging PostgreSQL", "Airflow (airflow-up)")) else 1
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["up", "down", "status", "destroy"])
+    parser.add_argument("action", choices=["up", "down", "status", "destroy", "airflow-up", "airflow-down"],
+                        help="airflow-up/-down: a real Airflow (scheduler, dag-processor, triggerer, API server) "
+                             "over a sandbox that is up")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("[sandbox] run as root: PostgreSQL runs as the postgres user through runuser")
@@ -467,6 +612,12 @@ def main(argv=None) -> int:
     elif args.action == "down":
         if L.root.exists():
             down(L)
+    elif args.action == "airflow-up":
+        if not L.env_file.exists():
+            raise SystemExit("[sandbox] the sandbox is not up: run `sandbox.py up` first")
+        start_airflow(L)
+    elif args.action == "airflow-down":
+        stop_airflow(L)
     elif args.action == "destroy":
         if L.root.exists():
             down(L)

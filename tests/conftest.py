@@ -34,10 +34,12 @@ os.environ.update({
     "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "PG_BACKUPS_CONFIG": os.environ.get("PG_BACKUPS_CONFIG_FOR_TESTS", str(REPO / "include/config/clusters.yaml")),
+    # Two clusters side by side, as Ops run several: asso (the runbook's) and billing.
+    "SANDBOX_CLUSTERS": "asso,billing",
 })
 
 import sandbox as sandbox_module  # noqa: E402  (sandbox/sandbox.py)
-from signoff import wait_for  # noqa: E402,F401  (sandbox/signoff.py; the tests import it from here)
+from airflow_api import Client, wait_for  # noqa: E402,F401  (sandbox/airflow_api.py; tests import it from here)
 
 
 @dataclass
@@ -145,6 +147,26 @@ def sandbox() -> Sandbox:
     yield box
     if os.environ.get("KEEP_SANDBOX") != "1":
         subprocess.run([sys.executable, REPO / "sandbox" / "sandbox.py", "destroy"], text=True, capture_output=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The real scheduler's tests last: while it runs, it would also schedule the runs that
+    `airflow dags test` creates in the same metadata database."""
+    items.sort(key=lambda item: item.get_closest_marker("scheduler") is not None)
+
+
+@pytest.fixture(scope="session")
+def stack(configured_bucket) -> Client:
+    """A real Airflow over the session's sandbox, started once; its tests run last."""
+    up = subprocess.run([sys.executable, REPO / "sandbox" / "sandbox.py", "airflow-up"], text=True,
+                        capture_output=True, env={**os.environ, **configured_bucket.env})
+    if up.returncode != 0:
+        pytest.fail(f"airflow-up failed:\n{up.stdout}\n{up.stderr}")
+    try:
+        yield Client(configured_bucket.layout)
+    finally:
+        subprocess.run([sys.executable, REPO / "sandbox" / "sandbox.py", "airflow-down"], text=True,
+                       capture_output=True, env={**os.environ, **configured_bucket.env})
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, wait_for
 
 import sandbox as sandbox_module
+from conftest import REPO, wait_for
 from pg_backups import pgbackrest, runner
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]

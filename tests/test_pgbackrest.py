@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
 
+from conftest import wait_for
 from pg_backups import pgbackrest
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]

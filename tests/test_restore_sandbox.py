@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DagRunResult
 
-import signoff  # sandbox/signoff.py
+import airflow_api as signoff  # sandbox/airflow_api.py
+from conftest import DagRunResult
 from pg_backups import operations
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PORT_BASE, REPO
 
 import sandbox as sb
+from conftest import PORT_BASE, REPO
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 

@@ -144,11 +144,16 @@ def backup_type_for(cluster, day: datetime) -> str:
 # Operations
 
 
+# `info` status codes that mean the stanza is not there yet: 1 missing stanza path, 3 missing
+# stanza data. 2 ("no valid backups") is a stanza whose first backup is not done, maybe running now.
+STANZA_MISSING_CODES = (1, 3)
+
+
 def ensure_stanza(cluster) -> str:
     """Create the stanza on the first run (stanza-create is idempotent), then prove archiving works."""
     info = parse_info(run(cluster, "info", "--output=json").stdout, cluster.stanza)
     created = False
-    if info.get("status", {}).get("code") != 0:
+    if not info or info.get("status", {}).get("code") in STANZA_MISSING_CODES:
         _stanza_create(cluster)
         created = True
     # `check` forces a WAL switch and waits for it to be archived: it catches the most reported
@@ -165,10 +170,18 @@ def _stanza_create(cluster, wait_seconds: float = 180) -> None:
         proc = run(cluster, "stanza-create", check=False)
         if proc.returncode == 0:
             return
+        output = proc.stdout + proc.stderr
+        if proc.returncode == LOCK_ERROR and "Permission denied" in output:
+            # [050] with EACCES is a permission problem, not another process: waiting cannot help.
+            raise ToolError(f"pgbackrest stanza-create for stanza {cluster.stanza} cannot write its lock file: "
+                            f"{runner.last_error_line(output)}", proc.returncode, output, retryable=False,
+                            fix=f"give the user {cluster.os_user or 'running the task'} write access to "
+                                f"{cluster.pgbackrest.lock_path}")
         if proc.returncode != LOCK_ERROR or time.monotonic() > deadline:
             raise ToolError(f"pgbackrest stanza-create failed for stanza {cluster.stanza}: "
-                                   f"{runner.last_error_line(proc.stdout + proc.stderr)}", proc.returncode)
-        log.info("stanza-create: the archive lock is held by archive-push; retrying in 5 s")
+                            f"{runner.last_error_line(output)}", proc.returncode)
+        log.info("stanza-create: another pgBackRest process of stanza %s holds its lock (%s); retrying in 5 s",
+                 cluster.stanza, runner.last_error_line(output))
         time.sleep(5)
 
 

@@ -1,8 +1,9 @@
-"""QA's sign-off of a restore test, given through Airflow itself, for the demo and the tests.
+"""Driving a real Airflow through its REST API, as Ops and QA do, for the demo and the tests.
 
-`airflow dags test` parks `qa_signoff` in `awaiting_input` and waits for a response recorded by an
-api-server sharing its metadata database, so this runs a real `airflow api-server` on the
-sandbox's API port and answers the task's hitlDetails as a QA user, as QA does in the UI.
+:class:`Client` triggers runs (with or without a logical date and conf), waits for them, reads task
+states, XComs and logs, and answers QA's sign-off of a restore test (``hitlDetails``, as user
+``qa``). For `airflow dags test` runs, which wait for a response recorded by an API server sharing
+their metadata database, :func:`api_server` runs a real `airflow api-server` on the sandbox's port.
 """
 
 from __future__ import annotations
@@ -57,6 +58,91 @@ class Api:
                 "qa_signoff/-1/hitlDetails")
         return self.request("PATCH", path, {"chosen_options": [option], "params_input": {"comment": comment}},
                             self.token(user))
+
+
+class Client:
+    """A real Airflow over the sandbox (scheduler, dag-processor, triggerer, API server), driven
+    through its REST API as Ops drive it: as user ``ops``, or ``qa`` for the sign-off."""
+
+    def __init__(self, layout):
+        self.layout = layout
+        self.api = Api(f"http://127.0.0.1:{layout.api_port}", layout.airflow_home)
+        self._token = None
+
+    def request(self, method: str, path: str, body=None, user: str = "ops"):
+        token = self._token if user == "ops" and self._token else self.api.token(user)
+        if user == "ops":
+            self._token = token
+        return self.api.request(method, path, body, token)
+
+    @staticmethod
+    def run_path(dag_id: str, run_id: str) -> str:
+        import urllib.parse
+
+        return f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+    def wait_parsed(self, *dag_ids: str, seconds: float = 180) -> None:
+        def parsed():
+            known = {d["dag_id"] for d in self.request("GET", "/api/v2/dags?limit=200")["dags"]}
+            return set(dag_ids) <= known
+        wait_for(parsed, seconds, every=3, what=f"DAGs {dag_ids} parsed by the dag-processor")
+
+    def unpause(self, dag_id: str, paused: bool = False) -> None:
+        self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
+
+    def trigger(self, dag_id: str, logical_date: str | None = None, conf: dict | None = None) -> str:
+        body = {"logical_date": logical_date}
+        if conf is not None:
+            body["conf"] = conf
+        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return self.request("GET", self.run_path(dag_id, run_id))
+
+    def runs(self, dag_id: str, run_type: str | None = None) -> list[dict]:
+        query = "?limit=100&order_by=id" + (f"&run_type={run_type}" if run_type else "")
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns{query}")["dag_runs"]
+
+    def tasks(self, dag_id: str, run_id: str) -> dict[str, dict]:
+        return {t["task_id"]: t for t in self.request("GET", self.run_path(dag_id, run_id) + "/taskInstances")[
+            "task_instances"]}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
+        path = self.run_path(dag_id, run_id) + f"/taskInstances/{task_id}/xcomEntries/{key}?deserialize=true"
+        return self.request("GET", path)["value"]
+
+    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        import urllib.request
+
+        request = urllib.request.Request(
+            self.api.base + self.run_path(dag_id, run_id) + f"/taskInstances/{task_id}/logs/{try_number}"
+            "?full_content=true", headers={"Authorization": f"Bearer {self.api.token('ops')}",
+                                           "Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            content = json.loads(response.read())["content"]
+        return "\n".join(str(e.get("event", "")) if isinstance(e, dict) else str(e) for e in content)
+
+    def wait_run(self, dag_id: str, run_id: str, seconds: float = 600, approve: bool = True) -> dict:
+        """Until the run ends; meanwhile QA approves every restore test of the DAG that waits for it
+        (unpausing a restore test DAG starts a run for its latest slot too)."""
+        def ended():
+            if approve:
+                self.approve_waiting(dag_id)
+            run = self.run(dag_id, run_id)
+            return run if run["state"] in ("success", "failed") else None
+        return wait_for(ended, seconds, every=3, what=f"{dag_id} {run_id} to end")
+
+    def waiting_signoffs(self, dag_id: str) -> list[str]:
+        runs = [r["dag_run_id"] for r in self.runs(dag_id) if r["state"] == "running"]
+        return [r for r in runs if (self.tasks(dag_id, r).get("qa_signoff") or {}).get("state") == "awaiting_input"]
+
+    def approve_waiting(self, dag_id: str, comment: str = "approved by the test suite as QA") -> list[str]:
+        if not dag_id.startswith("restore_test_"):
+            return []
+        waiting = self.waiting_signoffs(dag_id)
+        for run_id in waiting:
+            self.api.answer(dag_id, run_id, "qa", "Approve", comment)
+        return waiting
 
 
 @contextmanager
