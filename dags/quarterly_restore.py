@@ -4,7 +4,7 @@ staging, checked, signed off by QA, audited. First Sunday of Jan/Apr/Jul/Oct, 02
 from airflow.sdk import DAG, Param, task
 
 from pg_backups.airflow import restore_tasks
-from pg_backups.airflow.common import backup_asset, dag_args
+from pg_backups.airflow.common import alert_args, backup_asset, dag_args
 from pg_backups.airflow.operators import qa_signoff_operator
 from pg_backups.config import TOOLS, load_config
 
@@ -46,7 +46,8 @@ for cluster in load_config(strict=False).clusters:
     with DAG(
         dag_id=f"restore_test_{cluster.name}",
         schedule=rt.schedule,
-        **dag_args(cluster, "restore-test", queue=rt.staging_queue),
+        # One alert per failed run: audit_and_archive's, which names the failed step and its cause.
+        **dag_args(cluster, "restore-test", queue=rt.staging_queue, alert_every_task=False),
         params={
             "tool": Param(rt.tool, enum=[tool for tool in TOOLS if tool in cluster.tools],
                           description="Which tool's backup to restore"),
@@ -75,6 +76,8 @@ for cluster in load_config(strict=False).clusters:
         smoke = task(task_id="smoke_query")(restore_tasks.smoke_query)(cluster.name)
         checks = task(task_id="data_checks")(restore_tasks.data_checks)(cluster.name, restored)
         signoff = qa_signoff_operator(cluster)
-        audit = task(task_id="audit_and_archive", trigger_rule="all_done")(restore_tasks.audit_and_archive)(cluster.name)
-        stop_after = task(task_id="stop_staging_after", trigger_rule="all_done")(restore_tasks.stop_staging_after)(cluster.name)
+        audit = task(task_id="audit_and_archive", trigger_rule="all_done", **alert_args(cluster, "restore-test"))(
+            restore_tasks.audit_and_archive)(cluster.name)
+        stop_after = task(task_id="stop_staging_after", trigger_rule="all_done", **alert_args(cluster, "restore-test"))(
+            restore_tasks.stop_staging_after)(cluster.name)
         claim >> guard >> stop >> purge >> restored >> start >> smoke >> checks >> signoff >> audit >> stop_after.as_teardown()

@@ -120,7 +120,7 @@ class Client:
                                            "Accept": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             content = json.loads(response.read())["content"]
-        return "\n".join(str(e.get("event", "")) if isinstance(e, dict) else str(e) for e in content)
+        return "\n".join(json.dumps(e) if isinstance(e, dict) else str(e) for e in content)
 
     def wait_run(self, dag_id: str, run_id: str, seconds: float = 600, approve: bool = True) -> dict:
         """Until the run ends; meanwhile QA approves every restore test of the DAG that waits for it

@@ -282,6 +282,7 @@ def ensure_tls(L: Layout) -> None:
     if L.ca_file.exists():
         return
     L.tls.mkdir(parents=True, exist_ok=True)
+    os.chmod(L.tls, 0o755)  # the tools (as postgres) read the CA file below, whatever the umask
     # Go (WAL-G) ignores the CN: the certificate names its host in subjectAltName.
     sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=localhost",
        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", L.tls / "key.pem", "-out", L.ca_file)
@@ -306,7 +307,7 @@ key = {L.tls / 'key.pem'}
 
 def start_slack(L: Layout) -> None:
     L.slack_messages.parent.mkdir(parents=True, exist_ok=True)
-    L.slack_messages.touch()
+    L.slack_messages.touch(mode=0o600)
     start_daemon("slack_receiver", [sys.executable, REPO / "sandbox" / "slack_receiver.py", "--port", L.slack_port,
                                     "--out", L.slack_messages], L, L.slack_port)
 
@@ -442,6 +443,8 @@ def airflow_env(L: Layout, creds: dict) -> dict:
         "AWS_ENDPOINT_URL": L.endpoint,
         "AWS_CA_BUNDLE": str(L.ca_file),
         "SLACK_WEBHOOK_URL": f"http://127.0.0.1:{L.slack_port}/services/{creds['slack_token']}",
+        # The runbook's variable: the cron scripts act on asso unless told otherwise (several clusters).
+        "PG_BACKREST_STANZA": STANZA,
         "SANDBOX_DIR": str(L.root),
         "SANDBOX_PORT_BASE": str(L.port_base),
         "SANDBOX_CLUSTERS": ",".join(L.clusters),

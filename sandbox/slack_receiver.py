@@ -1,13 +1,17 @@
 """A stand-in for Slack's incoming webhook: answers ``ok`` like Slack and records every message.
 
 Each POST body is appended as one JSON line ``{"path", "body", "received_at"}`` to the output
-file, so tests and people can read what Ops would have seen in the channel.
+file, so tests and people can read what Ops would have seen in the channel. The webhook's token
+(the path after ``/services/``) is a secret: the stored path keeps only its shape
+(``/services/***``), and the file is readable by its owner only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,8 +28,12 @@ def make_handler(out_path: str):
                 body = json.loads(raw)
             except json.JSONDecodeError:
                 body = {"raw": raw}
-            with _lock, open(out_path, "a") as out:
-                out.write(json.dumps({"path": self.path, "body": body, "received_at": time.time()}) + "\n")
+            path = re.sub(r"(/services/).+", r"\1***", self.path)
+            with _lock:
+                fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                os.fchmod(fd, 0o600)  # whatever the umask, and for a file made before
+                with os.fdopen(fd, "a") as out:
+                    out.write(json.dumps({"path": path, "body": body, "received_at": time.time()}) + "\n")
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.end_headers()

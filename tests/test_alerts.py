@@ -45,10 +45,10 @@ def render(notifier, ctx):
 
 
 def test_failure_text_has_every_field():
-    text = render(notifiers.failure_notifier(cluster()), context(ToolError("pgbackrest backup failed with exit code 82: "
-                                                                         "ERROR: [082]: WAL segment was not archived")))
+    text = render(notifiers.failure_notifier(cluster(), "pgbackrest"),
+                  context(ToolError("pgbackrest backup failed with exit code 82: ERROR: [082]: WAL segment was not archived")))
     assert text.splitlines() == [
-        ":red_circle: *Backup job failed* - cluster `asso`",
+        ":red_circle: *Backup failed* - cluster `asso`",
         "*DAG:* `pgbackrest_backup_asso`  *Task:* `backup`  *Try:* 2",
         "*Run:* `scheduled__2026-11-25T02:15:00+00:00`",
         "*Error:* ToolError: pgbackrest backup failed with exit code 82: ERROR: [082]: WAL segment was not archived",
@@ -109,13 +109,35 @@ def test_slack_down_is_a_warning_not_an_exception(caplog):
 def test_retry_alerts_only_when_asked():
     from pg_backups.airflow.common import default_args
 
-    quiet, loud = default_args(cluster()), default_args(cluster(notify_on_retry=True))
+    quiet, loud = default_args(cluster(), purpose="pgbackrest"), default_args(cluster(notify_on_retry=True),
+                                                                               purpose="pgbackrest")
     assert "on_retry_callback" not in quiet and len(quiet["on_failure_callback"]) == 1
     assert loud["on_retry_callback"][0].slack_webhook_conn_id == "slack_ops_test"
     assert quiet["on_failure_callback"][0].slack_webhook_conn_id == "slack_ops_test"
     assert quiet["retries"] >= 1
     text = render(loud["on_retry_callback"][0], context(RuntimeError("transient"), try_number=1))
-    assert text.startswith(":warning: *Backup job retrying* - cluster `asso`") and "try 1: RuntimeError: transient" in text
+    assert text.startswith(":warning: *Backup failed, retrying* - cluster `asso`") and "try 1: RuntimeError: transient" in text
+
+
+@pytest.mark.parametrize("purpose,error,title", [
+    ("pgbackrest", RuntimeError("x"), "Backup failed"), ("walg", RuntimeError("x"), "Backup failed"),
+    ("restore-test", RuntimeError("restore test of cluster asso failed: guard: failed"), "Restore test failed"),
+    ("restore-test", RuntimeError("QA rejected the restore test of cluster asso (qa_signoff, by qa): no"),
+     "Restore test rejected by QA"),
+    ("s3", RuntimeError("x"), "Bucket configuration failed"),
+    ("monitoring", RuntimeError("x"), "Backup freshness check failed"),
+])
+def test_the_title_says_what_failed(purpose, error, title):
+    text = render(notifiers.failure_notifier(cluster(), purpose), context(error))
+    assert text.startswith(f":red_circle: *{title}* - cluster `asso`"), text
+
+
+def test_a_link_to_localhost_8080_says_to_set_the_base_url(caplog):
+    ctx = context(RuntimeError("x"))
+    ctx["ti"].log_url = "http://localhost:8080/dags/x/runs/r/tasks/t?try_number=1"
+    text = render(notifiers.failure_notifier(cluster(), "pgbackrest"), ctx)
+    assert text.endswith("(this link points at localhost: set AIRFLOW__API__BASE_URL)")
+    assert "set [api] base_url" in caplog.text
 
 
 def test_notifier_is_the_slack_providers():
@@ -164,5 +186,9 @@ def test_every_task_of_every_dag_alerts_through_the_configured_connection(tmp_pa
     dags = {dag_id for dag_id, *_ in out["tasks"]}
     assert {"pgbackrest_backup_asso", "walg_backup_asso", "s3_bucket_config_asso", "backup_freshness_asso"} <= dags
     for dag_id, task_id, on_failure, on_retry in out["tasks"]:
-        assert on_failure == [["OpsSlackNotifier", "slack_elsewhere"]], (dag_id, task_id)
-        assert on_retry == [["OpsSlackNotifier", "slack_elsewhere"]], (dag_id, task_id)
+        # The restore test alerts once per failed run: from its audit (which names the failed step
+        # and its cause) and its teardown; every other task of every DAG alerts itself.
+        alerts = not dag_id.startswith("restore_test_") or task_id in ("audit_and_archive", "stop_staging_after")
+        expected = [["OpsSlackNotifier", "slack_elsewhere"]] if alerts else []
+        assert on_failure == expected, (dag_id, task_id)
+        assert on_retry == expected, (dag_id, task_id)

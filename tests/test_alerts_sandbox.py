@@ -41,10 +41,14 @@ def closed_port(sandbox) -> int:
     return sandbox.layout.port_base + CLOSED_PORT_OFFSET
 
 
+TITLES = {"s3_bucket_config": "Bucket configuration failed", "pgbackrest_backup": "Backup failed",
+          "restore_test": "Restore test failed"}
+
+
 def assert_alert(text: str, dag_id: str, task_id: str, try_number: int, error: str, sandbox) -> None:
-    """Every field, in the one format of notifiers.FAILURE_TEXT, and no secret."""
+    """Every field, in the one format of notifiers.FAILURE_TEXT, titled with what failed, and no secret."""
     lines = text.splitlines()
-    assert lines[0] == ":red_circle: *Backup job failed* - cluster `asso`", text
+    assert lines[0] == f":red_circle: *{TITLES[dag_id.removesuffix('_asso')]}* - cluster `asso`", text
     assert lines[1] == f"*DAG:* `{dag_id}`  *Task:* `{task_id}`  *Try:* {try_number}", text
     assert re.fullmatch(r"\*Run:\* `manual__\S+`", lines[2]), text
     assert lines[3].startswith("*Error:* ") and error in lines[3], text
@@ -70,7 +74,7 @@ def test_s3_dag_failure_alerts_once_after_the_last_try_and_on_retry_when_asked(s
     failures = alerts_for(texts, "s3_bucket_config_asso", "configure_bucket")
     assert len(failures) == 1, texts  # final failure only
     assert_alert(failures[0], "s3_bucket_config_asso", "configure_bucket", 2, "EndpointConnectionError", sandbox)
-    retries = [t for t in texts if t.startswith(":warning: *Backup job retrying*")]
+    retries = [t for t in texts if t.startswith(":warning: *Bucket configuration failed, retrying*")]
     assert len(retries) == 1 and "`s3_bucket_config_asso.configure_bucket` try 1: EndpointConnectionError" in retries[0]
 
 
@@ -96,9 +100,12 @@ def test_restore_test_dag_failure_alerts(sandbox):
     # The guard refuses a staging connection that points at production (and fails without retry).
     result = sandbox.dags_test("restore_test_asso", env={"AIRFLOW_CONN_PG_ASSO_STAGING": json.dumps(production)})
     assert result.state == "failed" and result.task_states["guard"] == "failed"
-    failures = alerts_for(sandbox.slack_texts_since(count), "restore_test_asso", "guard")
-    assert len(failures) == 1
-    assert_alert(failures[0], "restore_test_asso", "guard", 1, "points at the production database", sandbox)
+    texts = sandbox.slack_texts_since(count)
+    assert len([t for t in texts if t.startswith(":red_circle:")]) == 1, texts  # one alert for the run
+    failures = alerts_for(texts, "restore_test_asso", "audit_and_archive")
+    assert len(failures) == 1, texts
+    assert_alert(failures[0], "restore_test_asso", "audit_and_archive", 1, "guard: failed: RestoreRefused:", sandbox)
+    assert "points at the production database" in failures[0]
 
 
 def test_slack_unreachable_keeps_the_tasks_own_failure(configured_bucket, sandbox):

@@ -62,7 +62,9 @@ def test_every_dag_follows_the_house_rules(dagbag):
             where = f"{dag_id}.{t['task_id']}"
             assert t["owner"] and t["owner"] != "airflow", where
             assert t["retries"] >= 1 and t["retry_delay"] > 0, where
-            assert t["on_failure_callback"], where
+            # The restore test alerts once per failed run, from its audit and its teardown.
+            if not dag_id.startswith("restore_test_") or t["task_id"] in ("audit_and_archive", "stop_staging_after"):
+                assert t["on_failure_callback"], where
 
 
 def test_schedules_are_the_runbooks(dagbag):

@@ -113,7 +113,10 @@ def test_rejection_fails_the_run_keeps_the_comment_and_alerts(sandbox, first_bac
                                "comment": "login page shows an error"}
     assert archived_keys(sandbox, result.run_id)
     texts = sandbox.slack_texts_since(slack_before)
-    assert any("qa_signoff" in t for t in texts), texts
+    alerts = [t for t in texts if t.startswith(":red_circle:")]
+    assert len(alerts) == 1, texts  # one alert per failed run, titled with what failed
+    assert alerts[0].startswith(":red_circle: *Restore test rejected by QA*") and "qa_signoff" in alerts[0]
+    assert "login page shows an error" in alerts[0]
     assert not any("Restore test passed" in t for t in texts)
 
 
@@ -177,8 +180,14 @@ def test_corrupted_backup_fails_and_alerts_never_success(sandbox, first_backup):
     line = audit_lines(sandbox)[-1]
     assert line["run_id"] == result.run_id and line["outcome"] == "failed"
     assert line["restore_duration_seconds"] is None
+    # The audit line names the backup and the cause, not only "restore_latest_backup: failed".
+    assert line["backup_label"] == label
+    assert line["errors"][0].startswith("restore_latest_backup: failed: ToolError: pgbackrest restore failed"), line
     texts = sandbox.slack_texts_since(slack_before)
-    assert any("restore_latest_backup" in t for t in texts), texts
+    alerts = [t for t in texts if t.startswith(":red_circle:")]
+    assert len(alerts) == 1, texts  # one alert per failed run: the audit's, with the cause
+    assert alerts[0].startswith(":red_circle: *Restore test failed*") and "restore_latest_backup" in alerts[0]
+    assert "*Task:* `audit_and_archive`" in alerts[0]
     assert not any("Restore test passed" in t for t in texts)
     from pg_backups import operations
 

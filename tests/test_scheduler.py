@@ -169,8 +169,8 @@ def test_restore_test_on_the_scheduler_signed_off_by_qa(stack, sandbox):
 
 
 def test_backfill_of_the_restore_test_outside_the_retention_window_is_refused(stack, sandbox):
-    """A quarterly slot months before the sandbox's first backup: the run fails on its first try,
-    naming the window, and its audit line records the target time."""
+    """A quarterly slot months before the sandbox's first backup: the run fails in its guard, on its
+    first try, naming the window, before staging is touched; its audit line records the target."""
     dag_id = "restore_test_asso"
     ready(stack, dag_id)
     stack.request("POST", "/api/v2/backfills", {"dag_id": dag_id, "from_date": "2026-07-01T00:00:00Z",
@@ -178,10 +178,11 @@ def test_backfill_of_the_restore_test_outside_the_retention_window_is_refused(st
     (run,) = wait_for(lambda: (lambda rs: rs if rs and all(r["state"] in ("success", "failed") for r in rs)
                                else None)(stack.runs(dag_id, "backfill")), 600, every=3, what="the backfill run")
     assert run["state"] == "failed" and run["logical_date"].startswith("2026-07-05T02:00:00")
-    restore = stack.tasks(dag_id, run["dag_run_id"])["restore_latest_backup"]
-    assert restore["state"] == "failed" and restore["try_number"] == 1
-    log = stack.log(dag_id, run["dag_run_id"], "restore_latest_backup")
-    assert "is outside the recovery window" in log and "Fix:" in log
+    tasks = stack.tasks(dag_id, run["dag_run_id"])
+    assert tasks["guard"]["state"] == "failed" and tasks["guard"]["try_number"] == 1
+    assert tasks["purge_staging"]["state"] == "upstream_failed"  # refused before staging was touched
+    log = stack.log(dag_id, run["dag_run_id"], "guard")
+    assert "is outside the recovery window" in log and "nothing was deleted" in log and "Fix:" in log
     lines = [json.loads(line) for line in
              Path(sandbox.cluster().restore_test.audit_log).read_text().splitlines()]
     line = next(entry for entry in lines if entry["run_id"] == run["dag_run_id"])

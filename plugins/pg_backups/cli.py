@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 
 from pg_backups import alerts, operations, runner
 from pg_backups.config import build_cluster, load_config, with_overrides
-from pg_backups.errors import EXIT_FAILED, ConfigError, PgBackupsError
+from pg_backups.errors import EXIT_FAILED, ConfigError, PgBackupsError, RestoreRefused
 from pg_backups.s3_access import access_from_env
 from pg_backups.staging import StagingConnection
 
@@ -41,8 +41,12 @@ def runbook_overrides(env) -> dict:
     """The runbook's environment variables, as overrides of the cluster configuration."""
     over: dict = {}
     if env.get("PGHOST"):
-        # A directory is a Unix socket (as libpq reads PGHOST); anything else is a host name.
-        over["socket_directory" if env["PGHOST"].startswith("/") else "host"] = env["PGHOST"]
+        # A directory is a Unix socket (as libpq reads PGHOST); anything else is a host name, and
+        # then the tools connect to it over TCP (with PGPASSWORD), not to the configured socket.
+        if env["PGHOST"].startswith("/"):
+            over["socket_directory"] = env["PGHOST"]
+        else:
+            over["host"], over["socket_directory"] = env["PGHOST"], None
     if env.get("PGPORT"):
         over["port"] = _int(env["PGPORT"], "PGPORT")
     if env.get("PGUSER"):
@@ -140,10 +144,22 @@ def restore_test(cluster, access, run_id: str, env=os.environ) -> dict:
                           "export it as in the runbook: postgresql://<user>:<password>@<staging host>:<port>/app")
     staging = StagingConnection.from_uri(env["STAGING_CONNECTION_URI"])
     tool = cluster.restore_test.tool
-    return operations.restore_test(cluster, tool, access, access.boto3_client(), run_id,
-                                   label=env.get("RESTORE_BACKUP_LABEL") or None,
-                                   target_time=env.get("RESTORE_TARGET_TIME") or None, staging_conn=staging,
-                                   dbname=staging.dbname if staging else None)
+    try:
+        return operations.restore_test(cluster, tool, access, access.boto3_client(), run_id,
+                                       label=env.get("RESTORE_BACKUP_LABEL") or None,
+                                       target_time=env.get("RESTORE_TARGET_TIME") or None, staging_conn=staging,
+                                       dbname=staging.dbname if staging else None)
+    except RestoreRefused as exc:  # name the variable the operator set, not only the setting
+        var = next((v for v in RUNBOOK_VARIABLES.get(exc.setting, ()) if env.get(v)), None)
+        if var is None:
+            raise
+        raise RestoreRefused(f"{var} (setting {exc.setting})", exc.problem, exc.fix) from None
+
+
+def variables_in_effect(env=os.environ) -> str:
+    """The runbook variables this run was given, for a failure message (a password only as 'set')."""
+    names = sorted({v for names in RUNBOOK_VARIABLES.values() for v in names} | {"PGPASSWORD"})
+    return ", ".join(f"{n}=(set)" if n == "PGPASSWORD" else f"{n}={env[n]}" for n in names if env.get(n))
 
 
 def main(argv=None) -> int:
@@ -179,7 +195,10 @@ def main(argv=None) -> int:
             result = {"written": operations.write_tool_configs(cluster, access)}
     except Exception as exc:  # report every failure loudly, with a non-zero exit
         code = exc.exit_code if isinstance(exc, PgBackupsError) else EXIT_FAILED
-        message = runner.redact(f"{type(exc).__name__}: {exc}", runner.secrets_of(dict(os.environ)))
+        given = variables_in_effect()
+        message = runner.redact(f"{type(exc).__name__}: {exc}" + (f" [runbook variables in effect: {given}]"
+                                                                    if given else ""),
+                                runner.secrets_of(dict(os.environ)))
         if code == EXIT_FAILED:
             log.error("%s failed: %s", args.command, message)
             alert_slack(f":red_circle: cron {args.command} failed on cluster "

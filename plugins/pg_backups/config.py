@@ -192,6 +192,8 @@ class AlertSettings(Settings):
     slack_conn_id: str = "slack_ops"
     channel: str | None = None
     notify_on_retry: bool = False
+    # A WAL segment waiting longer than this to be archived: WAL is not reaching the repository.
+    max_wal_wait_minutes: int = setting(15, minimum=1)
     max_backup_age_hours: int = setting(26, minimum=1,
                                         fix="use the backup interval plus a margin (default 26)")
 

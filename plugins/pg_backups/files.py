@@ -17,7 +17,8 @@ def chown_to(path: str | os.PathLike, os_user: str | None) -> None:
 def write_private(path: str | os.PathLike, text: str, os_user: str | None, mode: int = 0o600) -> None:
     """Write a file only its owner (the tool's OS user) can read, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():
+        ensure_dir(path.parent, None, 0o755)
     tmp = path.with_name(f".{path.name}.tmp")
     # A leftover temporary file keeps its old mode through O_TRUNC (the secrets would be readable
     # until the chmod), and a symlink planted there would make root write them elsewhere: start anew.
@@ -32,5 +33,13 @@ def write_private(path: str | os.PathLike, text: str, os_user: str | None, mode:
 
 
 def ensure_dir(directory: str | os.PathLike, os_user: str | None, mode: int = 0o750) -> None:
-    Path(directory).mkdir(parents=True, exist_ok=True, mode=mode)
+    """``directory`` owned by the tool's user with ``mode``, whatever the caller's umask: the
+    parents it creates get 0755, so the tool's user can reach it (a umask of 077 made them 0700
+    root, and pgBackRest then failed with a permission error)."""
+    directory = Path(directory)
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    for created in missing[1:]:
+        os.chmod(created, 0o755)
+    os.chmod(directory, mode)
     chown_to(directory, os_user)

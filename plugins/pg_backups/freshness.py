@@ -70,11 +70,12 @@ ARCHIVER_SQL = """
 SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,
        last_failed_time, stats_reset,
        (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') AS ready_count,
+       (SELECT min(modification) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') AS oldest_ready_time,
        current_setting('archive_mode') AS archive_mode
 FROM pg_stat_archiver
 """
 ARCHIVER_COLUMNS = ("archived_count", "last_archived_wal", "last_archived_time", "failed_count", "last_failed_wal",
-                    "last_failed_time", "stats_reset", "ready_count", "archive_mode")
+                    "last_failed_time", "stats_reset", "ready_count", "oldest_ready_time", "archive_mode")
 
 
 def archiver_failing(stats: dict) -> bool:
@@ -83,9 +84,18 @@ def archiver_failing(stats: dict) -> bool:
     return failed is not None and (archived is None or failed > archived)
 
 
-def archiver_problems(stats: dict, previous: dict | None, now: datetime) -> list[str]:
-    """What is wrong with WAL archiving; [] when it works. ``previous``: the last hour's row."""
+def archiver_problems(stats: dict, previous: dict | None, now: datetime, max_wait_minutes: float = 15) -> list[str]:
+    """What is wrong with WAL archiving; [] when it works. ``previous``: the last hour's row.
+
+    Asynchronous archiving (pgBackRest's archive-async) holds failures back from pg_stat_archiver:
+    during an outage segments only wait. So the age of the oldest waiting segment is judged too:
+    older than ``max_wait_minutes``, WAL is not reaching the repository.
+    """
     problems = []
+    oldest = utc(stats.get("oldest_ready_time"))
+    if oldest is not None and (now - oldest).total_seconds() > max_wait_minutes * 60:
+        problems.append(f"WAL is not reaching the repository: the oldest segment waiting to be archived has waited "
+                        f"{(now - oldest).total_seconds() / 60:.0f} min (limit {max_wait_minutes} min)")
     if str(stats.get("archive_mode", "on")).lower() == "off":
         return ["archive_mode is off: no WAL is archived, point-in-time recovery is impossible"]
     if archiver_failing(stats):

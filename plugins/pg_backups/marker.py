@@ -39,7 +39,8 @@ def write_marker(cluster, run_id: str | None, tool: str) -> bool:
     if not run_id:
         return False
     try:
-        runner.run(production_psql_command(cluster, marker_sql(run_id, tool)), os_user=cluster.os_user, timeout=60)
+        runner.run(production_psql_command(cluster, marker_sql(run_id, tool)), env=runner.pg_password_env(cluster),
+                   os_user=cluster.os_user, timeout=60)
         return True
     except ToolError as exc:
         log.warning("could not write the restore-test marker row (the restore test will report it): %s", exc)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from pathlib import Path
 
 from pg_backups import audit, checks, marker, metrics, pgbackrest, runner, s3_bucket, staging, times, walg
-from pg_backups.errors import CheckFailed, NothingToDo, RestoreRefused, ToolError, Unreachable
+from pg_backups.errors import CheckFailed, NothingToDo, Refused, RestoreRefused, ToolError, Unreachable
 from pg_backups.s3_access import S3Access
 
 log = logging.getLogger(__name__)
@@ -56,20 +55,34 @@ def configure_bucket(cluster, client) -> dict:
 # pgBackRest
 
 
+# What PostgreSQL says when it answers but refuses the login: no retry makes these pass.
+LOGIN_REFUSED = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
+                 "peer authentication failed", "no password supplied")
+
+
 def check_postgres_reachable(cluster, timeout: int = 10) -> None:
-    """Fail fast, naming the server, when production PostgreSQL does not accept connections:
-    pgBackRest's own message for it (``check``: "unable to find primary cluster") hides the cause."""
-    host = cluster.socket_directory or cluster.host
-    proc = runner.run([str(Path(cluster.bin_directory) / "pg_isready"), "-h", host, "-p", str(cluster.port),
-                       "-U", cluster.user, "-t", str(timeout)], os_user=cluster.os_user, timeout=timeout + 20,
-                      check=False)
-    if proc.returncode != 0:
-        raise Unreachable(f"production PostgreSQL of cluster {cluster.name} ({cluster.host}:{cluster.port}) is not "
-                          f"accepting connections (pg_isready: {runner.last_error_line(proc.stdout + proc.stderr)})."
-                          " Nothing was backed up", "start it or fix host/port in the cluster configuration")
+    """Fail fast, naming the server and the user, when production PostgreSQL does not let the
+    tools in: pgBackRest's own messages for it ("unable to find primary cluster", "no database
+    found") hide the cause. A login PostgreSQL refuses is not retried; a server that does not
+    answer is."""
+    where = f"{cluster.socket_directory or cluster.host}:{cluster.port} as user {cluster.user}"
+    proc = runner.run(marker.production_psql_command(cluster, "SELECT 1"),
+                      env={**runner.pg_password_env(cluster), "PGCONNECT_TIMEOUT": str(timeout)},
+                      os_user=cluster.os_user, timeout=timeout + 20, check=False)
+    if proc.returncode == 0:
+        return
+    why = runner.last_error_line(proc.stdout + proc.stderr)
+    if any(words in why for words in LOGIN_REFUSED):
+        raise Refused(f"production PostgreSQL of cluster {cluster.name} ({where}) refused the login: {why}. "
+                      "Nothing was backed up", "check the user and its password (the cluster's user, or PGUSER "
+                      "and PGPASSWORD for the cron scripts) and pg_hba.conf")
+    raise Unreachable(f"production PostgreSQL of cluster {cluster.name} ({where}) is not accepting connections: "
+                      f"{why}. Nothing was backed up", "start it, or fix host/port in the cluster configuration "
+                      "(PGHOST/PGPORT for the cron scripts)")
 
 
 def pgbackrest_preflight(cluster, access: S3Access) -> dict:
+    pgbackrest.check_options(cluster)  # a hand-written file: its options, before anything runs
     access.check_reachable(cluster.s3.bucket)
     check_postgres_reachable(cluster)
     written = pgbackrest.write_config(cluster, access)
@@ -240,13 +253,13 @@ def _retention_days(cluster, tool: str) -> int:
 
 
 def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: str | None = None,
-                          target_time: str | None = None, staging_conn=None) -> dict:
+                          target_time: str | None = None, staging_conn=None, record: dict | None = None) -> dict:
     """Restore ``label`` (default: the latest good backup) into staging; returns its record and
     the restore's wall time. A retry after a failed try purges the leftovers first."""
     if tool not in cluster.tools:
         raise RestoreRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
                              "choose one of the cluster's tools")
-    record = restore_backup_record(cluster, tool, access, label, target_time)
+    record = record or restore_backup_record(cluster, tool, access, label, target_time)
     if not staging.staging_is_empty(cluster):
         staging.stop_staging(cluster, staging_conn)
         staging.purge_staging(cluster, staging_conn)
@@ -302,9 +315,15 @@ def restore_test(cluster, tool: str, access: S3Access | None, client, run_id: st
     seconds = None
     errors: list[str] = []
     try:
+        # Which backup, before staging is touched: a target outside the window is refused first.
+        record = restore_backup_record(cluster, tool, access, label, target_time)
+    except RestoreRefused:
+        staging.release(cluster, owner)
+        raise
+    try:
         restore_stop_staging(cluster, staging_conn)
         restore_purge_staging(cluster, staging_conn)
-        done = restore_latest_backup(cluster, tool, access, label, target_time, staging_conn)
+        done = restore_latest_backup(cluster, tool, access, label, target_time, staging_conn, record=record)
         started = restore_start_staging(cluster)
         seconds = done["restore_seconds"] + started["startup_seconds"]
         smoke = restore_smoke(cluster, dbname)

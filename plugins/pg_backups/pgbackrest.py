@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shlex
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 from pg_backups import files, runner, times
-from pg_backups.errors import ToolError
+from pg_backups.errors import ConfigError, ToolError
 from pg_backups.s3_access import S3Access
 
 log = logging.getLogger(__name__)
@@ -114,9 +117,56 @@ def write_config(cluster, access: S3Access) -> list[str]:
 def command(cluster, name: str, *options: str) -> list[str]:
     pb = cluster.pgbackrest
     argv = [BINARY, f"--config={pb.config_path}"]
-    if pb.manage_config:
+    # The credentials include beside the file: always for the generated file, and for a file given
+    # by hand (PG_BACKREST_CONFIG) when it has one, e.g. the generated file named by its path.
+    if pb.manage_config or Path(include_path(cluster)).is_dir():
         argv.append(f"--config-include-path={include_path(cluster)}")
     return [*argv, f"--stanza={cluster.stanza}", *options, name]
+
+
+# A probe of the configuration: pgBackRest checks a command's options when it starts, so running
+# `backup` and `expire` against a repository that does not exist, with no database to reach, says
+# whether the file's options are valid without touching the repository or the database.
+PROBE_COMMANDS = ("backup", "expire")
+
+
+def check_options(cluster) -> None:
+    """Refuse a hand-written pgbackrest.conf whose options pgBackRest rejects, naming the file, the
+    line and the fix, before anything runs (the generated file is checked by the loader)."""
+    pb = cluster.pgbackrest
+    if pb.manage_config:
+        return
+    with tempfile.TemporaryDirectory(prefix="pgbackrest-probe-") as probe:
+        os.chmod(probe, 0o777)  # the probe runs as the cluster's OS user
+        env = {"PGBACKREST_REPO1_TYPE": "posix", "PGBACKREST_REPO1_PATH": f"{probe}/no-repository",
+               "PGBACKREST_PG1_PATH": f"{probe}/no-data", "PGBACKREST_PG1_PORT": "1",
+               "PGBACKREST_PG1_SOCKET_PATH": probe, "PGBACKREST_LOCK_PATH": probe, "PGBACKREST_LOG_PATH": probe,
+               "PGBACKREST_LOG_LEVEL_FILE": "off", "PGBACKREST_LOG_LEVEL_CONSOLE": "error",
+               "PGBACKREST_ARCHIVE_ASYNC": "n"}
+        for name in PROBE_COMMANDS:
+            proc = runner.run(command(cluster, name), env=env, os_user=cluster.os_user, timeout=60, check=False)
+            if proc.returncode in OPTION_ERRORS:
+                raise option_error(pb.config_path, runner.last_error_line(proc.stdout + proc.stderr))
+
+
+def option_error(config_path: str, line: str) -> ConfigError:
+    """pgBackRest's refusal of an option, as a ConfigError naming the file's line and the fix."""
+    match = re.search(r"'([a-z0-9-]+)' option|option '([a-z0-9-]+)'", line)
+    option = (match.group(1) or match.group(2)) if match else None
+    where = "(file)"
+    if option:
+        try:
+            for number, text in enumerate(Path(config_path).read_text().splitlines(), start=1):
+                if re.match(rf"\s*{re.escape(option)}\s*=", text):
+                    where = f"line {number}: {text.strip()}"
+                    break
+        except OSError:
+            pass
+    fix = f"correct or remove {option or 'the option'} (see `pgbackrest help backup {option or ''}`)".strip()
+    if option == "repo1-retention-archive-type":
+        fix = ("use full, diff or incr, or remove the line: archive retention then follows the full backups kept "
+               "(repo1-retention-full-type=time keeps the runbook's 30 days of PITR)")
+    return ConfigError(config_path, where, f"pgBackRest refuses it: {line.removeprefix('ERROR: ')}", fix)
 
 
 def archive_command(cluster) -> str:
@@ -126,7 +176,8 @@ def archive_command(cluster) -> str:
 
 def run(cluster, name: str, *options: str, timeout: float | None = None, check: bool = True):
     try:
-        return runner.run(command(cluster, name, *options), os_user=cluster.os_user, timeout=timeout, check=check)
+        return runner.run(command(cluster, name, *options), env=runner.pg_password_env(cluster), os_user=cluster.os_user,
+                          timeout=timeout, check=check)
     except ToolError as exc:
         if exc.returncode in OPTION_ERRORS:
             exc.retryable = False
@@ -233,6 +284,20 @@ def verify_problems(output: str) -> list[str]:
     if "verify command end: completed successfully" not in output:
         problems.append("no 'verify command end: completed successfully' line")
     return problems
+
+
+def async_archive_errors(cluster) -> list[str]:
+    """What asynchronous archive-push says went wrong: its ``<segment>.error`` and ``global.error``
+    files in the spool (pgBackRest writes them when a push fails, before PostgreSQL hears of it)."""
+    out = Path(cluster.pgbackrest.spool_path) / "archive" / cluster.stanza / "out"
+    found = []
+    for path in sorted(out.glob("*.error"))[:5]:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        found.append(f"{path.name}: {' '.join(line.strip() for line in lines[1:3])}"[:300])
+    return found
 
 
 def info(cluster) -> dict:

@@ -1,7 +1,11 @@
 """Running the backup tools: one place that builds the process, its environment and its log lines.
 
 Secrets reach the tools through the environment only (never argv, which ``ps`` shows to every
-user), and every line logged or raised passes through :func:`redact` first.
+user), and every line logged or raised passes through :func:`redact` first. A tool gets only what
+it needs: the few variables of :data:`BASE_ENV` (no secret among them) plus what its caller hands
+it (WAL-G its own S3 keys; a database password only to what connects over TCP). The worker's
+other secrets (Airflow connections, the Slack webhook, AWS keys) never reach a tool's process,
+where any process of the tool's OS user could read them in ``/proc/<pid>/environ``.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -36,6 +41,25 @@ def secrets_of(env: dict) -> set[str]:
     return {env[k] for k in SECRET_ENV if env.get(k) and len(env[k]) >= 4}
 
 
+# What every tool inherits from the worker: the search path, the locale, libpq's non-secret settings.
+BASE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR", "PGHOST",
+            "PGPORT", "PGUSER", "PGDATABASE", "PGSSLMODE", "PGSSLROOTCERT", "PGCONNECT_TIMEOUT", "PGPASSFILE")
+
+
+def tool_env(extra: dict | None = None) -> dict:
+    env = {key: os.environ[key] for key in BASE_ENV if key in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return {**env, **(extra or {})}
+
+
+def pg_password_env(cluster) -> dict:
+    """PGPASSWORD for a tool that connects to the cluster over TCP (a socket uses peer
+    authentication and needs none): only there, and only when it is set."""
+    if cluster.socket_directory or not os.environ.get("PGPASSWORD"):
+        return {}
+    return {"PGPASSWORD": os.environ["PGPASSWORD"]}
+
+
 def as_user(argv: list[str], os_user: str | None) -> list[str]:
     """Run as the cluster's OS user when we are root (the tools must own what they write)."""
     if os_user and os.geteuid() == 0:
@@ -46,9 +70,10 @@ def as_user(argv: list[str], os_user: str | None) -> list[str]:
 
 def run(argv: list[str], *, env: dict | None = None, os_user: str | None = None, timeout: float | None = None,
         check: bool = True, cwd: str | None = None, input_text: str | None = None) -> subprocess.CompletedProcess:
-    """Run a tool, log its command and output (redacted), raise :class:`ToolError` on failure."""
-    full_env = {**os.environ, **(env or {})}
-    secrets = secrets_of(full_env)
+    """Run a tool with :func:`tool_env` plus ``env``; log its command and output (redacted); raise
+    :class:`ToolError` on failure, saying what failed and why, not how it was called."""
+    full_env = tool_env(env)
+    secrets = secrets_of({**os.environ, **full_env})
     argv = as_user([str(a) for a in argv], os_user)
     shown = redact(shlex.join(argv), secrets)
     log.info("running: %s", shown)
@@ -67,9 +92,60 @@ def run(argv: list[str], *, env: dict | None = None, os_user: str | None = None,
     log.info("exit %s after %.1f s", proc.returncode, time.monotonic() - started)
     proc.stdout, proc.stderr = redact(proc.stdout or "", secrets), redact(proc.stderr or "", secrets)
     if check and proc.returncode != 0:
-        raise ToolError(f"{shown} failed with exit code {proc.returncode}: {last_error_line(output)}",
-                        proc.returncode, output)
+        message, fix = failure_summary(argv, proc.returncode, output)
+        raise ToolError(message, proc.returncode, output, fix=fix)
     return proc
+
+
+_ERROR_LINE = re.compile(r"\b(?:ERROR|FATAL):\s*(?:\[(\d{3})\]:\s*)?(.*)")
+_CAUSE_LINE = re.compile(r"^\s+\[?(\w+Error)\]?:?\s+(.*)")
+_ENDPOINT = re.compile(r"unable to connect to '([^'\s]+?)(?: \([^)]*\))?'")
+_UNREACHABLE = ("Connection refused", "HostConnectError", "No route to host", "timed out", "timeout",
+                "could not resolve", "Name or service not known", "connection reset")
+
+
+def describe(argv: list[str]) -> str:
+    """``pgbackrest backup``, ``wal-g backup-push``, ``psql``: the tool and its command, no options."""
+    if argv[:1] == ["runuser"] and "--" in argv:
+        argv = argv[argv.index("--") + 1:]
+    name = os.path.basename(argv[0])
+    words = [a for a in argv[1:] if not a.startswith(("-", "/", "%")) and "=" not in a]
+    if name == "pgbackrest" and words:
+        return f"pgbackrest {words[-1]}"  # its command comes after its options
+    return f"{name} {words[0]}" if words and name != "psql" else name
+
+
+def failure_summary(argv: list[str], returncode: int, output: str) -> tuple[str, str | None]:
+    """What failed, the tool's own error (its code first) and the cause it gave on the lines after,
+    and a fix when the cause says one: e.g. for pgBackRest with S3 down,
+    ``pgbackrest backup failed: [049] unable to load info file ...; cause: HostConnectError: unable to
+    connect to 'host:443': [111] Connection refused``. The command line is in the log, not here."""
+    lines = output.splitlines()
+    code = text = cause = None
+    for index, line in enumerate(lines):
+        match = _ERROR_LINE.search(line)
+        if not match:
+            continue
+        code, text = match.group(1), match.group(2).strip()
+        for following in lines[index + 1:]:
+            if not following.startswith((" ", "\t")):
+                break
+            found = _CAUSE_LINE.match(following)
+            if found:
+                cause = f"{found.group(1)}: {found.group(2).strip()}"
+                break
+        break  # the first error is the cause; later ones summarise it ("encountered 1 error(s)")
+    if text is None:
+        text = last_error_line(output)
+    message = f"{describe(argv)} failed (exit {returncode}): " + (f"[{code}] " if code else "") + text[:300].rstrip(":")
+    if cause:
+        message += f"; cause: {cause[:300]}"
+    fix = None
+    if any(word.lower() in (cause or text).lower() for word in _UNREACHABLE):
+        endpoint = _ENDPOINT.search(cause or text)
+        fix = (f"{endpoint.group(1) if endpoint else 'the endpoint'} is unreachable from this host: check that "
+               "the S3 endpoint (or database) is up and that the network lets this host reach it")
+    return message, fix
 
 
 def psql_command(cluster, host: str | None, port: int, dbname: str, sql: str) -> list[str]:

@@ -66,7 +66,7 @@ def restore_command(cluster) -> str:
 
 def run(cluster, access: S3Access, name: str, *args: str, extra_env: dict | None = None,
         timeout: float | None = None, check: bool = True):
-    env = {**settings(cluster, access), **(extra_env or {})}
+    env = {**settings(cluster, access), **runner.pg_password_env(cluster), **(extra_env or {})}
     return runner.run(command(cluster, name, *args), env=env, os_user=cluster.os_user, timeout=timeout, check=check)
 
 

@@ -36,35 +36,57 @@ def task_body(fn):
         except NothingToDo as exc:
             log.info("skipped: %s", exc)
             raise AirflowSkipException(str(exc)) from exc
-        except PgBackupsError as exc:
-            if exc.retryable:
-                raise
-            raise AirflowFailException(str(exc)) from exc
+        except Exception as exc:
+            keep_error(exc)
+            if isinstance(exc, PgBackupsError) and not exc.retryable:
+                raise AirflowFailException(str(exc)) from exc
+            raise
 
     return wrapper
 
 
-def default_args(cluster, queue: str | None = None) -> dict:
+ERROR_XCOM_KEY = "error"
+
+
+def keep_error(exc: BaseException) -> None:
+    """The failure's one-line, redacted summary as an XCom of the task: a later task (the restore
+    test's audit) reports the cause, not only the state."""
+    try:
+        context()["ti"].xcom_push(ERROR_XCOM_KEY, notifiers.error_summary(exc))
+    except Exception as problem:  # noqa: BLE001 - the failure itself must stand, whatever happens here
+        log.warning("could not keep the error for the audit: %s", type(problem).__name__)
+
+
+def alert_args(cluster, purpose: str = "") -> dict:
+    """Slack on the task's final failure (and on each retry when alerts.notify_on_retry)."""
+    args = {"on_failure_callback": [notifiers.failure_notifier(cluster, purpose)]}
+    if cluster.alerts.notify_on_retry:
+        args["on_retry_callback"] = [notifiers.retry_notifier(cluster, purpose)]
+    return args
+
+
+def default_args(cluster, queue: str | None = None, purpose: str = "", alerts: bool = True) -> dict:
     args = {
         "owner": cluster.owner,
         "retries": cluster.retries,
         "retry_delay": timedelta(seconds=cluster.retry_delay_seconds),
         "retry_exponential_backoff": True,
-        "on_failure_callback": [notifiers.failure_notifier(cluster)],
+        **(alert_args(cluster, purpose) if alerts else {}),
     }
-    if cluster.alerts.notify_on_retry:
-        args["on_retry_callback"] = [notifiers.retry_notifier(cluster)]
     if queue:  # none: Airflow's default queue
         args["queue"] = queue
     return args
 
 
-def dag_args(cluster, purpose: str, queue: str | None = None) -> dict:
+def dag_args(cluster, purpose: str, queue: str | None = None, alert_every_task: bool = True) -> dict:
     """What every DAG of a cluster shares: its start, no catchup, one run at a time, retries and
     Slack alerts, tags to filter by in the UI; ``queue``: the Celery queue of the host whose
-    worker runs its tasks (the database host for backups, the staging host for the restore test)."""
+    worker runs its tasks (the database host for backups, the staging host for the restore test).
+    ``alert_every_task`` false: the DAG names the tasks that alert (``alert_args``), so that a failed
+    run alerts once."""
     return {"start_date": START_DATE, "catchup": False, "max_active_runs": 1,
-            "default_args": default_args(cluster, queue), "tags": ["backups", purpose, cluster.name]}
+            "default_args": default_args(cluster, queue, purpose, alert_every_task),
+            "tags": ["backups", purpose, cluster.name]}
 
 
 def backup_asset(cluster, tool: str) -> Asset:

@@ -13,7 +13,7 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 from pg_backups import freshness, metrics, pgbackrest, walg
 from pg_backups.airflow.common import cluster_named, context, s3_access, s3_client, task_body
-from pg_backups.errors import StaleBackup, WalArchivingProblem
+from pg_backups.errors import StaleBackup, Unreachable, WalArchivingProblem
 from pg_backups.times import now
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,14 @@ def check_wal_archiving(cluster_name: str) -> dict:
     ti.xcom_push(key=ARCHIVER_XCOM_KEY, value=stats)  # the next check compares with it, even if this one fails
     metrics.record_archiver(cluster, stats)
     log.info("pg_stat_archiver: %s", stats)
-    problems = freshness.archiver_problems(stats, previous, now())
+    problems = freshness.archiver_problems(stats, previous, now(), cluster.alerts.max_wal_wait_minutes)
+    if "pgbackrest" in cluster.tools:
+        problems += [f"pgBackRest archive-push: {error}" for error in pgbackrest.async_archive_errors(cluster)]
     if problems:
+        try:  # does the repository answer at all? (the first cause to rule out)
+            s3_access(cluster).check_reachable(cluster.s3.bucket)
+        except Unreachable as exc:
+            problems.append(str(exc))
         raise WalArchivingProblem(f"cluster {cluster.name}: " + "; ".join(problems))
     return stats
 

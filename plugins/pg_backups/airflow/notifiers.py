@@ -18,18 +18,38 @@ from pg_backups.errors import PgBackupsError
 
 log = logging.getLogger(__name__)
 
-# One Jinja template for every failure alert: cluster, DAG, task, try, error, log link.
+# One Jinja template for every failure alert: what failed, cluster, DAG, task, try, error, log link.
 FAILURE_TEXT = (
-    ":red_circle: *Backup job failed* - cluster `{cluster}`\n"
+    ":red_circle: *{{{{ alert_title }}}}* - cluster `{cluster}`\n"
     "*DAG:* `{{{{ dag.dag_id }}}}`  *Task:* `{{{{ ti.task_id }}}}`  *Try:* {{{{ ti.try_number }}}}\n"
     "*Run:* `{{{{ run_id }}}}`\n"
     "*Error:* {{{{ error_summary }}}}\n"
-    "*Log:* {{{{ ti.log_url }}}}"
+    "*Log:* {{{{ ti.log_url }}}}{{{{ log_url_note }}}}"
 )
 RETRY_TEXT = (
-    ":warning: *Backup job retrying* - cluster `{cluster}` - `{{{{ dag.dag_id }}}}.{{{{ ti.task_id }}}}` "
+    ":warning: *{{{{ alert_title }}}}, retrying* - cluster `{cluster}` - `{{{{ dag.dag_id }}}}.{{{{ ti.task_id }}}}` "
     "try {{{{ ti.try_number }}}}: {{{{ error_summary }}}} {{{{ ti.log_url }}}}"
 )
+# What failed, by the purpose of the DAG (common.dag_args): the title of its alerts.
+TITLES = {"pgbackrest": "Backup failed", "walg": "Backup failed", "restore-test": "Restore test failed",
+          "s3": "Bucket configuration failed", "monitoring": "Backup freshness check failed"}
+QA_REJECTED = "QA rejected the restore test"
+# Airflow's default [api] base_url: a link to it is no use to anyone reading Slack elsewhere.
+DEFAULT_BASE_URL = "http://localhost:8080"
+
+
+def title_for(purpose: str, exception) -> str:
+    if str(exception or "").startswith(QA_REJECTED):
+        return "Restore test rejected by QA"
+    return TITLES.get(purpose, "Backup job failed")
+
+
+def log_url_note(log_url: str | None) -> str:
+    if log_url and log_url.startswith(DEFAULT_BASE_URL):
+        log.warning("Slack alert links to %s: set [api] base_url (AIRFLOW__API__BASE_URL) to the UI's address",
+                    DEFAULT_BASE_URL)
+        return " (this link points at localhost: set AIRFLOW__API__BASE_URL)"
+    return ""
 
 
 def _airflow_mask(text: str) -> str:
@@ -58,12 +78,16 @@ class OpsSlackNotifier(SlackWebhookNotifier):
       stays the one recorded (Airflow would log and ignore it too, with a traceback).
     """
 
-    def __init__(self, *, text: str, **kwargs):
+    def __init__(self, *, text: str, purpose: str = "", **kwargs):
         super().__init__(text=text, **kwargs)
-        self._template_text = text
+        self._template_text, self._purpose = text, purpose
 
     def _update_context(self, context):
-        context["error_summary"] = error_summary(context.get("exception"))
+        exception = context.get("exception")
+        context["error_summary"] = error_summary(exception)
+        context["alert_title"] = title_for(self._purpose, exception)
+        ti = context.get("ti")
+        context["log_url_note"] = log_url_note(getattr(ti, "log_url", None))
         return super()._update_context(context)
 
     def render_template_fields(self, context, jinja_env=None):
@@ -78,17 +102,17 @@ class OpsSlackNotifier(SlackWebhookNotifier):
                         type(exc).__name__, alerts.redact_text(str(exc))[:200])
 
 
-def _notifier(cluster, template: str) -> OpsSlackNotifier:
-    return OpsSlackNotifier(slack_webhook_conn_id=cluster.alerts.slack_conn_id,
+def _notifier(cluster, template: str, purpose: str) -> OpsSlackNotifier:
+    return OpsSlackNotifier(slack_webhook_conn_id=cluster.alerts.slack_conn_id, purpose=purpose,
                             text=template.format(cluster=cluster.name), timeout=alerts.SLACK_TIMEOUT_SECONDS)
 
 
-def failure_notifier(cluster) -> OpsSlackNotifier:
-    return _notifier(cluster, FAILURE_TEXT)
+def failure_notifier(cluster, purpose: str = "") -> OpsSlackNotifier:
+    return _notifier(cluster, FAILURE_TEXT, purpose)
 
 
-def retry_notifier(cluster) -> OpsSlackNotifier:
-    return _notifier(cluster, RETRY_TEXT)
+def retry_notifier(cluster, purpose: str = "") -> OpsSlackNotifier:
+    return _notifier(cluster, RETRY_TEXT, purpose)
 
 
 def post(cluster, text: str) -> None:

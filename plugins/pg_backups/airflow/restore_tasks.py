@@ -18,7 +18,17 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from pg_backups import audit, operations, staging
 from pg_backups.airflow import notifiers
-from pg_backups.airflow.common import cluster_named, context, is_backfill, params, s3_access, s3_client, task_body
+from pg_backups.airflow.common import (
+    ERROR_XCOM_KEY,
+    cluster_named,
+    context,
+    is_backfill,
+    params,
+    s3_access,
+    s3_client,
+    task_body,
+)
+from pg_backups.airflow.notifiers import QA_REJECTED
 from pg_backups.airflow.operators import SIGNOFF_XCOM_KEY
 from pg_backups.errors import CheckFailed
 
@@ -94,8 +104,14 @@ def claim_staging(cluster_name: str) -> PokeReturnValue:
 
 @task_body
 def guard(cluster_name: str) -> dict:
+    """Staging is provably not production, and the backup to restore exists (a PITR target inside
+    the repository's window): both refused before anything is stopped or deleted."""
     cluster = cluster_named(cluster_name)
-    return operations.restore_guard(cluster, staging_connection(cluster))
+    checked = operations.restore_guard(cluster, staging_connection(cluster))
+    p = restore_params()
+    tool = p["tool"] or cluster.restore_test.tool
+    record = operations.restore_backup_record(cluster, tool, s3_access(cluster), p["label"], p["target_time"])
+    return {**checked, "backup_label": record["label"], "target_time": p["target_time"]}
 
 
 @task_body
@@ -110,13 +126,20 @@ def purge_staging(cluster_name: str) -> dict:
     return operations.restore_purge_staging(cluster, staging_connection(cluster))
 
 
+BACKUP_XCOM_KEY = "backup"
+
+
 @task_body
 def restore_latest_backup(cluster_name: str) -> dict:
     cluster = cluster_named(cluster_name)
     p = restore_params()
     tool = p["tool"] or cluster.restore_test.tool
-    return operations.restore_latest_backup(cluster, tool, s3_access(cluster), p["label"], p["target_time"],
-                                            staging_connection(cluster))
+    access = s3_access(cluster)
+    # Which backup, kept before the restore starts: a restore that fails still names it in the audit.
+    record = operations.restore_backup_record(cluster, tool, access, p["label"], p["target_time"])
+    context()["ti"].xcom_push(BACKUP_XCOM_KEY, record)
+    return operations.restore_latest_backup(cluster, tool, access, p["label"], p["target_time"],
+                                            staging_connection(cluster), record=record)
 
 
 @task_body
@@ -161,23 +184,30 @@ def audit_and_archive(cluster_name: str) -> dict:
     errors = []
     try:
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id], task_ids=list(TASK_ORDER)).get(run_id, {})
-        errors = [f"{task_id}: {states[task_id]}" for task_id in TASK_ORDER
-                  if states.get(task_id) not in ("success", None)]
+        for task_id in TASK_ORDER:  # each failed step with its cause, as its task recorded it
+            if states.get(task_id) not in ("success", None):
+                cause = _xcom(ti, task_id, ERROR_XCOM_KEY)
+                errors.append(f"{task_id}: {states[task_id]}" + (f": {cause}" if cause else ""))
     except Exception as exc:  # the XComs alone already decide the outcome
         log.warning("could not read the task states: %s", exc)
     p = restore_params()
     seconds = None
     if restored and started:
         seconds = restored["restore_seconds"] + started["startup_seconds"]
+    record = (restored or {}).get("record") or _xcom(ti, "restore_latest_backup", BACKUP_XCOM_KEY)
     line = audit.audit_record(cluster, run_id=run_id, tool=(restored or {}).get("tool") or p["tool"]
-                              or cluster.restore_test.tool, record=(restored or {}).get("record"),
+                              or cluster.restore_test.tool, record=record,
                               restore_seconds=seconds, smoke_result=smoke, checks=checks, signoff=signoff,
                               errors=errors, target_time=p["target_time"])
     result = operations.restore_audit_and_archive(cluster, s3_client(cluster), line)
     if line["outcome"] != "success":
-        # No retry: the line is written; the failure callback alerts Slack.
-        raise AirflowFailException(f"restore test of cluster {cluster.name} failed "
-                                   f"({'; '.join(errors) or 'see the audit line'}); audit: {result['archived']}")
+        # No retry: the line is written. This task's alert is the run's one alert: it carries the cause.
+        if (signoff or {}).get("status") == "rejected":
+            raise AirflowFailException(f"{QA_REJECTED} of cluster {cluster.name} (qa_signoff, by "
+                                       f"{signoff.get('by')}): {signoff.get('comment') or 'no comment'}; "
+                                       f"audit: {result['archived']}")
+        raise AirflowFailException(f"restore test of cluster {cluster.name} failed: "
+                                   f"{'; '.join(errors) or 'see the audit line'}; audit: {result['archived']}")
     try:
         notifiers.post(cluster, audit.summary_text(cluster, line))
     except Exception as exc:  # the drill passed; a Slack outage must not turn it red

@@ -1,0 +1,86 @@
+"""The runbook's variables are used or refused, never silently ignored; an error names the variable
+the operator set; a hand-written pgbackrest.conf is checked before anything runs (real cron scripts
+against the sandbox)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pg_backups import pgbackrest
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+BACKUP = "include/scripts/pgbackrest_backup.sh"
+
+
+def backup_labels(sandbox) -> list[str]:
+    return [b["label"] for b in pgbackrest.info(sandbox.cluster()).get("backup", [])]
+
+
+def markers(sandbox) -> int:
+    return int(sandbox.psql("SELECT count(*) FROM pg_backups_marker", db="postgres") or 0)
+
+
+@pytest.mark.parametrize("variables,exit_code,says", [
+    # The configured socket used to win over PGHOST: this backed up successfully.
+    ({"PGHOST": "127.0.0.2", "PGPASSWORD": "wrong-password-zz9"}, 1, "is not accepting connections"),
+    ({"PGHOST": "127.0.0.1", "PGPASSWORD": "wrong-password-zz9"}, 2, "password authentication failed"),
+    ({"PGUSER": "nosuchuser"}, 2, "refused the login"),  # it ended in pgBackRest's "[027]: no database found"
+])
+def test_a_database_variable_is_used_and_a_bad_one_named(first_backup, sandbox, variables, exit_code, says):
+    labels, marked = backup_labels(sandbox), markers(sandbox)
+    proc = sandbox.run(BACKUP, env={**variables, "SLACK_WEBHOOK_URL": ""}, check=False, timeout=300)
+    assert proc.returncode == exit_code, proc.stderr[-3000:]
+    assert says in proc.stderr and "Fix:" in proc.stderr
+    for name, value in variables.items():  # the variables the operator set, by name (a password never)
+        assert (f"{name}=(set)" if name == "PGPASSWORD" else f"{name}={value}") in proc.stderr
+    assert "wrong-password-zz9" not in proc.stdout + proc.stderr
+    assert backup_labels(sandbox) == labels and markers(sandbox) == marked  # nothing was backed up or written
+
+
+def test_pg_backrest_config_naming_the_generated_file_works(first_backup, sandbox):
+    """The variable used to drop the credentials include: [037] ... requires option: repo1-s3-key."""
+    cluster = sandbox.cluster()
+    proc = sandbox.run(BACKUP, env={"PG_BACKREST_CONFIG": cluster.pgbackrest.config_path}, check=False, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["label"] == backup_labels(sandbox)[-1]
+
+
+def test_the_runbooks_hand_written_configuration_is_refused_before_anything_runs(first_backup, sandbox, tmp_path):
+    """The runbook's own pgbackrest.conf line: refused with the file, the line and the fix, exit 2,
+    before stanza-create, check or the marker row in production."""
+    cluster = sandbox.cluster()
+    handwritten = tmp_path / "pgbackrest.conf"
+    text = open(cluster.pgbackrest.config_path).read().replace(
+        "repo1-retention-full=30", "repo1-retention-full=30\nrepo1-retention-archive-type=time")
+    handwritten.write_text(text)
+    handwritten.chmod(0o644)
+    tmp_path.chmod(0o755)
+    line = text.splitlines().index("repo1-retention-archive-type=time") + 1
+    labels, marked = backup_labels(sandbox), markers(sandbox)
+    proc = sandbox.run(BACKUP, env={"PG_BACKREST_CONFIG": str(handwritten), "SLACK_WEBHOOK_URL": ""}, check=False,
+                       timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"{handwritten}: line {line}: repo1-retention-archive-type=time" in proc.stderr
+    assert "'time' is not allowed" in proc.stderr and "Fix: use full, diff or incr" in proc.stderr
+    assert " stanza-create" not in proc.stderr and " check" not in proc.stderr  # nothing ran
+    assert backup_labels(sandbox) == labels and markers(sandbox) == marked
+
+
+def test_a_refused_staging_path_names_the_variable(first_backup, sandbox, tmp_path):
+    """STAGING_PGDATA: a link inside the staging root that resolves to production is refused by
+    the guard, and the error names STAGING_PGDATA, not only restore_test.staging_data_directory."""
+    L = sandbox.layout
+    link = L.staging_root / "link-to-production"
+    link.symlink_to(L.pgdata)
+    try:
+        proc = sandbox.run("include/scripts/quarterly_restore_test.sh", check=False, timeout=300, env={
+            "STAGING_PGDATA": str(link), "SLACK_WEBHOOK_URL": "",
+            "STAGING_CONNECTION_URI": f"postgresql://postgres:x@127.0.0.1:{L.staging_port}/app"})
+    finally:
+        link.unlink()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "STAGING_PGDATA (setting restore_test.staging_data_directory)" in proc.stderr
+    assert (L.pgdata / "PG_VERSION").exists()
