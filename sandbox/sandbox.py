@@ -195,82 +195,67 @@ def access(L: Layout, creds: dict) -> S3Access:
 
 def write_clusters_file(L: Layout) -> None:
     tools = ["pgbackrest", "walg"] if WALG_BINARY.exists() else ["pgbackrest"]
-    text = f"""# Written by sandbox/sandbox.py: the sandbox's one cluster, everything on loopback.
+    text = f"""# Written by sandbox/sandbox.py: the sandbox's clusters, everything on loopback.
+# What they share is under `defaults:` (merged into each cluster).
+defaults:
+  host: 127.0.0.1
+  socket_directory: {L.run_dir}
+  os_user: postgres
+  retries: 1
+  retry_delay_seconds: 5
+  lock_directory: {L.run_dir / "locks"}
+  metrics:
+    textfile_directory: {L.root / "metrics"}
+  s3:
+    bucket: {BUCKET}
+    region: {REGION}
+    aws_conn_id: aws_backups
+    # moto sits behind stunnel, so it sees every request as plain HTTP, and it enforces bucket
+    # policies: a TLS-only policy would deny everything here. Real S3 sees the TLS; keep it on.
+    deny_insecure_transport: false
+  pgbackrest:
+    spool_path: {L.root / "pgbackrest" / "spool"}
+    log_path: {L.root / "pgbackrest" / "log"}
+    lock_path: {L.root / "pgbackrest" / "lock"}
+    process_max: 2
+    io_timeout_seconds: 10
+  restore_test:
+    staging_root: {L.staging_root}
+    staging_socket_directory: {L.run_dir}
 clusters:
   - name: {STANZA}
-    host: 127.0.0.1
     port: {L.pg_port}
-    socket_directory: {L.run_dir}
     data_directory: {L.pgdata}
-    os_user: postgres
-    retries: 1
-    retry_delay_seconds: 5
-    lock_directory: {L.run_dir / "locks"}
     tools: {json.dumps(tools)}
     alerts:
       slack_conn_id: slack_ops
-    metrics:
-      textfile_directory: {L.root / "metrics"}
-    s3:
-      bucket: {BUCKET}
-      region: {REGION}
-      aws_conn_id: aws_backups
-      # moto sits behind stunnel, so it sees every request as plain HTTP, and it enforces bucket
-      # policies: a TLS-only policy would deny everything here. Real S3 sees the TLS; keep it on.
-      deny_insecure_transport: false
     pgbackrest:
       config_path: {L.etc / "pgbackrest" / "pgbackrest.conf"}
-      spool_path: {L.root / "pgbackrest" / "spool"}
-      log_path: {L.root / "pgbackrest" / "log"}
-      lock_path: {L.root / "pgbackrest" / "lock"}
-      process_max: 2
-      io_timeout_seconds: 10
     walg:
       binary: {WALG_BINARY}
       config_path: {L.etc / "wal-g" / "walg.json"}
     restore_test:
-      staging_root: {L.staging_root}
       staging_data_directory: {L.staging_root / "data"}
       staging_port: {L.staging_port}
-      staging_socket_directory: {L.run_dir}
       smoke_log: {L.logs / "restore_smoke.log"}
       audit_log: {L.logs / "asso_restore_audit.log"}
       check_tables: [members, memberships, payments, events]
 """
     if SECOND in L.clusters:
         text += f"""  - name: {SECOND}
-    host: 127.0.0.1
     port: {L.billing_pg_port}
-    socket_directory: {L.run_dir}
     data_directory: {L.billing_pgdata}
-    os_user: postgres
-    retries: 1
-    retry_delay_seconds: 5
-    lock_directory: {L.run_dir / "locks"}
     tools: [pgbackrest]
-    metrics:
-      textfile_directory: {L.root / "metrics"}
-    s3:
-      bucket: {BUCKET}
-      region: {REGION}
-      deny_insecure_transport: false
     pgbackrest:
       config_path: {L.etc / "pgbackrest" / "{cluster}" / "pgbackrest.conf"}
-      spool_path: {L.root / "pgbackrest" / "spool"}
-      log_path: {L.root / "pgbackrest" / "log"}
-      lock_path: {L.root / "pgbackrest" / "lock"}
-      process_max: 2
-      io_timeout_seconds: 10
     walg:
       prefix: {SECOND}
     restore_test:
       # Every 2 minutes, so that a backfill has slots after the sandbox's first backup (paused
       # until someone unpauses it: each run waits for QA's sign-off).
       schedule: "*/2 * * * *"
-      staging_root: {L.staging_root}
       staging_data_directory: {L.billing_staging}
       staging_port: {L.billing_staging_port}
-      staging_socket_directory: {L.run_dir}
       smoke_log: {L.logs / "{cluster}_restore_smoke.log"}
       audit_log: {L.logs / "{cluster}_restore_audit.log"}
       check_tables: [invoices]
