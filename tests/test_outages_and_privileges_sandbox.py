@@ -71,6 +71,7 @@ def test_a_running_tool_holds_no_secret_but_its_own(first_backup, sandbox):
     key, no database password in its environment (any process of that user could read them)."""
     seen: dict[int, dict] = {}
     stop = threading.Event()
+    ours = f"--config={sandbox.cluster().pgbackrest.config_path}".encode()  # not another sandbox's
 
     def watch():
         while not stop.is_set():
@@ -80,7 +81,7 @@ def test_a_running_tool_holds_no_secret_but_its_own(first_backup, sandbox):
                 try:
                     cmdline = (entry / "cmdline").read_bytes().split(b"\0")
                     # The backup and its local processes (not archive-push, which PostgreSQL starts).
-                    if cmdline and cmdline[0].endswith(b"pgbackrest") and any(
+                    if cmdline and cmdline[0].endswith(b"pgbackrest") and ours in cmdline and any(
                             arg == b"backup" or arg.startswith(b"backup:") for arg in cmdline):
                         seen[int(entry.name)] = environ_of(int(entry.name))
                 except OSError:

@@ -48,16 +48,18 @@ def test_pg_backrest_config_naming_the_generated_file_works(first_backup, sandbo
     assert json.loads(proc.stdout)["label"] == backup_labels(sandbox)[-1]
 
 
-def test_the_runbooks_hand_written_configuration_is_refused_before_anything_runs(first_backup, sandbox, tmp_path):
+def test_the_runbooks_hand_written_configuration_is_refused_before_anything_runs(first_backup, sandbox):
     """The runbook's own pgbackrest.conf line: refused with the file, the line and the fix, exit 2,
     before stanza-create, check or the marker row in production."""
     cluster = sandbox.cluster()
-    handwritten = tmp_path / "pgbackrest.conf"
+    directory = sandbox.layout.root / "test-configs"  # where postgres (pgBackRest's user) can read it
+    directory.mkdir(exist_ok=True)
+    directory.chmod(0o755)
+    handwritten = directory / "runbook-pgbackrest.conf"
     text = open(cluster.pgbackrest.config_path).read().replace(
         "repo1-retention-full=30", "repo1-retention-full=30\nrepo1-retention-archive-type=time")
     handwritten.write_text(text)
     handwritten.chmod(0o644)
-    tmp_path.chmod(0o755)
     line = text.splitlines().index("repo1-retention-archive-type=time") + 1
     labels, marked = backup_labels(sandbox), markers(sandbox)
     proc = sandbox.run(BACKUP, env={"PG_BACKREST_CONFIG": str(handwritten), "SLACK_WEBHOOK_URL": ""}, check=False,
@@ -67,6 +69,10 @@ def test_the_runbooks_hand_written_configuration_is_refused_before_anything_runs
     assert "'time' is not allowed" in proc.stderr and "Fix: use full, diff or incr" in proc.stderr
     assert " stanza-create" not in proc.stderr and " check" not in proc.stderr  # nothing ran
     assert backup_labels(sandbox) == labels and markers(sandbox) == marked
+    handwritten.chmod(0o600)  # owned by root: pgBackRest, as postgres, cannot read it
+    proc = sandbox.run(BACKUP, env={"PG_BACKREST_CONFIG": str(handwritten), "SLACK_WEBHOOK_URL": ""}, check=False,
+                       timeout=300)
+    assert proc.returncode == 2 and "pgBackRest cannot read it as user postgres" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_refused_staging_path_names_the_variable(first_backup, sandbox, tmp_path):

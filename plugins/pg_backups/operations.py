@@ -72,7 +72,7 @@ def check_postgres_reachable(cluster, timeout: int = 10) -> None:
     if proc.returncode == 0:
         return
     why = runner.last_error_line(proc.stdout + proc.stderr)
-    if any(words in why for words in LOGIN_REFUSED):
+    if any(words in why.lower() for words in LOGIN_REFUSED):
         raise Refused(f"production PostgreSQL of cluster {cluster.name} ({where}) refused the login: {why}. "
                       "Nothing was backed up", "check the user and its password (the cluster's user, or PGUSER "
                       "and PGPASSWORD for the cron scripts) and pg_hba.conf")

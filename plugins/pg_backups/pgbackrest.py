@@ -28,6 +28,7 @@ LOCK_ERROR = 50  # "unable to acquire lock"
 # 034 invalid pair, 035 duplicate key, 036 bad negation, 037 missing option): it did nothing, and
 # running it again with the same configuration cannot succeed.
 OPTION_ERRORS = range(31, 38)
+FILE_OPEN_ERROR = 41  # "unable to open file ... for read"
 # pgBackRest 2.45 rejects the runbook's `repo1-retention-archive-type=time` ("'time' is not
 # allowed": it takes full, diff or incr). Left unset, archive retention follows the full backups
 # that time-based retention keeps, which is what the runbook means: PITR across the 30 days.
@@ -145,8 +146,13 @@ def check_options(cluster) -> None:
                "PGBACKREST_ARCHIVE_ASYNC": "n"}
         for name in PROBE_COMMANDS:
             proc = runner.run(command(cluster, name), env=env, os_user=cluster.os_user, timeout=60, check=False)
+            output = proc.stdout + proc.stderr
             if proc.returncode in OPTION_ERRORS:
-                raise option_error(pb.config_path, runner.last_error_line(proc.stdout + proc.stderr))
+                raise option_error(pb.config_path, runner.last_error_line(output))
+            if proc.returncode == FILE_OPEN_ERROR and pb.config_path in output:
+                raise ConfigError(pb.config_path, "(file)", f"pgBackRest cannot read it as user "
+                                  f"{cluster.os_user or 'running the task'}: {runner.last_error_line(output)}",
+                                  "let that user read the file and reach its directory")
 
 
 def option_error(config_path: str, line: str) -> ConfigError:
