@@ -20,7 +20,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILES = sorted(p.name for p in (REPO / "dags").glob("*.py"))
-TIMEOUT_SECONDS = 50  # Airflow's default dag_file_processor_timeout
+# Airflow's defaults: a file's import is stopped after dagbag_import_timeout (30 s), and the
+# dag-processor kills its process after dag_file_processor_timeout (50 s).
+IMPORT_TIMEOUT_SECONDS = 30
+TIMEOUT_SECONDS = 50
 PARSE = """
 import json, statistics, sys, time
 from airflow.dag_processing.dagbag import DagBag
@@ -56,7 +59,9 @@ def measure(n: int, rounds: int) -> dict:
         config.write_text(config_for(n))
         env = {**os.environ, "PG_BACKUPS_CONFIG": str(config), "PYTHONPATH": str(REPO / "plugins"),
                "AIRFLOW_HOME": tmp, "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-               "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags")}
+               "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+               # Measure past the timeouts, and compare with them in the report.
+               "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "3600"}
         proc = subprocess.run([sys.executable, "-c", PARSE, str(REPO / "dags"), ",".join(DAG_FILES), str(rounds)],
                               env=env, text=True, capture_output=True)
         if proc.returncode != 0:
@@ -87,8 +92,9 @@ def main() -> None:
               f"slowest file {slowest:.3f} s (target <= 2 s: {'met' if slowest <= 2 else 'NOT met'})")
     if 1000 in results:
         slowest = max(results[1000][f]["seconds"] for f in DAG_FILES)
-        print(f"1000 clusters: slowest file {slowest:.2f} s (dag-processor timeout {TIMEOUT_SECONDS} s: "
-              f"{'inside' if slowest < TIMEOUT_SECONDS else 'OUTSIDE'})")
+        print(f"1000 clusters: slowest file {slowest:.2f} s (import timeout {IMPORT_TIMEOUT_SECONDS} s: "
+              f"{'inside' if slowest < IMPORT_TIMEOUT_SECONDS else 'OUTSIDE'}; dag-processor timeout "
+              f"{TIMEOUT_SECONDS} s: {'inside' if slowest < TIMEOUT_SECONDS else 'OUTSIDE'})")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
