@@ -43,12 +43,13 @@ start_database() {
   local cluster=${PG_BACKUPS_CLUSTER:?set PG_BACKUPS_CLUSTER}
   mkdir -p "$PGDATA" /var/run/postgresql
   chown postgres:postgres "$PGDATA" /var/run/postgresql
+  # UTF-8: from a SQL_ASCII database (the C locale's default) psycopg 3 returns text as bytes.
   if [[ ! -s $PGDATA/PG_VERSION ]]; then
     log "initdb $PGDATA"
     local pwfile
     pwfile=$(mktemp) && printf '%s\n' "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}" > "$pwfile" && chown postgres "$pwfile"
     runuser -u postgres -- "$PG_BIN/initdb" -D "$PGDATA" --auth-local=peer --auth-host=scram-sha-256 \
-      -U postgres --pwfile="$pwfile" --data-checksums >/dev/null
+      -U postgres --pwfile="$pwfile" --data-checksums --encoding=UTF8 --locale=C.UTF-8 >/dev/null
     rm -f "$pwfile"
     echo "host all all samenet scram-sha-256" >> "$PGDATA/pg_hba.conf"
     echo "include_dir = 'conf.d'" >> "$PGDATA/postgresql.conf"
@@ -95,7 +96,7 @@ case $role in
     if [[ ! -s $data/PG_VERSION ]]; then
       pwfile=$(mktemp) && printf '%s\n' "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}" > "$pwfile" && chown postgres "$pwfile"
       runuser -u postgres -- "$PG_BIN/initdb" -D "$data" -U "${POSTGRES_USER:-airflow}" --pwfile="$pwfile" \
-        --auth-local=peer --auth-host=scram-sha-256 >/dev/null
+        --auth-local=peer --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
       rm -f "$pwfile"
       echo "host all all all scram-sha-256" >> "$data/pg_hba.conf"
       runuser -u postgres -- "$PG_BIN/postgres" --single -D "$data" postgres \

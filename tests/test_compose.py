@@ -92,6 +92,10 @@ class Api:
         return {t["task_id"]: t for t in body["task_instances"]}
 
 
+def states(tasks: dict) -> dict:
+    return {task_id: ti["state"] for task_id, ti in tasks.items()}
+
+
 def q(run_id: str) -> str:
     return urllib.parse.quote(run_id, safe="")
 
@@ -215,7 +219,7 @@ def test_pgbackrest_backup_runs_on_the_database_host(stack):
     run_id = stack.api.trigger(dag_id, {"backup_type": "full"})
     state = stack.api.wait_run(dag_id, run_id, 900)
     tasks = stack.api.tasks(dag_id, run_id)
-    assert state == "success", {t: ti["state"] for t, ti in tasks.items()}
+    assert state == "success", states(tasks)
     assert set(tasks) == {"preflight", "backup", "expire", "verify", "publish_backup"}
     assert_ran_on(tasks, DB_HOST, DB_HOST)
     print(f"{dag_id}: " + ", ".join(f"{t} on {ti['hostname']}" for t, ti in tasks.items()))
@@ -228,7 +232,7 @@ def test_restore_test_runs_on_the_staging_host_with_qa_signoff(stack):
 
     def awaiting():
         if stack.api.run_state(dag_id, run_id) in TERMINAL:
-            raise AssertionError(f"restore test ended before the sign-off: {stack.api.tasks(dag_id, run_id)}")
+            raise AssertionError(f"restore test ended before the sign-off: {states(stack.api.tasks(dag_id, run_id))}")
         ti = stack.api.tasks(dag_id, run_id).get("qa_signoff")
         return ti and ti["state"] in ("deferred", "awaiting_input")
     compose_wait(awaiting, 900, "qa_signoff awaiting QA")
@@ -237,7 +241,7 @@ def test_restore_test_runs_on_the_staging_host_with_qa_signoff(stack):
                       user="qa")
     state = stack.api.wait_run(dag_id, run_id, 600)
     tasks = stack.api.tasks(dag_id, run_id)
-    assert state == "success", {t: ti["state"] for t, ti in tasks.items()}
+    assert state == "success", states(tasks)
     assert_ran_on(tasks, STAGING_HOST, STAGING_HOST)
     answer = stack.api.request("GET", hitl)
     assert answer["responded_by_user"]["name"] == "qa" and answer["chosen_options"] == ["Approve"]
@@ -249,7 +253,7 @@ def test_freshness_dag_runs_on_the_database_host(stack):
     run_id = stack.api.trigger(dag_id)
     state = stack.api.wait_run(dag_id, run_id)
     tasks = stack.api.tasks(dag_id, run_id)
-    assert state == "success", {t: ti["state"] for t, ti in tasks.items()}
+    assert state == "success", states(tasks)
     assert_ran_on(tasks, DB_HOST, DB_HOST)
     print(f"{dag_id}: " + ", ".join(f"{t} on {ti['hostname']}" for t, ti in tasks.items()))
 
@@ -267,7 +271,7 @@ def test_database_host_worker_killed_mid_backup_fails_loudly_then_recovers(stack
     started = time.monotonic()
     state = stack.api.wait_run(dag_id, run_id, 600)
     tasks = stack.api.tasks(dag_id, run_id)
-    assert state == "failed" and tasks["backup"]["state"] == "failed", {t: ti["state"] for t, ti in tasks.items()}
+    assert state == "failed" and tasks["backup"]["state"] == "failed", states(tasks)
     print(f"worker killed: run failed after {time.monotonic() - started:.0f} s")
     alerts = compose_wait(lambda: [t for t in stack.slack_texts()[slack_before:] if dag_id in t and "backup" in t],
                           180, "the Slack alert of the killed backup")
@@ -278,7 +282,7 @@ def test_database_host_worker_killed_mid_backup_fails_loudly_then_recovers(stack
     run_id = stack.api.trigger(dag_id, {"backup_type": "full"})
     state = stack.api.wait_run(dag_id, run_id, 900)
     tasks = stack.api.tasks(dag_id, run_id)
-    assert state == "success", {t: ti["state"] for t, ti in tasks.items()}
+    assert state == "success", states(tasks)
     assert_ran_on(tasks, DB_HOST, DB_HOST)
 
 
@@ -292,7 +296,7 @@ def test_s3_endpoint_stopped_during_a_backup_fails_the_backup_and_alerts(stack):
         started = time.monotonic()
         state = stack.api.wait_run(dag_id, run_id, 600)
         tasks = stack.api.tasks(dag_id, run_id)
-        assert state == "failed" and tasks["backup"]["state"] == "failed", {t: ti["state"] for t, ti in tasks.items()}
+        assert state == "failed" and tasks["backup"]["state"] == "failed", states(tasks)
         print(f"S3 stopped: backup failed after {time.monotonic() - started:.0f} s")
         alerts = compose_wait(lambda: [t for t in stack.slack_texts()[slack_before:] if dag_id in t], 120,
                               "the Slack alert of the S3 outage")

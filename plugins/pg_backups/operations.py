@@ -179,14 +179,14 @@ def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: st
     if tool not in cluster.tools:
         raise RestoreRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
                                      "choose one of the cluster's tools")
+    if access is not None:  # first: on a staging host of its own, no earlier task has written it
+        (walg if tool == "walg" else pgbackrest).write_config(cluster, access)
     record = restore_backup_record(cluster, tool, access, label)
     if not staging.staging_is_empty(cluster):
         staging.stop_staging(cluster, staging_conn)
         staging.purge_staging(cluster, staging_conn)
     else:
         staging.guard(cluster, staging_conn)
-    if access is not None:
-        (walg if tool == "walg" else pgbackrest).write_config(cluster, access)
     started = time.monotonic()
     staging.restore_into_staging(cluster, tool, access, record["label"], target_time,
                                  timeout=RESTORE_TIMEOUT_SECONDS)
