@@ -47,10 +47,11 @@ def make_handler(out_path: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (the compose sandbox: 0.0.0.0)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.out)).serve_forever()
+    ThreadingHTTPServer((args.host, args.port), make_handler(args.out)).serve_forever()
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def repository(monkeypatch):
     ("walg", None, "base_000000010000000000000010_D_000000010000000000000004"),
 ])
 def test_a_pitr_target_restores_the_newest_backup_that_finished_before_it(tmp_path, repository, tool, target, label):
-    record = operations.restore_backup_record(cluster(tmp_path), tool, object(), None, target)
+    record = operations.restore_backup_record(cluster(tmp_path), tool, None, None, target)
     assert record["label"] == label
 
 

@@ -211,6 +211,8 @@ def restore_backup_record(cluster, tool: str, access: S3Access | None, label: st
     (a backup that ended after the target cannot recover to it). A target outside the window the
     repository covers is refused before staging is touched, naming the window."""
     target = _target(target_time)
+    if access is not None:  # first: on a staging host of its own, no earlier task has written it
+        (walg if tool == "walg" else pgbackrest).write_config(cluster, access)
     if tool == "walg":
         backups = walg.backup_list(cluster, access)
         chosen = walg.newest(backups, label, finished_before=target)
@@ -265,8 +267,6 @@ def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: st
         staging.purge_staging(cluster, staging_conn)
     else:
         staging.guard(cluster, staging_conn)
-    if access is not None:
-        (walg if tool == "walg" else pgbackrest).write_config(cluster, access)
     started = time.monotonic()
     staging.restore_into_staging(cluster, tool, access, record["label"], target_time,
                                  timeout=RESTORE_TIMEOUT_SECONDS)
