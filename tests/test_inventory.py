@@ -51,9 +51,13 @@ class FakeStore:
                 out[run["dag_id"]] = run
         return out
 
+    def all_xcoms(self, dag_ids, task_id, key):
+        return [{"dag_id": d, **v} for (d, t, k), values in self.xcoms.items() if d in dag_ids and t == task_id
+                and k == key and isinstance(values, list) for v in values]
+
     def latest_xcoms(self, dag_ids, task_id, key, since):
         return {d: v for (d, t, k), v in self.xcoms.items() if d in dag_ids and t == task_id and k == key
-                and v["timestamp"] >= since}
+                and not isinstance(v, list) and v["timestamp"] >= since}
 
 
 def event(rec, dag_id=None):
@@ -86,14 +90,15 @@ def audit_line(cluster, when, outcome="success", label="20261124-021502F", rto=4
     return line
 
 
-def healthy(tmp_path, cluster):
+def healthy(tmp_path, cluster, restore=True):
     """WAL archiving fine, restore test passed last month."""
     metrics.write_textfile(metrics.textfile_path(cluster, "wal_archive"), metrics.render(
         metrics.archiver_samples(cluster, {"archived_count": 120, "failed_count": 0, "ready_count": 1,
                                            "last_archived_time": AT - timedelta(minutes=3)})
         + [("metrics_last_write_timestamp_seconds", {"cluster": cluster.name, "source": "wal_archive"},
             (AT - timedelta(minutes=2)).timestamp())]))
-    audit_line(cluster, AT - timedelta(days=30))
+    if restore:
+        audit_line(cluster, AT - timedelta(days=30))
 
 
 def row_of(data, name="asso"):
@@ -202,8 +207,7 @@ def test_last_restore_test_with_its_proofs_and_the_audit_object(tmp_path):
 def test_restore_test_too_old_and_none_are_amber(tmp_path):
     old, none = make_cluster(tmp_path, "old"), make_cluster(tmp_path, "none")
     for c in (old, none):
-        healthy(tmp_path, c)
-    open(none.restore_test.audit_log, "w").close()
+        healthy(tmp_path, c, restore=False)
     audit_line(old, AT - timedelta(days=120))
     events = [event(record("x", "full", AT - timedelta(hours=1), cluster=n)) for n in ("old", "none")]
     data = inventory.build([old, none], FakeStore(events), AT)
@@ -282,3 +286,19 @@ def test_anonymous_callers_are_refused_everywhere(plugin):
     for path in ("/api/inventory", "/api/clusters/asso", "/api/clusters/asso/history"):
         response = client.get("/backup-inventory" + path)
         assert response.status_code == 401 and response.json() == {"detail": "Not authenticated"}, path
+
+
+def test_restore_tests_also_come_from_the_audit_xcom_when_the_file_is_out_of_reach(tmp_path):
+    cluster = make_cluster(tmp_path)  # no audit log file on this machine (the API server's)
+    line = {"time": (AT - timedelta(days=3)).isoformat(), "cluster": "asso", "run_id": "scheduled__q4",
+            "tool": "pgbackrest", "backup_label": "20261122-021502F", "restore_duration_seconds": 88.0,
+            "checks": [{"check": "smoke_query", "result": "ok"}], "signoff": {"status": "approved", "by": "qa"},
+            "outcome": "success"}
+    xcoms = {("restore_test_asso", "audit_and_archive", "audit"): [
+        {"run_id": "scheduled__q4", "value": line, "timestamp": AT - timedelta(days=3)}]}
+    store = FakeStore(xcoms=xcoms)
+    row = row_of(inventory.build([cluster], store, AT))
+    assert row["restore_test"]["run_id"] == "scheduled__q4" and row["restore_test"]["rto_seconds"] == 88.0
+    audit_line(cluster, AT - timedelta(days=3), run_id="scheduled__q4")  # the same run, in the file too: once
+    assert len(inventory.audit_lines(cluster, [line])) == 1
+    assert [r["rto_seconds"] for r in inventory.history(cluster, store, AT)["restore_tests"]] != []

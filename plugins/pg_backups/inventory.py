@@ -34,8 +34,10 @@ XCOM_WINDOW_DAYS = 2  # the hourly freshness DAG's results older than this are n
 RESTORE_TEST_MAX_AGE_DAYS = 100  # as the PgRestoreTestTooOld alert
 WAL_READY_LIMIT = 10  # as freshness.archiver_problems and PgWalArchivingLagging
 FRESHNESS_DAG = "backup_freshness_{cluster}"
+RESTORE_DAG = "restore_test_{cluster}"
+AUDIT_XCOM = ("audit_and_archive", "audit")  # pg_backups.airflow.restore_tasks.AUDIT_XCOM_KEY
 BACKUP_DAG = {"pgbackrest": "pgbackrest_backup_{cluster}", "walg": "walg_backup_{cluster}"}
-OTHER_DAGS = ("restore_test_{cluster}", "s3_bucket_config_{cluster}", FRESHNESS_DAG)
+OTHER_DAGS = (RESTORE_DAG, "s3_bucket_config_{cluster}", FRESHNESS_DAG)
 GREEN, AMBER, RED = "green", "amber", "red"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SAME_CHECK = timedelta(minutes=2)
@@ -58,6 +60,10 @@ class Store(Protocol):
 
     def latest_xcoms(self, dag_ids: list[str], task_id: str, key: str, since: datetime) -> dict[str, dict]:
         """dag_id -> {value, timestamp, run_id} of the newest XCom ``task_id``/``key`` since ``since``."""
+
+    def all_xcoms(self, dag_ids: list[str], task_id: str, key: str) -> list[dict]:
+        """Every XCom ``task_id``/``key`` of these DAGs (for DAGs that run a few times a year):
+        {dag_id, run_id, value, timestamp}."""
 
 
 def asset_name(tool: str, cluster_name: str) -> str:
@@ -139,10 +145,25 @@ def _parse_audit(text: str) -> list[dict]:
     return lines
 
 
-def audit_lines(cluster) -> list[dict]:
-    """The cluster's restore-test audit lines, oldest first (the file may be shared by clusters)."""
+def audit_lines(cluster, xcom_lines: list[dict] = ()) -> list[dict]:
+    """The cluster's restore-test audit lines, oldest first: the audit log file (which may be shared
+    by clusters, or out of this machine's reach) and the lines ``audit_and_archive`` also left as
+    XComs, once per run."""
     lines = _cached_read(cluster.restore_test.audit_log, _parse_audit) or []
-    return [line for line in lines if line.get("cluster") in (None, cluster.name)]
+    merged = {}
+    for line in [*xcom_lines, *lines]:
+        if isinstance(line, dict) and line.get("cluster") in (None, cluster.name):
+            merged[line.get("run_id") or line.get("time")] = line
+    return sorted(merged.values(), key=lambda line: str(line.get("time") or ""))
+
+
+def _audit_xcoms(clusters: list, store: Store) -> dict[str, list[dict]]:
+    dags = {RESTORE_DAG.format(cluster=c.name): c.name for c in clusters}
+    out: dict[str, list[dict]] = {}
+    for row in store.all_xcoms(list(dags), *AUDIT_XCOM):
+        if isinstance(row.get("value"), dict):
+            out.setdefault(dags[row["dag_id"]], []).append(row["value"])
+    return out
 
 
 def textfile(cluster, source: str) -> dict | None:
@@ -421,6 +442,7 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
     xcom_since = at - timedelta(days=XCOM_WINDOW_DAYS)
     last = store.last_runs([BACKUP_DAG[t].format(cluster=c.name) for c in clusters for t in c.tools if t in BACKUP_DAG])
     last.update(store.last_runs(freshness_dags, since=xcom_since))
+    audit_xcoms = _audit_xcoms(clusters, store)
     wal_xcoms = store.latest_xcoms(freshness_dags, "check_wal_archiving", "archiver_stats", xcom_since)
     bucket_xcoms = store.latest_xcoms(freshness_dags, "bucket_usage", "return_value", xcom_since)
 
@@ -445,7 +467,7 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
             run, backup = last_runs.get(tool), backups.get(tool)
             if run and backup and run["state"] == "failed" and run["run_id"] == backup["run_id"]:
                 run["state"] = "success"
-        lines = audit_lines(c)
+        lines = audit_lines(c, audit_xcoms.get(c.name, []))
         restore = _restore(c, lines[-1] if lines else None, at, s3_endpoints.get(c.s3.aws_conn_id))
         last_success = next((line for line in reversed(lines) if line.get("outcome") == "success"), None)
         wal = _wal(c, wal_xcoms.get(FRESHNESS_DAG.format(cluster=c.name)))
@@ -482,7 +504,7 @@ def history(cluster, store: Store, at: datetime | None = None, days: int = HISTO
                         "database_size_bytes": record.get("database_size_bytes"),
                         "repo_size_bytes": record.get("repo_size_bytes")})
     restores = []
-    for line in audit_lines(cluster):
+    for line in audit_lines(cluster, _audit_xcoms([cluster], store).get(cluster.name, [])):
         when = utc(line.get("time"))
         if when and when >= since:
             restores.append({"time": iso(when), "tool": line.get("tool"), "backup_label": line.get("backup_label"),

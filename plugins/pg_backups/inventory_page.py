@@ -186,8 +186,9 @@ def _series_svg(title: str, points: dict[str, list[tuple[datetime, float]]], uni
         y = height - bottom - frac * (height - top - bottom)
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
                    f'<text x="0" y="{y + 3:.1f}">{escape(fmt(top_value * frac))}</text>')
-    out.append(f'<text x="{left}" y="{height - 4}">{start:%Y-%m-%d}</text>'
-               f'<text x="{width - right - 60}" y="{height - 4}">{end:%Y-%m-%d}</text>')
+    fmt_day = "%Y-%m-%d %H:%M" if end - start < timedelta(days=3) else "%Y-%m-%d"
+    out.append(f'<text x="{left}" y="{height - 4}">{start.strftime(fmt_day)}</text>'
+               f'<text x="{width - right - 90}" y="{height - 4}">{end.strftime(fmt_day)}</text>')
     palette = ["#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#2e7d32", "#ad1457"]
     for i, (name, series) in enumerate(sorted(points.items())):
         colour = palette[i % len(palette)]
