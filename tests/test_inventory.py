@@ -302,3 +302,15 @@ def test_restore_tests_also_come_from_the_audit_xcom_when_the_file_is_out_of_rea
     audit_line(cluster, AT - timedelta(days=3), run_id="scheduled__q4")  # the same run, in the file too: once
     assert len(inventory.audit_lines(cluster, [line])) == 1
     assert [r["rto_seconds"] for r in inventory.history(cluster, store, AT)["restore_tests"]] != []
+
+
+def test_an_old_wal_measurement_is_not_the_current_state(tmp_path):
+    cluster = make_cluster(tmp_path)
+    metrics.write_textfile(metrics.textfile_path(cluster, "wal_archive"), metrics.render(
+        metrics.archiver_samples(cluster, {"archived_count": 1, "failed_count": 0, "ready_count": 0})
+        + [("metrics_last_write_timestamp_seconds", {"cluster": "asso"}, (AT - timedelta(days=3)).timestamp())]))
+    audit_line(cluster, AT - timedelta(days=1))
+    row = row_of(inventory.build([cluster], FakeStore([event(record("x", "full", AT - timedelta(hours=1)))]), AT))
+    assert row["wal"]["state"] == "unknown"
+    assert row["status"] == {"colour": "amber", "reasons": [row["wal"]["text"]], "text": row["wal"]["text"]}
+    assert row["wal"]["text"].startswith("WAL archiving not measured since 2026-11-22")

@@ -254,7 +254,7 @@ def _newest(candidates: list[tuple]) -> tuple:
     return candidates[-1]
 
 
-def _wal(cluster, xcom: dict | None) -> dict:
+def _wal(cluster, xcom: dict | None, at: datetime | None = None) -> dict:
     """Newest of the freshness DAG's XCom and the textfile."""
     candidates = []
     if xcom and isinstance(xcom.get("value"), dict):
@@ -265,6 +265,9 @@ def _wal(cluster, xcom: dict | None) -> dict:
     if not candidates:
         return {"state": "unknown", "source": None, "measured_at": None, "text": "no WAL archiving data yet"}
     source, measured, stats = _newest(candidates)
+    if at is not None and measured is not None and at - measured > timedelta(days=XCOM_WINDOW_DAYS):
+        return {"state": "unknown", "source": source, "measured_at": iso(measured),
+                "text": f"WAL archiving not measured since {iso(measured)}"}
     failing = freshness.archiver_failing(stats)
     ready = stats.get("ready_count")
     state = "failing" if failing else ("lagging" if ready is not None and ready >= WAL_READY_LIMIT else "ok")
@@ -361,7 +364,7 @@ def _status(cluster, backups: dict, last_runs: dict, wal: dict, restore: dict | 
     elif wal["state"] == "lagging":
         amber.append(f"{wal['ready_count']} WAL segments waiting to be archived")
     elif wal["state"] == "unknown":
-        amber.append("WAL archiving not measured yet (freshness DAG)")
+        amber.append(wal["text"] if wal.get("measured_at") else "WAL archiving not measured yet (freshness DAG)")
     if restore is None:
         amber.append("no restore test recorded")
     elif restore["outcome"] != "success":
@@ -470,7 +473,7 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
         lines = audit_lines(c, audit_xcoms.get(c.name, []))
         restore = _restore(c, lines[-1] if lines else None, at, s3_endpoints.get(c.s3.aws_conn_id))
         last_success = next((line for line in reversed(lines) if line.get("outcome") == "success"), None)
-        wal = _wal(c, wal_xcoms.get(FRESHNESS_DAG.format(cluster=c.name)))
+        wal = _wal(c, wal_xcoms.get(FRESHNESS_DAG.format(cluster=c.name)), at)
         bucket = _bucket(c, bucket_xcoms.get(FRESHNESS_DAG.format(cluster=c.name)))
         rows.append({
             "name": c.name,
