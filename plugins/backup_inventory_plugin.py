@@ -38,7 +38,7 @@ async def refused(request: Request, exc: HTTPException):
     """The page answers a browser with a page that says why and where to log in; the API with JSON."""
     if request.url.path.rstrip("/").endswith(URL_PREFIX) or request.url.path.endswith(f"{URL_PREFIX}/"):
         login = f"../auth/login/?next={request.url.path}"
-        return HTMLResponse(inventory_page.refused(login, str(exc.detail)), status_code=exc.status_code)
+        return HTMLResponse(inventory_page.refused(login, str(exc.detail), exc.status_code), status_code=exc.status_code)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 

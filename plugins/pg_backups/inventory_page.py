@@ -281,8 +281,13 @@ restore audit logs, the metrics files) · JSON: <a href="api/inventory">api/inve
 </body></html>"""
 
 
-def refused(login_href: str, detail: str) -> str:
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Backup inventory: log in</title>
+def refused(login_href: str, detail: str, status: int = 401) -> str:
+    """The page's answer to an error: why, and where to log in when that is the problem."""
+    if status in (401, 403):
+        what, hint = "Not allowed", f'<p>Log in to Airflow first: <a href="{escape(login_href)}">log in</a>.</p>'
+    else:
+        what, hint = "Error", '<p><a href="./">Back to the inventory</a>.</p>'
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Backup inventory: {what}</title>
 <style>{CSS}</style></head><body><h1>Backup inventory</h1>
-<p class="refused bad">Not allowed: {escape(detail)}.</p>
-<p>Log in to Airflow first: <a href="{escape(login_href)}">log in</a>.</p></body></html>"""
+<p class="refused bad">{what}: {escape(detail)}.</p>
+{hint}</body></html>"""
