@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 TASK_ORDER = ("claim_staging", "guard", "stop_staging", "purge_staging", "restore_latest_backup", "start_staging", "smoke_query",
               "data_checks", "qa_signoff")
 CHECKS_XCOM_KEY = "checks"
+AUDIT_XCOM_KEY = "audit"  # the audit line, success or not (pg_backups.inventory.AUDIT_XCOM)
 
 
 def staging_connection(cluster) -> staging.StagingConnection | None:
@@ -200,6 +201,7 @@ def audit_and_archive(cluster_name: str) -> dict:
                               restore_seconds=seconds, smoke_result=smoke, checks=checks, signoff=signoff,
                               errors=errors, target_time=p["target_time"])
     result = operations.restore_audit_and_archive(cluster, s3_client(cluster), line)
+    ti.xcom_push(AUDIT_XCOM_KEY, line)  # for the backup inventory, where the audit log file is out of reach
     if line["outcome"] != "success":
         # No retry: the line is written. This task's alert is the run's one alert: it carries the cause.
         if (signoff or {}).get("status") == "rejected":

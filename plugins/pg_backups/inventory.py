@@ -1,0 +1,516 @@
+"""The backup inventory: every cluster's newest good backups, WAL archiving, bucket, last restore
+test, a status in words, a 30-day timeline and the history behind the trend chart.
+
+It only reads what the DAGs already publish, and runs no tool and opens no connection to a
+cluster's database:
+
+- the backup records, events of the assets ``<tool>_backup_<cluster>`` (``publish_backup``);
+- the runs of the cluster's DAGs (failures, the newest run of each backup DAG);
+- the freshness DAG's XComs (``archiver_stats`` of ``check_wal_archiving``, the return value of
+  ``bucket_usage``) and, when newer, the Prometheus textfiles of ``metrics.textfile_directory``;
+- the restore-test audit log (``restore_test.audit_log``, one JSON line per run).
+
+Airflow's metadata is reached through a *store* (:class:`Store`): the API server's is
+``pg_backups.airflow.inventory_store.MetadataStore``; the unit tests and the benchmark use others.
+Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from pg_backups import audit, freshness, metrics
+from pg_backups.times import iso, now, utc
+
+TIMELINE_DAYS = 30
+HISTORY_DAYS = 365
+XCOM_WINDOW_DAYS = 2  # the hourly freshness DAG's results older than this are not "the current state"
+RESTORE_TEST_MAX_AGE_DAYS = 100  # as the PgRestoreTestTooOld alert
+WAL_READY_LIMIT = 10  # as freshness.archiver_problems and PgWalArchivingLagging
+FRESHNESS_DAG = "backup_freshness_{cluster}"
+RESTORE_DAG = "restore_test_{cluster}"
+AUDIT_XCOM = ("audit_and_archive", "audit")  # pg_backups.airflow.restore_tasks.AUDIT_XCOM_KEY
+BACKUP_DAG = {"pgbackrest": "pgbackrest_backup_{cluster}", "walg": "walg_backup_{cluster}"}
+OTHER_DAGS = (RESTORE_DAG, "s3_bucket_config_{cluster}", FRESHNESS_DAG)
+GREEN, AMBER, RED = "green", "amber", "red"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+SAME_CHECK = timedelta(minutes=2)
+
+
+class Store(Protocol):
+    """What the inventory reads from Airflow's metadata; every method takes all clusters at once."""
+
+    def newest_backup_events(self, asset_names: list[str]) -> dict[str, dict]:
+        """asset name -> its newest event: {asset, timestamp, extra, dag_id, run_id}."""
+
+    def backup_events(self, asset_names: list[str], since: datetime) -> list[dict]:
+        """Every event of these assets since ``since``, oldest first."""
+
+    def failed_runs(self, dag_ids: list[str], since: datetime) -> list[dict]:
+        """Failed runs of these DAGs since ``since``: {dag_id, run_id, state, start_date, end_date, run_after}."""
+
+    def last_runs(self, dag_ids: list[str], since: datetime | None = None) -> dict[str, dict]:
+        """dag_id -> its newest run (``since``: among the runs since then; for hourly DAGs)."""
+
+    def latest_xcoms(self, dag_ids: list[str], task_id: str, key: str, since: datetime) -> dict[str, dict]:
+        """dag_id -> {value, timestamp, run_id} of the newest XCom ``task_id``/``key`` since ``since``."""
+
+    def all_xcoms(self, dag_ids: list[str], task_id: str, key: str) -> list[dict]:
+        """Every XCom ``task_id``/``key`` of these DAGs (for DAGs that run a few times a year):
+        {dag_id, run_id, value, timestamp}."""
+
+
+def asset_name(tool: str, cluster_name: str) -> str:
+    return f"{tool}_backup_{cluster_name}"  # as pg_backups.airflow.common.backup_asset
+
+
+def run_link(dag_id: str | None, run_id: str | None) -> str | None:
+    """Path of a run's page in the Airflow UI, from the API server's root."""
+    if not dag_id or not run_id or run_id.startswith("cron__"):  # the cron scripts' runs are not Airflow's
+        return None
+    return f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def age_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 0:
+        seconds = 0
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+def size_text(value: float | None) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# Files the jobs write (audit log, Prometheus textfiles), read once per change
+
+
+@dataclass
+class _Cached:
+    key: tuple
+    value: Any
+
+
+_file_cache: dict[str, _Cached] = {}
+
+
+def _cached_read(path: str, parse):
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    key = (stat.st_mtime_ns, stat.st_size)
+    hit = _file_cache.get(path)
+    if hit and hit.key == key:
+        return hit.value
+    try:
+        value = parse(Path(path).read_text(errors="replace"))
+    except OSError:
+        return None
+    _file_cache[path] = _Cached(key, value)
+    return value
+
+
+def _parse_audit(text: str) -> list[dict]:
+    lines = []
+    for raw in text.splitlines():
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue  # a half-written or hand-edited line does not hide the others
+        if isinstance(line, dict):
+            lines.append(line)
+    return lines
+
+
+def audit_lines(cluster, xcom_lines: list[dict] = ()) -> list[dict]:
+    """The cluster's restore-test audit lines, oldest first: the audit log file (which may be shared
+    by clusters, or out of this machine's reach) and the lines ``audit_and_archive`` also left as
+    XComs, once per run."""
+    lines = _cached_read(cluster.restore_test.audit_log, _parse_audit) or []
+    merged = {}
+    for line in [*xcom_lines, *lines]:
+        if isinstance(line, dict) and line.get("cluster") in (None, cluster.name):
+            merged[line.get("run_id") or line.get("time")] = line
+    return sorted(merged.values(), key=lambda line: str(line.get("time") or ""))
+
+
+def _audit_xcoms(clusters: list, store: Store) -> dict[str, list[dict]]:
+    dags = {RESTORE_DAG.format(cluster=c.name): c.name for c in clusters}
+    out: dict[str, list[dict]] = {}
+    for row in store.all_xcoms(list(dags), *AUDIT_XCOM):
+        if isinstance(row.get("value"), dict):
+            out.setdefault(dags[row["dag_id"]], []).append(row["value"])
+    return out
+
+
+def textfile(cluster, source: str) -> dict | None:
+    path = metrics.textfile_path(cluster, source)
+    return _cached_read(str(path), metrics.parse) if path else None
+
+
+def _samples(parsed: dict, name: str) -> list[tuple[dict, float]]:
+    full = f"{metrics.PREFIX}_{name}"
+    return [(dict(labels), value) for (metric, labels), value in parsed.items() if metric == full]
+
+
+def _one(parsed: dict, name: str) -> float | None:
+    rows = _samples(parsed, name)
+    return rows[0][1] if rows else None
+
+
+def _written_at(parsed: dict) -> datetime | None:
+    return utc(_one(parsed, "metrics_last_write_timestamp_seconds"))
+
+
+def wal_from_textfile(parsed: dict) -> dict:
+    return {
+        "archived_count": _one(parsed, "wal_archived_total"),
+        "failed_count": _one(parsed, "wal_archive_failed_total"),
+        "ready_count": _one(parsed, "wal_archive_ready_files"),
+        "last_archived_time": iso(_one(parsed, "wal_last_archived_timestamp_seconds")),
+        "last_failed_time": iso(_one(parsed, "wal_last_failed_timestamp_seconds")),
+    }
+
+
+def bucket_from_textfile(parsed: dict) -> dict:
+    rows: dict[tuple, dict] = {}
+    bucket = None
+    for labels, value in _samples(parsed, "s3_bucket_size_bytes"):
+        bucket = labels.get("bucket", bucket)
+        rows.setdefault((labels.get("storage_class"), labels.get("version")), {})["bytes"] = value
+    for labels, value in _samples(parsed, "s3_bucket_objects"):
+        rows.setdefault((labels.get("storage_class"), labels.get("version")), {})["objects"] = value
+    return {"bucket": bucket, "by_class": [{"storage_class": c, "version": v, "bytes": n.get("bytes", 0),
+                                            "objects": n.get("objects", 0)} for (c, v), n in sorted(rows.items())]}
+
+
+# --------------------------------------------------------------------------------------------
+# One cluster
+
+
+def _backup(event: dict | None, at: datetime) -> dict | None:
+    if not event:
+        return None
+    record = dict(event.get("extra") or {})
+    stop = utc(record.get("stop_time")) or utc(event.get("timestamp"))
+    age = (at - stop).total_seconds() if stop else None
+    run_id = record.get("airflow_run_id") or event.get("run_id")
+    dag_id = event.get("dag_id")
+    return {
+        "label": record.get("label"),
+        "type": record.get("type"),
+        "start_time": record.get("start_time"),
+        "stop_time": iso(stop),
+        "age_seconds": round(age, 1) if age is not None else None,
+        "age": age_text(age),
+        "duration_seconds": record.get("duration_seconds"),
+        "database_size_bytes": record.get("database_size_bytes"),
+        "backup_size_bytes": record.get("backup_size_bytes"),
+        "repo_size_bytes": record.get("repo_size_bytes"),
+        "size": size_text(record.get("database_size_bytes")),
+        "stored": size_text(record.get("repo_size_bytes")),
+        "backup_count": record.get("backup_count"),
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "run_link": run_link(dag_id, run_id),
+    }
+
+
+def _run(run: dict | None) -> dict | None:
+    if not run:
+        return None
+    return {"dag_id": run["dag_id"], "run_id": run["run_id"], "state": run.get("state"),
+            "start_date": iso(run.get("start_date")), "end_date": iso(run.get("end_date")),
+            "run_link": run_link(run["dag_id"], run["run_id"])}
+
+
+def _newest(candidates: list[tuple]) -> tuple:
+    """The newest reading; the XCom when both come from the same check (the textfile is written a
+    moment after the XCom, by the same task)."""
+    candidates = sorted(candidates, key=lambda c: (c[1] or EPOCH) + (SAME_CHECK if c[0] == "xcom" else timedelta(0)))
+    return candidates[-1]
+
+
+def _wal(cluster, xcom: dict | None, at: datetime | None = None) -> dict:
+    """Newest of the freshness DAG's XCom and the textfile."""
+    candidates = []
+    if xcom and isinstance(xcom.get("value"), dict):
+        candidates.append(("xcom", utc(xcom.get("timestamp")), xcom["value"]))
+    parsed = textfile(cluster, "wal_archive")
+    if parsed:
+        candidates.append(("metrics", _written_at(parsed), wal_from_textfile(parsed)))
+    if not candidates:
+        return {"state": "unknown", "source": None, "measured_at": None, "text": "no WAL archiving data yet"}
+    source, measured, stats = _newest(candidates)
+    if at is not None and measured is not None and at - measured > timedelta(days=XCOM_WINDOW_DAYS):
+        return {"state": "unknown", "source": source, "measured_at": iso(measured),
+                "text": f"WAL archiving not measured since {iso(measured)}"}
+    failing = freshness.archiver_failing(stats)
+    ready = stats.get("ready_count")
+    state = "failing" if failing else ("lagging" if ready is not None and ready >= WAL_READY_LIMIT else "ok")
+    return {
+        "state": state,
+        "source": source,
+        "measured_at": iso(measured),
+        "last_archived_time": iso(stats.get("last_archived_time")),
+        "last_archived_wal": stats.get("last_archived_wal"),
+        "last_failed_time": iso(stats.get("last_failed_time")),
+        "ready_count": int(ready) if ready is not None else None,
+        "failed_count": int(stats["failed_count"]) if stats.get("failed_count") is not None else None,
+        "archived_count": int(stats["archived_count"]) if stats.get("archived_count") is not None else None,
+    }
+
+
+def _bucket(cluster, xcom: dict | None) -> dict:
+    candidates = []
+    if xcom and isinstance(xcom.get("value"), dict) and "by_class" in xcom["value"]:
+        candidates.append(("xcom", utc(xcom.get("timestamp")), xcom["value"]))
+    parsed = textfile(cluster, "s3")
+    if parsed and _samples(parsed, "s3_bucket_size_bytes"):
+        candidates.append(("metrics", _written_at(parsed), bucket_from_textfile(parsed)))
+    if not candidates:
+        return {"bucket": cluster.s3.bucket, "source": None, "measured_at": None, "by_class": [], "total_bytes": None,
+                "classes": {}}
+    source, measured, usage = _newest(candidates)
+    by_class = usage.get("by_class") or []
+    classes: dict[str, float] = {}
+    for row in by_class:
+        classes[row["storage_class"]] = classes.get(row["storage_class"], 0) + (row.get("bytes") or 0)
+    return {"bucket": usage.get("bucket") or cluster.s3.bucket, "source": source, "measured_at": iso(measured),
+            "by_class": by_class, "total_bytes": sum(classes.values()), "classes": classes}
+
+
+def audit_object(cluster, line: dict, endpoint: str | None = None) -> dict:
+    """Where audit_and_archive put the audit log of this run (``audit.archive_key``); ``endpoint``:
+    the AWS connection's endpoint, when ``s3.endpoint_url`` does not override it."""
+    day = utc(line.get("time")) or now()
+    key = audit.archive_key(cluster, line.get("run_id") or "unknown", os.path.basename(cluster.restore_test.audit_log),
+                            day)
+    bucket = cluster.s3.bucket
+    endpoint = cluster.s3.endpoint_url or endpoint
+    if endpoint:  # an S3-compatible store: its own path-style URL
+        url = f"{endpoint.rstrip('/')}/{bucket}/{quote(key)}"
+    else:
+        url = (f"https://{cluster.s3.region}.console.aws.amazon.com/s3/object/{bucket}"
+               f"?region={cluster.s3.region}&prefix={quote(key, safe='')}")
+    return {"uri": f"s3://{bucket}/{key}", "url": url}
+
+
+def _restore(cluster, line: dict | None, at: datetime, endpoint: str | None = None) -> dict | None:
+    if not line:
+        return None
+    checks = line.get("checks") or []
+    ok = sum(1 for c in checks if c.get("result") == "ok")
+    signoff = line.get("signoff") or {}
+    when = utc(line.get("time"))
+    return {
+        "time": iso(when),
+        "age": age_text((at - when).total_seconds() if when else None),
+        "run_id": line.get("run_id"),
+        "run_link": run_link(f"restore_test_{cluster.name}", line.get("run_id")),
+        "tool": line.get("tool"),
+        "backup_label": line.get("backup_label"),
+        "backup_time": line.get("backup_time"),
+        "target_time": line.get("target_time"),
+        "rto_seconds": line.get("restore_duration_seconds"),
+        "checks": checks,
+        "checks_text": f"{ok}/{len(checks)} ok" if checks else "none",
+        "signoff": {"status": signoff.get("status"), "by": signoff.get("by"), "at": signoff.get("at"),
+                    "comment": signoff.get("comment")},
+        "errors": line.get("errors") or [],
+        "outcome": line.get("outcome"),
+        "audit": audit_object(cluster, line, endpoint),
+    }
+
+
+def _status(cluster, backups: dict, last_runs: dict, wal: dict, restore: dict | None, last_success: dict | None,
+            at: datetime) -> dict:
+    red, amber = [], []
+    limit = cluster.alerts.max_backup_age_hours
+    for tool in cluster.tools:
+        backup = backups.get(tool)
+        if backup is None:
+            red.append(f"no good {tool} backup")
+        elif backup["age_seconds"] is not None and backup["age_seconds"] > limit * 3600:
+            red.append(f"newest {tool} backup is {backup['age']} old (limit {limit} h)")
+        run = last_runs.get(tool)
+        if run and run["state"] == "failed":
+            amber.append(f"last {tool} backup run failed ({run['run_id']})")
+    if wal["state"] == "failing":
+        red.append(f"WAL archiving failing since {wal['last_failed_time']}")
+    elif wal["state"] == "lagging":
+        amber.append(f"{wal['ready_count']} WAL segments waiting to be archived")
+    elif wal["state"] == "unknown":
+        amber.append(wal["text"] if wal.get("measured_at") else "WAL archiving not measured yet (freshness DAG)")
+    if restore is None:
+        amber.append("no restore test recorded")
+    elif restore["outcome"] != "success":
+        red.append(f"last restore test failed ({restore['time']})")
+    else:
+        when = utc(last_success["time"]) if last_success else None
+        if when and (at - when) > timedelta(days=RESTORE_TEST_MAX_AGE_DAYS):
+            amber.append(f"last successful restore test is {age_text((at - when).total_seconds())} old")
+    freshness_run = last_runs.get("freshness")
+    if freshness_run and freshness_run["state"] == "failed":
+        amber.append(f"last freshness check failed ({freshness_run['run_id']})")
+    if red:
+        return {"colour": RED, "reasons": red + amber, "text": "; ".join(red + amber)}
+    if amber:
+        return {"colour": AMBER, "reasons": amber, "text": "; ".join(amber)}
+    restored = f", restore proven {restore['age']} ago" if restore else ""
+    return {"colour": GREEN, "reasons": [], "text": f"backups fresh, WAL archiving{restored}"}
+
+
+def _item(when: datetime | None, kind: str, **fields) -> dict:
+    return {"time": iso(when), "epoch": when.timestamp() if when else None, "kind": kind, **fields}
+
+
+def _timeline(cluster, events: list[dict], failed: list[dict], audit: list[dict], since: datetime) -> list[dict]:
+    """Oldest first. Each item: time (ISO) and epoch (Unix seconds), kind (backup, restore_test,
+    failure), and what it is; backups name their run (dag_id, run_id), the others link to it."""
+    items = []
+    for event in events:
+        record = event.get("extra") or {}
+        tool = record.get("tool") or event["asset"].split("_backup_")[0]
+        items.append(_item(utc(record.get("stop_time")) or utc(event["timestamp"]), "backup", tool=tool,
+                           type=record.get("type"), label=record.get("label"),
+                           text=f"{tool} {record.get('type')} backup {record.get('label')}", dag_id=event.get("dag_id"),
+                           run_id=record.get("airflow_run_id") or event.get("run_id")))
+    for line in audit:
+        when = utc(line.get("time"))
+        if when and when >= since:
+            items.append(_item(when, "restore_test", tool=line.get("tool"), type=None, label=line.get("backup_label"),
+                               outcome=line.get("outcome"),
+                               text=f"restore test {line.get('outcome')} ({line.get('backup_label')}, "
+                                    f"RTO {line.get('restore_duration_seconds')} s)",
+                               run_link=run_link(f"restore_test_{cluster.name}", line.get("run_id"))))
+    for run in failed:
+        when = utc(run.get("end_date")) or utc(run.get("start_date")) or utc(run.get("run_after"))
+        items.append(_item(when, "failure", tool=None, type=None, label=None, dag_id=run["dag_id"],
+                           run_id=run["run_id"], text=f"{run['dag_id']} failed ({run['run_id']})",
+                           run_link=run_link(run["dag_id"], run["run_id"])))
+    items.sort(key=lambda item: item["epoch"] or 0)
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# The whole installation
+
+
+def cluster_dag_ids(cluster) -> dict[str, str]:
+    ids = {tool: BACKUP_DAG[tool].format(cluster=cluster.name) for tool in cluster.tools if tool in BACKUP_DAG}
+    ids["freshness"] = FRESHNESS_DAG.format(cluster=cluster.name)
+    return ids
+
+
+def build(clusters: list, store: Store, at: datetime | None = None, timeline_days: int = TIMELINE_DAYS,
+          s3_endpoints: dict[str, str | None] | None = None) -> dict:
+    """The inventory of every cluster: what the page and ``/api/inventory`` show. ``s3_endpoints``:
+    the endpoint of each AWS connection id (for the audit objects' links; none: AWS itself)."""
+    s3_endpoints = s3_endpoints or {}
+    at = at or now()
+    since = at - timedelta(days=timeline_days)
+    assets = {asset_name(tool, c.name): (c.name, tool) for c in clusters for tool in c.tools}
+    newest = store.newest_backup_events(list(assets))
+    recent = store.backup_events(list(assets), since)
+    all_dags = []
+    for c in clusters:
+        all_dags += [BACKUP_DAG[t].format(cluster=c.name) for t in c.tools if t in BACKUP_DAG]
+        all_dags += [d.format(cluster=c.name) for d in OTHER_DAGS]
+    failed = store.failed_runs(all_dags, since)
+    freshness_dags = [FRESHNESS_DAG.format(cluster=c.name) for c in clusters]
+    xcom_since = at - timedelta(days=XCOM_WINDOW_DAYS)
+    last = store.last_runs([BACKUP_DAG[t].format(cluster=c.name) for c in clusters for t in c.tools if t in BACKUP_DAG])
+    last.update(store.last_runs(freshness_dags, since=xcom_since))
+    audit_xcoms = _audit_xcoms(clusters, store)
+    wal_xcoms = store.latest_xcoms(freshness_dags, "check_wal_archiving", "archiver_stats", xcom_since)
+    bucket_xcoms = store.latest_xcoms(freshness_dags, "bucket_usage", "return_value", xcom_since)
+
+    events_by_cluster: dict[str, list] = {}
+    for event in recent:
+        name, _tool = assets.get(event["asset"], (None, None))
+        if name:
+            events_by_cluster.setdefault(name, []).append(event)
+    failed_by_cluster: dict[str, list] = {}
+    dag_owner = {d.format(cluster=c.name): c.name for c in clusters
+                 for d in (*[BACKUP_DAG[t] for t in c.tools if t in BACKUP_DAG], *OTHER_DAGS)}
+    for run in failed:
+        if run["dag_id"] in dag_owner:
+            failed_by_cluster.setdefault(dag_owner[run["dag_id"]], []).append(run)
+
+    rows = []
+    for c in clusters:
+        backups = {tool: _backup(newest.get(asset_name(tool, c.name)), at) for tool in c.tools}
+        last_runs = {key: _run(last.get(dag_id)) for key, dag_id in cluster_dag_ids(c).items()}
+        # A failed run older than the newest good backup is history, not the current state.
+        for tool in c.tools:
+            run, backup = last_runs.get(tool), backups.get(tool)
+            if run and backup and run["state"] == "failed" and run["run_id"] == backup["run_id"]:
+                run["state"] = "success"
+        lines = audit_lines(c, audit_xcoms.get(c.name, []))
+        restore = _restore(c, lines[-1] if lines else None, at, s3_endpoints.get(c.s3.aws_conn_id))
+        last_success = next((line for line in reversed(lines) if line.get("outcome") == "success"), None)
+        wal = _wal(c, wal_xcoms.get(FRESHNESS_DAG.format(cluster=c.name)), at)
+        bucket = _bucket(c, bucket_xcoms.get(FRESHNESS_DAG.format(cluster=c.name)))
+        rows.append({
+            "name": c.name,
+            "stanza": c.stanza,
+            "tools": list(c.tools),
+            "status": _status(c, backups, last_runs, wal, restore, last_success, at),
+            "backups": backups,
+            "last_backup_runs": {tool: last_runs.get(tool) for tool in c.tools},
+            "last_freshness_run": last_runs.get("freshness"),
+            "wal": wal,
+            "bucket": bucket,
+            "restore_test": restore,
+            "last_successful_restore_test": iso(last_success.get("time")) if last_success else None,
+            "timeline": _timeline(c, events_by_cluster.get(c.name, []), failed_by_cluster.get(c.name, []), lines,
+                                  since),
+        })
+    counts = {colour: sum(1 for r in rows if r["status"]["colour"] == colour) for colour in (GREEN, AMBER, RED)}
+    return {"generated_at": iso(at), "timeline_days": timeline_days, "counts": counts, "clusters": rows}
+
+
+def history(cluster, store: Store, at: datetime | None = None, days: int = HISTORY_DAYS) -> dict:
+    """Backup duration and sizes per tool and type, and restore RTO, over ``days``: the trend chart."""
+    at = at or now()
+    since = at - timedelta(days=days)
+    backups = []
+    for event in store.backup_events([asset_name(tool, cluster.name) for tool in cluster.tools], since):
+        record = event.get("extra") or {}
+        backups.append({"time": iso(utc(record.get("stop_time")) or utc(event["timestamp"])),
+                        "tool": record.get("tool"), "type": record.get("type"), "label": record.get("label"),
+                        "duration_seconds": record.get("duration_seconds"),
+                        "database_size_bytes": record.get("database_size_bytes"),
+                        "repo_size_bytes": record.get("repo_size_bytes")})
+    restores = []
+    for line in audit_lines(cluster, _audit_xcoms([cluster], store).get(cluster.name, [])):
+        when = utc(line.get("time"))
+        if when and when >= since:
+            restores.append({"time": iso(when), "tool": line.get("tool"), "backup_label": line.get("backup_label"),
+                             "rto_seconds": line.get("restore_duration_seconds"), "outcome": line.get("outcome")})
+    return {"cluster": cluster.name, "days": days, "generated_at": iso(at), "backups": backups,
+            "restore_tests": restores}
