@@ -231,6 +231,11 @@ class Cluster(Settings):
     alerts: AlertSettings = setting(factory=AlertSettings)
     metrics: MetricsSettings = setting(factory=MetricsSettings)
     owner: str = "ops"
+    # How long a backup waits on WAL archiving before it fails with the reason: before it starts,
+    # for a failing archive_command to succeed again; while it runs, in pg_backup_stop() (WAL-G
+    # waits there for as long as archiving fails: hours, silently).
+    archive_wait_seconds: int = setting(180, minimum=10, fix="use 10 s or more (PostgreSQL retries a failed "
+                                                                  "segment every 60 s)")
     # Task retries (the failure alert goes out after the last one).
     retries: int = setting(2, minimum=0)
     retry_delay_seconds: int = setting(300, minimum=0)
