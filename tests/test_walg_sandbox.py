@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 DAG_ID = "walg_backup_asso"
 RESTORE_DAG = "restore_test_asso"
+CRON = {"PG_BACKREST_STANZA": "asso"}  # the sandbox has two clusters: the scripts name theirs
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def test_dag_run_leaves_a_backup_that_backup_list_shows_with_its_run_tag(walg_ba
 
 
 def test_cron_script_backs_up_and_prints_the_record(walg_backup, sandbox):
-    proc = sandbox.run("include/scripts/wal_g_backup.sh", timeout=900)
+    proc = sandbox.run("include/scripts/wal_g_backup.sh", timeout=900, env=CRON)
     record = json.loads(proc.stdout)
     assert record["tool"] == "walg" and record["airflow_run_id"].startswith("cron__")
     assert record["label"] == walg.newest(backup_list(sandbox))["backup_name"]
@@ -376,12 +377,12 @@ def test_bad_configuration_is_refused_before_wal_g_runs(walg_backup, sandbox, tm
     spy.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 0\n")
     spy.chmod(0o755)
     bad = config_copy(sandbox, "walg-bad", {"walg": {"compression": "brotli", "binary": str(spy)}})
-    script = sandbox.run("include/scripts/wal_g_backup.sh", env={"PG_BACKUPS_CONFIG": bad}, check=False)
+    script = sandbox.run("include/scripts/wal_g_backup.sh", env={**CRON, "PG_BACKUPS_CONFIG": bad}, check=False)
     assert script.returncode == 2, script.stdout + script.stderr
     assert "walg.compression" in script.stderr and "Fix:" in script.stderr
     spied = config_copy(sandbox, "walg-spy", {"walg": {"binary": str(spy)}})
     prefix = sandbox.run("include/scripts/wal_g_backup.sh", check=False,
-                         env={"PG_BACKUPS_CONFIG": spied, "WALG_S3_PREFIX": "asso-prod-backups/postgres"})
+                         env={**CRON, "PG_BACKUPS_CONFIG": spied, "WALG_S3_PREFIX": "asso-prod-backups/postgres"})
     assert prefix.returncode == 2 and "WALG_S3_PREFIX" in prefix.stderr and "Fix:" in prefix.stderr
     assert not calls.exists()
     listing = sandbox.airflow("dags", "list-import-errors", "--local", "-o", "json", env={"PG_BACKUPS_CONFIG": bad},
