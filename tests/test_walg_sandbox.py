@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import yaml
+from test_alerts_sandbox import config_copy
 
 import airflow_api
 import sandbox as sandbox_module
@@ -52,27 +52,6 @@ def backup_list(sandbox) -> list[dict]:
     return json.loads(proc.stdout) or []
 
 
-def config_copy(sandbox, name: str, changes: dict) -> str:
-    """The sandbox's clusters.yaml with ``changes`` merged into cluster asso, readable by postgres."""
-    data = yaml.safe_load(sandbox.layout.clusters_file.read_text())
-
-    def merge(base, over):
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-
-    merge(data["clusters"][0], changes)
-    directory = sandbox.layout.root / "test-configs"
-    directory.mkdir(exist_ok=True)
-    directory.chmod(0o755)
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    path.chmod(0o644)
-    return str(path)
-
-
 def walfile(sandbox, lsn: int) -> str:
     return sandbox.psql(f"SELECT pg_walfile_name('{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}')", db="postgres")
 
@@ -85,17 +64,24 @@ def wait_archived(sandbox) -> None:
                                   db="postgres") == "t", 180, what=f"archiving of {segment}")
 
 
+# pgBackRest refuses an archive_command that does not name it ([068]); this one does, and fails at
+# once (as a missing stanza did in the field: the two-tool command failed on pgBackRest's part).
+BROKEN_ARCHIVE_COMMAND = "pgbackrest --config=/nonexistent/pgbackrest.conf --stanza=asso archive-push %p"
+
+
 def break_archiving(sandbox) -> None:
     """archive_command fails from now on (ALTER SYSTEM wins over the sandbox's conf.d)."""
-    sandbox.psql("ALTER SYSTEM SET archive_command = '/bin/false'", db="postgres")
+    sandbox.psql(f"ALTER SYSTEM SET archive_command = '{BROKEN_ARCHIVE_COMMAND}'", db="postgres")
     sandbox.psql("SELECT pg_reload_conf()", db="postgres")
-    wait_for(lambda: sandbox.psql("SHOW archive_command", db="postgres") == "/bin/false", 30, what="reload")
+    wait_for(lambda: sandbox.psql("SHOW archive_command", db="postgres") == BROKEN_ARCHIVE_COMMAND, 30,
+             what="reload")
 
 
 def repair_archiving(sandbox) -> None:
     sandbox.psql("ALTER SYSTEM RESET archive_command", db="postgres")
     sandbox.psql("SELECT pg_reload_conf()", db="postgres")
-    wait_for(lambda: sandbox.psql("SHOW archive_command", db="postgres") != "/bin/false", 30, what="reload")
+    wait_for(lambda: sandbox.psql("SHOW archive_command", db="postgres") != BROKEN_ARCHIVE_COMMAND, 30,
+             what="reload")
     wait_archived(sandbox)
 
 
