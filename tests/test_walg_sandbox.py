@@ -78,11 +78,14 @@ def break_archiving(sandbox) -> None:
 
 
 def repair_archiving(sandbox) -> None:
+    """archive_command as configured again, WAL archived, and pg_stat_archiver's counters reset: the
+    failures made on purpose here must not read as new failures to later freshness checks."""
     sandbox.psql("ALTER SYSTEM RESET archive_command", db="postgres")
     sandbox.psql("SELECT pg_reload_conf()", db="postgres")
     wait_for(lambda: sandbox.psql("SHOW archive_command", db="postgres") != BROKEN_ARCHIVE_COMMAND, 30,
              what="reload")
     wait_archived(sandbox)
+    sandbox.psql("SELECT pg_stat_reset_shared('archiver')", db="postgres")
 
 
 def waiting_sessions(sandbox) -> str:
