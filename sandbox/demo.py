@@ -32,7 +32,7 @@ def tool_of(dag_id: str) -> str | None:
 def why_absent(dag_id: str, cluster) -> str:
     tool = tool_of(dag_id)
     if tool and tool not in cluster.tools:
-        extra = f" (no WAL-G binary: set WALG_BIN or put one at {sandbox.WALG_BINARY})" if tool == "walg" else ""
+        extra = f" ({sandbox.WALG_MISSING})" if tool == "walg" else ""
         return f"not generated: {tool} is not among the cluster's tools{extra}"
     return "not generated: see the import errors in the UI"
 

@@ -41,7 +41,12 @@ from pg_backups.config import load_config  # noqa: E402
 from pg_backups.s3_access import S3Access  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-WALG_BINARY = REPO / ".tools" / "bin" / "wal-g"
+# Where a WAL-G binary is looked for, in this order (the Go module proxy here refuses WAL-G, so
+# nothing in the project builds it): WALG_BIN, then <repo>/.tools/bin/wal-g, then `wal-g` on PATH.
+WALG_LOCAL = REPO / ".tools" / "bin" / "wal-g"
+WALG_VERSION = "v3.0.9"
+WALG_MISSING = (f"no WAL-G binary: set WALG_BIN=/path/to/wal-g, or put one at {WALG_LOCAL} or on PATH "
+                f"(WAL-G {WALG_VERSION}: a release binary from github.com/wal-g/wal-g/releases on a real host)")
 STANZA = "asso"
 SECOND = "billing"  # the optional second cluster (SANDBOX_CLUSTERS=asso,billing)
 REGION = "eu-west-3"
@@ -193,8 +198,24 @@ def access(L: Layout, creds: dict) -> S3Access:
                     endpoint_url=L.endpoint, ca_file=str(L.ca_file))
 
 
+def find_walg(env=os.environ) -> Path | None:
+    """The WAL-G binary to use: WALG_BIN, then .tools/bin/wal-g, then PATH; None when there is none.
+    A WALG_BIN that is not an executable file is an error, not a fallback."""
+    given = env.get("WALG_BIN")
+    if given:
+        path = Path(given).resolve()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise SystemExit(f"[sandbox] WALG_BIN={given} is not an executable file; fix or unset it")
+        return path
+    if WALG_LOCAL.is_file() and os.access(WALG_LOCAL, os.X_OK):
+        return WALG_LOCAL
+    on_path = shutil.which("wal-g", path=env.get("PATH"))
+    return Path(on_path).resolve() if on_path else None
+
+
 def write_clusters_file(L: Layout) -> None:
-    tools = ["pgbackrest", "walg"] if WALG_BINARY.exists() else ["pgbackrest"]
+    walg_binary = find_walg()
+    tools = ["pgbackrest", "walg"] if walg_binary else ["pgbackrest"]
     text = f"""# Written by sandbox/sandbox.py: the sandbox's clusters, everything on loopback.
 # What they share is under `defaults:` (merged into each cluster).
 defaults:
@@ -232,7 +253,7 @@ clusters:
     pgbackrest:
       config_path: {L.etc / "pgbackrest" / "pgbackrest.conf"}
     walg:
-      binary: {WALG_BINARY}
+      binary: {walg_binary or "wal-g"}
       config_path: {L.etc / "wal-g" / "walg.json"}
     restore_test:
       staging_data_directory: {L.staging_root / "data"}
@@ -557,8 +578,8 @@ def up(L: Layout) -> None:
     setup_airflow(L, env)
     log(f"up: S3 {L.endpoint} (bucket {BUCKET}), Slack receiver http://127.0.0.1:{L.slack_port} "
         f"-> {L.slack_messages}, staging root {L.staging_root}")
-    log(f"tools: {', '.join(cluster.tools)}" + ("" if "walg" in cluster.tools else
-                                                 f" (WAL-G not built: {WALG_BINARY} is missing)"))
+    log(f"tools: {', '.join(cluster.tools)}" + (f" (WAL-G: {cluster.walg.binary})" if "walg" in cluster.tools
+                                                 else f" ({WALG_MISSING})"))
     log(f"environment for Airflow and the scripts: source {L.env_file}")
 
 
@@ -586,12 +607,32 @@ def status(L: Layout) -> int:
     return 0 if all(v for k, v in rows.items() if k not in ("staging PostgreSQL", "Airflow (airflow-up)")) else 1
 
 
+def walg_report() -> int:
+    """One line: the WAL-G binary found and its version (exit 0), or how to provide one (exit 1)."""
+    try:
+        binary = find_walg()
+    except SystemExit as exc:
+        print(str(exc).removeprefix("[sandbox] "))
+        return 1
+    if binary is None:
+        print(WALG_MISSING)
+        return 1
+    proc = subprocess.run([str(binary), "--version"], text=True, capture_output=True)
+    version = (proc.stdout or proc.stderr).split()
+    shown = version[2] if len(version) > 2 and version[:2] == ["wal-g", "version"] else "unknown version"
+    warning = "" if shown == WALG_VERSION else f" (the project is tested with {WALG_VERSION})"
+    print(f"WAL-G {shown}: {binary}{warning}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["up", "down", "status", "destroy", "airflow-up", "airflow-down"],
+    parser.add_argument("action", choices=["up", "down", "status", "destroy", "airflow-up", "airflow-down", "walg"],
                         help="airflow-up/-down: a real Airflow (scheduler, dag-processor, triggerer, API server) "
-                             "over a sandbox that is up")
+                             "over a sandbox that is up; walg: which WAL-G binary the sandbox would use")
     args = parser.parse_args(argv)
+    if args.action == "walg":
+        return walg_report()
     if os.geteuid() != 0:
         raise SystemExit("[sandbox] run as root: PostgreSQL runs as the postgres user through runuser")
     L = Layout.from_env()

@@ -179,7 +179,12 @@ def configured_bucket(sandbox) -> Sandbox:
 
 @pytest.fixture(scope="session")
 def first_backup(configured_bucket):
-    """One pgBackRest backup taken by the real DAG; later tests build on it."""
+    """One pgBackRest backup taken by the real DAG (it creates the stanza), and one WAL-G backup
+    when a WAL-G binary was found (the freshness checks want each tool's); later tests build on it.
+    The pgBackRest run is returned."""
     result = configured_bucket.dags_test("pgbackrest_backup_asso")
     assert result.state == "success", result.output[-5000:]
+    if "walg" in configured_bucket.cluster().tools:
+        walg = configured_bucket.dags_test("walg_backup_asso")
+        assert walg.state == "success", walg.output[-5000:]
     return result

@@ -26,7 +26,9 @@ def test_runbook_values_are_the_defaults():
 
 
 def test_shipped_file_loads():
-    config = load_config()
+    from pg_backups.config import DEFAULT_CONFIG_PATH
+
+    config = load_config(DEFAULT_CONFIG_PATH)  # not $PG_BACKUPS_CONFIG: the sandbox sets it to its own file
     assert [c.name for c in config.clusters] == ["asso"]
 
 

@@ -157,11 +157,12 @@ def test_corrupted_backup_fails_and_alerts_never_success(sandbox, first_backup):
     label = backup.xcoms["publish_backup"]["label"]
     cluster = sandbox.cluster()
     s3 = sandbox.s3_client()
-    prefix = f"{cluster.pgbackrest.repo_path.strip('/')}/backup/{cluster.stanza}/{label}/pg_data/base/"
+    # The backup's files: one object per file, or (repo1-bundle) packed into bundle/<n> objects.
+    prefix = f"{cluster.pgbackrest.repo_path.strip('/')}/backup/{cluster.stanza}/{label}/"
     objects = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=cluster.s3.bucket, Prefix=prefix):
         objects += page.get("Contents", [])
-    victim = max(objects, key=lambda o: o["Size"])  # a big table file of the app database
+    victim = max((o for o in objects if "/bundle/" in o["Key"] or "/pg_data/" in o["Key"]), key=lambda o: o["Size"])
     original = s3.get_object(Bucket=cluster.s3.bucket, Key=victim["Key"])["Body"].read()
     body = bytearray(original)
     for i in range(len(body) // 3, len(body) // 3 + 64):

@@ -10,7 +10,7 @@ import logging
 import time
 from datetime import datetime
 
-from pg_backups import audit, checks, marker, metrics, pgbackrest, runner, s3_bucket, staging, times, walg
+from pg_backups import archiving, audit, checks, marker, metrics, pgbackrest, runner, s3_bucket, staging, times, walg
 from pg_backups.errors import CheckFailed, NothingToDo, Refused, RestoreRefused, ToolError, Unreachable
 from pg_backups.s3_access import S3Access
 
@@ -108,8 +108,10 @@ def pgbackrest_backup(cluster, backup_type: str, run_id: str | None, run_type: s
             newest = pgbackrest.latest_backup(cluster)
             refuse_covered_backfill("pgBackRest", cluster.pgbackrest.schedule, newest and newest["label"],
                                     newest and newest["timestamp"]["start"])
+        archiving.check_before_backup(cluster, "pgBackRest")  # a backup cannot complete while archiving fails
         marker.write_marker(cluster, run_id, "pgbackrest")  # the restore test looks for it
-        entry = pgbackrest.backup(cluster, backup_type, run_id, timeout=BACKUP_TIMEOUT_SECONDS, run_type=run_type)
+        entry = pgbackrest.backup(cluster, backup_type, run_id, timeout=BACKUP_TIMEOUT_SECONDS, run_type=run_type,
+                                  watch=archiving.watchdog(cluster, "pgBackRest"))
     return {"label": entry["label"], "type": entry["type"]}
 
 
@@ -159,8 +161,12 @@ def walg_backup(cluster, access: S3Access, run_id: str | None, run_type: str | N
             newest = walg.newest(walg.backup_list(cluster, access))
             refuse_covered_backfill("WAL-G", cluster.walg.schedule, newest and newest["backup_name"],
                                     newest and walg.started(newest))
+        # backup-push would wait in pg_backup_stop() for as long as archiving fails: check first, and
+        # stop it with the reason when it waits there anyway (archiving broke during the backup).
+        archiving.check_before_backup(cluster, "WAL-G")
         marker.write_marker(cluster, run_id, "walg")  # the restore test looks for it
-        entry = walg.backup_push(cluster, access, run_id, timeout=BACKUP_TIMEOUT_SECONDS, run_type=run_type)
+        entry = walg.backup_push(cluster, access, run_id, timeout=BACKUP_TIMEOUT_SECONDS, run_type=run_type,
+                                 watch=archiving.watchdog(cluster, "WAL-G"))
     return {"label": entry["backup_name"]}
 
 

@@ -57,8 +57,10 @@ def render_config(cluster, access: S3Access) -> str:
         f"repo1-retention-full={pb.retention_full_days}",
         f"process-max={pb.process_max}",
         f"compress-type={pb.compress_type}",
+        *([f"compress-level={pb.compress_level}"] if pb.compress_level is not None else []),
         f"start-fast={'y' if pb.start_fast else 'n'}",
         f"archive-async={'y' if pb.archive_async else 'n'}",
+        f"repo1-bundle={'y' if pb.bundle else 'n'}",
         f"archive-timeout={pb.archive_timeout_seconds}",
         f"io-timeout={pb.io_timeout_seconds}",
         f"spool-path={pb.spool_path}",
@@ -180,10 +182,10 @@ def archive_command(cluster) -> str:
     return shlex.join(command(cluster, "archive-push")) + " %p"
 
 
-def run(cluster, name: str, *options: str, timeout: float | None = None, check: bool = True):
+def run(cluster, name: str, *options: str, timeout: float | None = None, check: bool = True, watch=None):
     try:
         return runner.run(command(cluster, name, *options), env=runner.pg_password_env(cluster), os_user=cluster.os_user,
-                          timeout=timeout, check=check)
+                          timeout=timeout, check=check, watch=watch)
     except ToolError as exc:
         if exc.returncode in OPTION_ERRORS:
             exc.retryable = False
@@ -243,7 +245,7 @@ def _stanza_create(cluster, wait_seconds: float = 180) -> None:
 
 
 def backup(cluster, backup_type: str, run_id: str | None = None, timeout: float | None = None,
-           run_type: str | None = None) -> dict:
+           run_type: str | None = None, watch=None) -> dict:
     """Take one backup, annotated with the Airflow run that made it (and its kind: scheduled,
     manual, backfill); a failed or interrupted backup raises, it is never reported as a success.
 
@@ -254,7 +256,7 @@ def backup(cluster, backup_type: str, run_id: str | None = None, timeout: float 
         options.append(f"--annotation=airflow_run_id={run_id}")
     if run_type:
         options.append(f"--annotation=airflow_run_type={run_type}")
-    run(cluster, "backup", *options, timeout=timeout)
+    run(cluster, "backup", *options, timeout=timeout, watch=watch)
     latest = latest_backup(cluster)
     if latest is None or (run_id and latest.get("annotation", {}).get("airflow_run_id") != run_id):
         raise ToolError(f"pgbackrest backup exited 0 but info does not list the backup of run {run_id}")

@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from pg_backups.errors import ToolError
+from pg_backups.errors import PgBackupsError, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -69,32 +69,69 @@ def as_user(argv: list[str], os_user: str | None) -> list[str]:
 
 
 def run(argv: list[str], *, env: dict | None = None, os_user: str | None = None, timeout: float | None = None,
-        check: bool = True, cwd: str | None = None, input_text: str | None = None) -> subprocess.CompletedProcess:
+        check: bool = True, cwd: str | None = None, input_text: str | None = None, watch=None,
+        watch_interval: float = 10.0, quiet: bool = False) -> subprocess.CompletedProcess:
     """Run a tool with :func:`tool_env` plus ``env``; log its command and output (redacted); raise
-    :class:`ToolError` on failure, saying what failed and why, not how it was called."""
+    :class:`ToolError` on failure, saying what failed and why, not how it was called.
+
+    ``watch``: called every ``watch_interval`` seconds while the tool runs; when it raises (a
+    :class:`PgBackupsError` saying why the tool cannot finish, e.g. it waits on a broken WAL
+    archiving), the tool is stopped and that error is raised. ``quiet``: log at debug level (the
+    watchdog's own queries)."""
+    level = logging.DEBUG if quiet else logging.INFO
     full_env = tool_env(env)
     secrets = secrets_of({**os.environ, **full_env})
     argv = as_user([str(a) for a in argv], os_user)
     shown = redact(shlex.join(argv), secrets)
-    log.info("running: %s", shown)
+    log.log(level, "running: %s", shown)
     started = time.monotonic()
     try:
-        proc = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                              input=input_text)
-    except subprocess.TimeoutExpired as exc:
-        raise ToolError(f"{shown} did not finish within {timeout:.0f} s", None,
-                        redact(str(exc.stdout or "") + str(exc.stderr or ""), secrets)) from None
+        proc = subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                                stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL)
     except FileNotFoundError:
         raise ToolError(f"{argv[0]} is not installed or not on PATH (running: {shown})") from None
-    output = redact((proc.stdout or "") + (proc.stderr or ""), secrets)
+    deadline = None if timeout is None else started + timeout
+    while True:
+        wait = watch_interval if watch else None
+        if deadline is not None:
+            wait = max(0.0, deadline - time.monotonic()) if wait is None else min(wait, max(0.0, deadline - time.monotonic()))
+        try:
+            stdout, stderr = proc.communicate(input_text, timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                output = redact("".join(_stop(proc)), secrets)
+                raise ToolError(f"{describe(argv)} did not finish within {timeout:.0f} s", None, output) from None
+            try:
+                watch()
+            except PgBackupsError as exc:
+                output = redact("".join(_stop(proc)), secrets)
+                for line in output.splitlines():
+                    log.info("  %s", line)
+                log.error("stopped %s after %.0f s: %s", shown, time.monotonic() - started, exc)
+                # The reason first: an alert shows the first 400 characters, and the command line is logged above.
+                tool = Path(argv[argv.index("--") + 1] if "--" in argv else argv[0]).name
+                exc.problem = exc.head = f"{exc.head} ({tool} stopped after {time.monotonic() - started:.0f} s)"
+                raise
+    output = redact((stdout or "") + (stderr or ""), secrets)
     for line in output.splitlines():
-        log.info("  %s", line)
-    log.info("exit %s after %.1f s", proc.returncode, time.monotonic() - started)
-    proc.stdout, proc.stderr = redact(proc.stdout or "", secrets), redact(proc.stderr or "", secrets)
+        log.log(level, "  %s", line)
+    log.log(level, "exit %s after %.1f s", proc.returncode, time.monotonic() - started)
+    proc = subprocess.CompletedProcess(argv, proc.returncode, redact(stdout or "", secrets), redact(stderr or "", secrets))
     if check and proc.returncode != 0:
         message, fix = failure_summary(argv, proc.returncode, output)
         raise ToolError(message, proc.returncode, output, fix=fix)
     return proc
+
+
+def _stop(proc: subprocess.Popen, grace: float = 15.0) -> tuple[str, str]:
+    """Stop a tool (SIGTERM, then SIGKILL): runuser passes SIGTERM on to the tool it runs."""
+    proc.terminate()
+    try:
+        return proc.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
 
 
 _ERROR_LINE = re.compile(r"\b(?:ERROR|FATAL):\s*(?:\[(\d{3})\]:\s*)?(.*)")

@@ -263,8 +263,42 @@ def start_staging_command(cluster) -> list[str]:
 
 
 def start_staging(cluster, timeout: float = 3600) -> str:
-    runner.run(start_staging_command(cluster), os_user=cluster.os_user, timeout=timeout + 60)
+    try:
+        runner.run(start_staging_command(cluster), os_user=cluster.os_user, timeout=timeout + 60)
+    except ToolError as exc:  # pg_ctl says "could not start server": the server's log says why
+        fatal = last_fatal_line(cluster)
+        if fatal:
+            raise ToolError(f"staging PostgreSQL of cluster {cluster.name} did not start: {fatal}", exc.returncode,
+                            exc.output, retryable=not unreachable_target(fatal)) from None
+        raise
     return "started"
+
+
+def staging_log_paths(cluster) -> list[Path]:
+    """Where staging's server writes: pg_ctl's log, then the newest files of logging_collector's."""
+    staging = Path(staging_dir(cluster))
+    collected = sorted((p for p in (staging / "log").glob("*") if p.is_file()), key=lambda p: p.stat().st_mtime)
+    return [staging / "staging_startup.log", *reversed(collected[-2:])]
+
+
+def unreachable_target(fatal: str) -> bool:
+    """A recovery target this backup cannot reach (it stays out of reach on a retry): PostgreSQL's
+    "recovery ended before configured recovery target was reached" and "requested recovery stop
+    point is before consistent recovery point"."""
+    return "recovery target" in fatal or "recovery stop point" in fatal
+
+
+def last_fatal_line(cluster) -> str | None:
+    """The last ``FATAL:`` (or ``PANIC:``) line staging's server logged: why it stopped."""
+    for path in staging_log_paths(cluster):
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in reversed(lines):
+            if "FATAL:" in line or "PANIC:" in line:
+                return line.strip()[:500]
+    return None
 
 
 def psql_command(cluster, sql: str, dbname: str | None = None) -> list[str]:
@@ -279,9 +313,17 @@ def staging_sql(cluster, sql: str, dbname: str | None = None, timeout: float = 6
 
 
 def wait_recovery_end(cluster, timeout: float = 3600, poll: float = 1.0) -> float:
-    """Wait until staging has finished recovery (``pg_is_in_recovery()`` false); seconds waited."""
+    """Wait until staging has finished recovery (``pg_is_in_recovery()`` false); seconds waited.
+
+    Each poll first checks that staging's postmaster is alive: a server that died in recovery
+    (``FATAL: recovery ended before configured recovery target was reached``) fails at once,
+    quoting its log, instead of being polled until the timeout."""
     started = time.monotonic()
     while True:
+        if not staging_running(cluster):
+            fatal = last_fatal_line(cluster) or "no FATAL line in its log"
+            raise ToolError(f"staging PostgreSQL of cluster {cluster.name} stopped during recovery: {fatal} "
+                            f"(log: {staging_log_paths(cluster)[0]})", retryable=not unreachable_target(fatal))
         try:
             if staging_sql(cluster, "SELECT pg_is_in_recovery()", timeout=30) == "f":
                 return time.monotonic() - started

@@ -65,18 +65,19 @@ def restore_command(cluster) -> str:
 
 
 def run(cluster, access: S3Access, name: str, *args: str, extra_env: dict | None = None,
-        timeout: float | None = None, check: bool = True):
+        timeout: float | None = None, check: bool = True, watch=None):
     env = {**settings(cluster, access), **runner.pg_password_env(cluster), **(extra_env or {})}
-    return runner.run(command(cluster, name, *args), env=env, os_user=cluster.os_user, timeout=timeout, check=check)
+    return runner.run(command(cluster, name, *args), env=env, os_user=cluster.os_user, timeout=timeout, check=check,
+                      watch=watch)
 
 
 def backup_push(cluster, access: S3Access, run_id: str | None = None, timeout: float | None = None,
-                run_type: str | None = None) -> dict:
+                run_type: str | None = None, watch=None) -> dict:
     """One backup, tagged with the Airflow run that made it (and its kind: scheduled, manual,
     backfill); never reported without a listed result."""
     tag = {key: value for key, value in (("airflow_run_id", run_id), ("airflow_run_type", run_type)) if value}
     extra = {"WALG_SENTINEL_USER_DATA": json.dumps(tag)} if tag else {}
-    run(cluster, access, "backup-push", cluster.data_directory, extra_env=extra, timeout=timeout)
+    run(cluster, access, "backup-push", cluster.data_directory, extra_env=extra, timeout=timeout, watch=watch)
     backups = backup_list(cluster, access)
     if not backups:
         raise ToolError("wal-g backup-push exited 0 but backup-list shows no backup")
@@ -177,8 +178,37 @@ def delete_old(cluster, access: S3Access, now: datetime | None = None) -> dict:
     return {"deleted_before": target, "kept": len(left), "deleted": len(backups) - len(left)}
 
 
+WAL_SEGMENT_BYTES = 16 * 1024 * 1024  # PostgreSQL's default (initdb --wal-segsize); WAL-G's too
+
+
+def lsn_value(lsn) -> int | None:
+    """An LSN as a number: WAL-G gives numbers (``finish_lsn``), PostgreSQL text ``X/Y``."""
+    if lsn is None or lsn == "":
+        return None
+    if isinstance(lsn, int):
+        return lsn
+    high, _, low = str(lsn).partition("/")
+    return (int(high, 16) << 32) + int(low, 16) if low else int(high)
+
+
+def wal_file_name(timeline: int, lsn, segment_bytes: int = WAL_SEGMENT_BYTES) -> str | None:
+    """The WAL segment that holds the last byte before ``lsn``, as ``pg_walfile_name(lsn)`` names it:
+    the segment a backup that ended at ``lsn`` needs last."""
+    value = lsn_value(lsn)
+    if value is None:
+        return None
+    segment = max(value - 1, 0) // segment_bytes
+    per_id = 0x100000000 // segment_bytes
+    return f"{timeline:08X}{segment // per_id:08X}{segment % per_id:08X}"
+
+
 def backup_record(cluster, backup: dict, backups: list[dict]) -> dict:
+    """The record pgBackRest's backups get too. Sizes mean the same for both tools: the database
+    (uncompressed, of a full backup), the data the backup copied (uncompressed: pgBackRest's
+    ``info.delta``) and what it added to the repository (compressed: ``info.repository.delta``)."""
     start, finish = started(backup), finished(backup)
+    wal_start = backup.get("wal_file_name")
+    timeline = int(wal_start[:8], 16) if wal_start else 1
     duration = (finish - start).total_seconds() if start and finish else None
     return {
         "cluster": cluster.name,
@@ -188,11 +218,11 @@ def backup_record(cluster, backup: dict, backups: list[dict]) -> dict:
         "start_time": times.iso(start),
         "stop_time": times.iso(finish),
         "duration_seconds": duration,
-        "database_size_bytes": backup.get("uncompressed_size"),
-        "backup_size_bytes": backup.get("compressed_size"),
+        "database_size_bytes": backup.get("uncompressed_size") if is_full(backup) else None,
+        "backup_size_bytes": backup.get("uncompressed_size"),
         "repo_size_bytes": backup.get("compressed_size"),
-        "wal_start": backup.get("wal_file_name"),
-        "wal_stop": None,
+        "wal_start": wal_start,
+        "wal_stop": wal_file_name(timeline, backup.get("finish_lsn")),
         "airflow_run_id": run_tag(backup),
         "airflow_run_type": run_tag(backup, "airflow_run_type"),
         "backup_count": len(backups),
