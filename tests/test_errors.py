@@ -126,3 +126,32 @@ def test_cron_script_exits_2_for_a_bucket_in_another_region_and_changes_nothing(
     assert proc.returncode == EXIT_REFUSED, proc.stdout + proc.stderr
     assert "exists in us-west-2, not in the configured region eu-west-3" in proc.stderr and "Fix:" in proc.stderr
     assert client.get_bucket_versioning(Bucket=bucket).get("Status") is None  # not reconfigured
+
+
+def test_a_lock_pgbackrest_cannot_write_is_a_permission_problem_not_a_wait():
+    """[050] with "Permission denied" (the sandbox under umask 077 made the lock directory root's):
+    refused at once, naming the directory, instead of 180 s of waiting for "archive-push"."""
+    import shutil
+    import tempfile
+    import time
+    from pathlib import Path
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="pg-backups-lock-test-", dir="/var/tmp"))  # postgres reaches it
+    lock = tmp_path / "lock"
+    lock.mkdir(mode=0o700)
+    conf = tmp_path / "pgbackrest.conf"
+    conf.write_text(f"[global]\nrepo1-path={tmp_path / 'repo'}\nlock-path={lock}\nlog-path={tmp_path}\n"
+                    f"[asso]\npg1-path={tmp_path / 'data'}\n")
+    for path in (tmp_path, conf):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    cluster = build_cluster({"name": "asso", "os_user": "postgres", "pgbackrest": {
+        "config_path": str(conf), "manage_config": False, "lock_path": str(lock)}})
+    started = time.monotonic()
+    try:
+        with pytest.raises(ToolError) as refused:
+            pgbackrest._stanza_create(cluster)  # the real pgBackRest, as postgres, on a root-only lock directory
+    finally:
+        shutil.rmtree(tmp_path)
+    assert time.monotonic() - started < 30
+    assert refused.value.returncode == 50 and refused.value.retryable is False
+    assert "Permission denied" in str(refused.value) and f"write access to {lock}" in str(refused.value)
