@@ -42,7 +42,7 @@ def closed_port(sandbox) -> int:
 
 
 TITLES = {"s3_bucket_config": "Bucket configuration failed", "pgbackrest_backup": "Backup failed",
-          "restore_test": "Restore test failed"}
+          "restore_test": "Restore test failed", "backup_freshness": "Backup freshness check failed"}
 
 
 def assert_alert(text: str, dag_id: str, task_id: str, try_number: int, error: str, sandbox) -> None:

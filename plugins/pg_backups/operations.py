@@ -65,7 +65,9 @@ def check_postgres_reachable(cluster, timeout: int = 10) -> None:
     tools in: pgBackRest's own messages for it ("unable to find primary cluster", "no database
     found") hide the cause. A login PostgreSQL refuses is not retried; a server that does not
     answer is."""
-    where = f"{cluster.socket_directory or cluster.host}:{cluster.port} as user {cluster.user}"
+    where = f"{cluster.host}:{cluster.port}"
+    how = f"as user {cluster.user}" + (f" through the socket in {cluster.socket_directory}"
+                                       if cluster.socket_directory else "")
     proc = runner.run(marker.production_psql_command(cluster, "SELECT 1"),
                       env={**runner.pg_password_env(cluster), "PGCONNECT_TIMEOUT": str(timeout)},
                       os_user=cluster.os_user, timeout=timeout + 20, check=False)
@@ -73,11 +75,11 @@ def check_postgres_reachable(cluster, timeout: int = 10) -> None:
         return
     why = runner.last_error_line(proc.stdout + proc.stderr)
     if any(words in why.lower() for words in LOGIN_REFUSED):
-        raise Refused(f"production PostgreSQL of cluster {cluster.name} ({where}) refused the login: {why}. "
+        raise Refused(f"production PostgreSQL of cluster {cluster.name} ({where}) refused the login {how}: {why}. "
                       "Nothing was backed up", "check the user and its password (the cluster's user, or PGUSER "
                       "and PGPASSWORD for the cron scripts) and pg_hba.conf")
-    raise Unreachable(f"production PostgreSQL of cluster {cluster.name} ({where}) is not accepting connections: "
-                      f"{why}. Nothing was backed up", "start it, or fix host/port in the cluster configuration "
+    raise Unreachable(f"production PostgreSQL of cluster {cluster.name} ({where}) is not accepting connections "
+                      f"{how}: {why}. Nothing was backed up", "start it, or fix host/port in the cluster configuration "
                       "(PGHOST/PGPORT for the cron scripts)")
 
 
