@@ -155,9 +155,14 @@ def test_ops_sees_the_runs_in_the_inventory_from_the_ui_navigation(runs, sandbox
     assert timeline.locator(".ev.backup.diff").count() >= 1
     assert timeline.locator(".ev.restore").count() >= 1
     assert timeline.locator(".ev.failure").count() >= 1
-    # The trend chart of the cluster.
+    # The trend chart of the cluster: the page charts the worst cluster first (billing, the sandbox's
+    # second cluster, has no backup: red); the cluster's name opens its own.
+    row.locator("td.name a").click()
+    frame.locator("svg.chart[data-chart='Backup duration']").wait_for(timeout=30_000)
     for title in ("Backup duration", "Database size per backup", "Restore test RTO"):
         assert frame.locator(f"svg.chart[data-chart='{title}'] circle").count() >= 1, title
+    row = frame.locator("tr.cluster[data-cluster='asso']")
+    made_by = row.locator(".backups [data-tool='pgbackrest'] small a.run")
     # The run link leads to Airflow's page of that run (inside the UI's frame).
     run_path = f"/dags/pgbackrest_backup_asso/runs/{urllib.parse.quote(runs['diff'].run_id, safe='')}"
     with page.expect_event("framenavigated", predicate=lambda f: run_path in f.url, timeout=30_000):
