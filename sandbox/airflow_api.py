@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -186,20 +187,33 @@ def run_with_signoff(layout, env: dict, api: Api, dag_id: str, option: str, comm
 
     before = set(runs_awaiting())
     args = [AIRFLOW, "dags", "test", dag_id] + (["--conf", json.dumps(conf)] if conf else [])
-    proc = subprocess.Popen(args, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, cwd=layout.root)
-    try:
-        def awaiting():
-            if proc.poll() is not None:
-                raise RuntimeError(f"dags test ended before the sign-off:\n{proc.stdout.read()[-5000:]}")
-            return [r for r in runs_awaiting() if r not in before]
+    # Its output goes to a file, read at the end: a pipe nobody reads while we wait fills up (64 KB of
+    # task logs) and blocks `dags test` in the middle of a task, run and staging claim held.
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True, cwd=layout.root)
 
-        run_id = wait_for(awaiting, 600, every=2, what="qa_signoff awaiting input")[0]
-        if while_waiting:
-            while_waiting(run_id)
-        api.answer(dag_id, run_id, user, option, comment)
-        output, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    return run_id, output
+        def output() -> str:
+            out.seek(0)
+            return out.read()
+
+        try:
+            def awaiting():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"dags test ended before the sign-off:\n{output()[-5000:]}")
+                return [r for r in runs_awaiting() if r not in before]
+
+            run_id = wait_for(awaiting, 600, every=2, what="qa_signoff awaiting input")[0]
+            if while_waiting:
+                while_waiting(run_id)
+            api.answer(dag_id, run_id, user, option, comment)
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        text = output()
+    return run_id, text

@@ -158,7 +158,8 @@ def test_ops_sees_the_runs_in_the_inventory_from_the_ui_navigation(runs, sandbox
     # The trend chart of the cluster: the page charts the worst cluster first (billing, the sandbox's
     # second cluster, has no backup: red); the cluster's name opens its own.
     row.locator("td.name a").click()
-    frame.locator("svg.chart[data-chart='Backup duration']").wait_for(timeout=30_000)
+    # Until asso's page has loaded in the frame (the first page's charts are there until then).
+    frame.locator("svg.chart[data-chart='Backup duration'] circle").first.wait_for(timeout=30_000)
     for title in ("Backup duration", "Database size per backup", "Restore test RTO"):
         assert frame.locator(f"svg.chart[data-chart='{title}'] circle").count() >= 1, title
     row = frame.locator("tr.cluster[data-cluster='asso']")
