@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sandbox"))
 
@@ -101,13 +103,7 @@ def q(run_id: str) -> str:
 
 
 def compose_wait(predicate, seconds: float, what: str, every: float = 2.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {seconds:.0f} s waiting for {what}")
+    return wait_for(predicate, seconds, every, what)  # sandbox/airflow_api.py's, as the other tests
 
 
 class Stack:
