@@ -438,10 +438,11 @@ def test_dag_takes_credentials_from_the_configured_connection(sandbox, tmp_path,
     alt = copy.deepcopy(good)
     config = yaml.safe_load(sandbox.layout.clusters_file.read_text())
     bucket = f"asso-conn-{endpoint_from}-{RUN}"
-    config["clusters"][0]["s3"].update(bucket=bucket, aws_conn_id="aws_alt_backups")
+    s3 = config["clusters"][0].setdefault("s3", {})  # merged over the file's `defaults:`
+    s3.update(bucket=bucket, aws_conn_id="aws_alt_backups")
     if endpoint_from == "setting":
         alt["extra"]["endpoint_url"] = dead_url
-        config["clusters"][0]["s3"].update(endpoint_url=sandbox.env["AWS_ENDPOINT_URL"],
+        s3.update(endpoint_url=sandbox.env["AWS_ENDPOINT_URL"],
                                            ca_file=sandbox.env["AWS_CA_BUNDLE"])
     clusters = tmp_path / "clusters.yaml"
     clusters.write_text(yaml.safe_dump(config))
