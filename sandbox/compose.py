@@ -70,7 +70,12 @@ class Settings:
     api = property(lambda s: f"http://127.0.0.1:{s.api_port}")
 
     def compose(self) -> list[str]:
-        argv = ["docker", "compose", "--project-name", self.project, "--project-directory", str(REPO),
+        # docker compose lets the caller's environment override --env-file: a shell (or a test session
+        # running the loopback sandbox) that exports AIRFLOW_CONN_PG_ASSO would point every container at
+        # 127.0.0.1. The sandbox's .env is authoritative: its names are removed from what compose sees.
+        names = sorted(self.secrets()) if self.env_file.exists() else []
+        argv = ["env", *[arg for name in names for arg in ("-u", name)],
+                "docker", "compose", "--project-name", self.project, "--project-directory", str(REPO),
                 "--env-file", str(self.env_file)]
         for name in COMPOSE_FILES:
             argv += ["-f", str(REPO / name)]

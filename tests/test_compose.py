@@ -93,6 +93,25 @@ class Api:
         body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances")
         return {t["task_id"]: t for t in body["task_instances"]}
 
+    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances/{task_id}/logs/{try_number}?full_content=true"
+        try:
+            content = self.request("GET", path)["content"]
+        except AssertionError as exc:  # the log itself may be what is missing: say so, not hide the failure
+            return str(exc)
+        return "\n".join(e.get("event", json.dumps(e)) if isinstance(e, dict) else str(e) for e in content)
+
+    def failure(self, dag_id: str, run_id: str, tail: int = 25) -> str:
+        """Task states, then the end of each failed task's log: what a failed assertion shows in CI."""
+        tasks = self.tasks(dag_id, run_id)
+        lines = [f"{dag_id} {run_id}: {states(tasks)}"]
+        for task_id, ti in tasks.items():
+            if ti["state"] == "failed":
+                log = self.log(dag_id, run_id, task_id, max(ti.get("try_number") or 1, 1)).splitlines()
+                lines += [f"--- {task_id} on {ti.get('hostname')} (try {ti.get('try_number')}), last lines:"]
+                lines += log[-tail:]
+        return "\n".join(lines)
+
 
 def states(tasks: dict) -> dict:
     return {task_id: ti["state"] for task_id, ti in tasks.items()}
@@ -139,7 +158,8 @@ class Stack:
         def running():
             ti = self.api.tasks(dag_id, run_id).get(task_id)
             if ti and ti["state"] in ("failed", "upstream_failed"):
-                raise AssertionError(f"{task_id} ended {ti['state']} before the fault was injected")
+                raise AssertionError(f"{task_id} ended {ti['state']} before the fault was injected:\n"
+                                     + self.api.failure(dag_id, run_id))
             return ti if ti and ti["state"] == "running" else None
         return compose_wait(running, seconds, f"{dag_id}.{task_id} running", every=1)
 
@@ -193,10 +213,21 @@ def test_stack_is_up_and_only_the_database_host_mounts_the_data_directory(stack)
     assert any(p["name"] == f"backups_{CLUSTER}" and p["slots"] == 1 for p in pools)
 
 
+def test_the_sandbox_env_file_wins_over_the_callers_environment(stack, monkeypatch):
+    # The full suite runs this module beside the loopback sandbox, which exports the same connection
+    # names for 127.0.0.1; docker compose prefers the caller's environment to --env-file, so every task
+    # of the stack once failed there (and passed when this file ran alone).
+    monkeypatch.setenv("AIRFLOW_CONN_PG_ASSO", '{"conn_type": "postgres", "host": "127.0.0.1", "port": 26401}')
+    config = json.loads(stack.compose("config", "--format", "json").stdout)
+    for service in (DB_HOST, "airflow-worker", "airflow-scheduler"):
+        assert config["services"][service]["environment"]["AIRFLOW_CONN_PG_ASSO"] == \
+            stack.secrets["AIRFLOW_CONN_PG_ASSO"], service
+
+
 def test_bucket_dag_runs_on_the_default_worker(stack):
     dag_id = f"s3_bucket_config_{CLUSTER}"
     run_id = stack.api.trigger(dag_id)
-    assert stack.api.wait_run(dag_id, run_id) == "success", stack.api.tasks(dag_id, run_id)
+    assert stack.api.wait_run(dag_id, run_id) == "success", stack.api.failure(dag_id, run_id)
     ti = stack.api.tasks(dag_id, run_id)["configure_bucket"]
     assert ti["queue"] == "default"
     assert ti["hostname"] == stack.container("airflow-worker")["Config"]["Hostname"]
@@ -215,7 +246,7 @@ def test_pgbackrest_backup_runs_on_the_database_host(stack):
     run_id = stack.api.trigger(dag_id, {"backup_type": "full"})
     state = stack.api.wait_run(dag_id, run_id, 900)
     tasks = stack.api.tasks(dag_id, run_id)
-    assert state == "success", states(tasks)
+    assert state == "success", stack.api.failure(dag_id, run_id)
     assert set(tasks) == {"preflight", "backup", "expire", "verify", "publish_backup"}
     assert_ran_on(tasks, DB_HOST, DB_HOST)
     print(f"{dag_id}: " + ", ".join(f"{t} on {ti['hostname']}" for t, ti in tasks.items()))
@@ -228,7 +259,7 @@ def test_restore_test_runs_on_the_staging_host_with_qa_signoff(stack):
 
     def awaiting():
         if stack.api.run_state(dag_id, run_id) in TERMINAL:
-            raise AssertionError(f"restore test ended before the sign-off: {states(stack.api.tasks(dag_id, run_id))}")
+            raise AssertionError(f"restore test ended before the sign-off:\n{stack.api.failure(dag_id, run_id)}")
         ti = stack.api.tasks(dag_id, run_id).get("qa_signoff")
         return ti and ti["state"] in ("deferred", "awaiting_input")
     compose_wait(awaiting, 900, "qa_signoff awaiting QA")
@@ -237,7 +268,7 @@ def test_restore_test_runs_on_the_staging_host_with_qa_signoff(stack):
                       user="qa")
     state = stack.api.wait_run(dag_id, run_id, 600)
     tasks = stack.api.tasks(dag_id, run_id)
-    assert state == "success", states(tasks)
+    assert state == "success", stack.api.failure(dag_id, run_id)
     assert_ran_on(tasks, STAGING_HOST, STAGING_HOST)
     answer = stack.api.request("GET", hitl)
     assert answer["responded_by_user"]["name"] == "qa" and answer["chosen_options"] == ["Approve"]
@@ -249,7 +280,7 @@ def test_freshness_dag_runs_on_the_database_host(stack):
     run_id = stack.api.trigger(dag_id)
     state = stack.api.wait_run(dag_id, run_id)
     tasks = stack.api.tasks(dag_id, run_id)
-    assert state == "success", states(tasks)
+    assert state == "success", stack.api.failure(dag_id, run_id)
     assert_ran_on(tasks, DB_HOST, DB_HOST)
     print(f"{dag_id}: " + ", ".join(f"{t} on {ti['hostname']}" for t, ti in tasks.items()))
 
@@ -278,7 +309,7 @@ def test_database_host_worker_killed_mid_backup_fails_loudly_then_recovers(stack
     run_id = stack.api.trigger(dag_id, {"backup_type": "full"})
     state = stack.api.wait_run(dag_id, run_id, 900)
     tasks = stack.api.tasks(dag_id, run_id)
-    assert state == "success", states(tasks)
+    assert state == "success", stack.api.failure(dag_id, run_id)
     assert_ran_on(tasks, DB_HOST, DB_HOST)
 
 
