@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 AIRFLOW = Path(sys.executable).parent / "airflow"
+LOCKED_ATTEMPTS = 6
 
 
 def wait_for(predicate, seconds: float = 60, every: float = 1.0, what: str = "condition"):
@@ -51,8 +52,17 @@ class Api:
             headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(self.base + path, data=json.dumps(body).encode() if body is not None else None,
                                      headers=headers, method=method)
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"null")
+        # The sandbox's Airflow keeps its metadata in SQLite: a backfill created while the scheduler
+        # writes gets 503 "Database is locked" (the creation is rolled back), which the API means as
+        # "try again". A deployment's PostgreSQL metadata database never answers it.
+        for attempt in range(LOCKED_ATTEMPTS):
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    return json.loads(resp.read() or b"null")
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or attempt == LOCKED_ATTEMPTS - 1:
+                    raise
+                time.sleep(2 * (attempt + 1))
 
     def answer(self, dag_id: str, run_id: str, user: str, option: str, comment: str):
         path = (f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/"

@@ -41,7 +41,13 @@ TERMINAL = ("success", "failed")
 def say(config, line: str) -> None:
     """A line in pytest's output even when output is captured (the build and start times)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    (reporter.write_line if reporter else print)(f"[compose] {line}")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if not (reporter and capture):
+        print(f"[compose] {line}")
+        return
+    with capture.global_and_fixture_disabled():  # a fixture's writes are captured (and lost) otherwise
+        reporter.ensure_newline()
+        reporter.write_line(f"[compose] {line}")
 
 
 class Api:

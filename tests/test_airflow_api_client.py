@@ -1,0 +1,62 @@
+"""sandbox/airflow_api.py against a real HTTP server on loopback standing in for Airflow's API: a 503
+(SQLite's "Database is locked" on backfill creation, which the API means as "try again") is retried;
+any other error is not."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+import airflow_api  # sandbox/airflow_api.py (conftest puts sandbox/ on the path)
+
+
+class Answers(http.server.BaseHTTPRequestHandler):
+    script: list[int] = []
+    seen: list[str] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        code = self.script.pop(0) if self.script else 200
+        self.seen.append(f"{self.command} {self.path} -> {code}")
+        body = json.dumps({"detail": "Database is locked."} if code == 503 else {"id": 7}).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setattr(airflow_api.time, "sleep", lambda seconds: None)  # the waits, not the requests
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    Answers.seen = []
+    yield airflow_api.Api(f"http://127.0.0.1:{httpd.server_address[1]}", Path("/nonexistent"))
+    httpd.shutdown()
+
+
+def test_a_locked_database_answer_is_retried_until_the_backfill_is_created(server):
+    Answers.script = [503, 503]
+    assert server.request("POST", "/api/v2/backfills", {"dag_id": "d"}) == {"id": 7}
+    assert Answers.seen == ["POST /api/v2/backfills -> 503"] * 2 + ["POST /api/v2/backfills -> 200"]
+
+
+def test_other_errors_and_a_lock_that_never_clears_are_raised(server):
+    Answers.script = [409]
+    with pytest.raises(urllib.error.HTTPError) as conflict:
+        server.request("POST", "/api/v2/backfills", {"dag_id": "d"})
+    assert conflict.value.code == 409 and len(Answers.seen) == 1
+    Answers.script = [503] * airflow_api.LOCKED_ATTEMPTS
+    with pytest.raises(urllib.error.HTTPError) as locked:
+        server.request("POST", "/api/v2/backfills", {"dag_id": "d"})
+    assert locked.value.code == 503 and len(Answers.seen) == 1 + airflow_api.LOCKED_ATTEMPTS
