@@ -291,6 +291,22 @@ def test_s3_stopped_fails_clearly_with_one_alert_and_a_later_run_succeeds(walg_b
     assert again.state == "success", again.output[-4000:]
 
 
+def test_s3_stopped_backup_list_fails_with_its_cause_instead_of_retrying_for_minutes(walg_backup, sandbox):
+    """With WAL-G's default S3 retries (15, backoff growing to 300 s) `backup-list` waited more than
+    10 minutes for a stopped endpoint, and the hourly freshness check with it: the listing now fails
+    with WAL-G's own error, not the runner's timeout."""
+    sandbox.stop_s3()
+    try:
+        with pytest.raises(ToolError) as failed:
+            walg.backup_list(sandbox.cluster(), access(sandbox))
+    finally:
+        sandbox.start_s3()
+    message = str(failed.value)
+    assert "wal-g backup-list failed" in message and "connection refused" in message.lower(), message
+    assert "did not finish" not in message
+    assert walg.backup_list(sandbox.cluster(), access(sandbox))  # the store is intact once S3 is back
+
+
 def test_archiving_broken_before_the_backup_fails_it_in_minutes_with_the_reason(walg_backup, sandbox):
     config = config_copy(sandbox, "archive-wait-20", {"archive_wait_seconds": 20})
     break_archiving(sandbox)

@@ -113,3 +113,23 @@ def test_archiving_problem_verdicts():
     assert "pgBackRest stanza" in archiving.fix(both)
     assert "pgBackRest stanza" not in archiving.fix(build_cluster({"name": "asso", "tools": ["walg"],
                                                                   "restore_test": {"tool": "walg"}}))
+
+
+# What wal-g v3.0.9 printed for `backup-list` with its S3 endpoint refusing connections (the lines
+# kept from a real run; tests/test_walg_sandbox.py runs the binary itself when one is found).
+WALG_S3_REFUSED = """\
+INFO: 2026/11/30 14:53:55.171636 List backups from storages: [default]
+INFO: 2026/11/30 14:53:55.821777 Retrying S3 request due to transient network error: RequestError: send request failed
+caused by: Get "https://127.0.0.1:9/b?delimiter=%2F&list-type=2&prefix=p%2Fbasebackups_005%2F": dial tcp 127.0.0.1:9: connect: connection refused
+ERROR: 2026/11/30 14:53:55.821893 Get backups from folder: list folder in storage "default": failed to list s3 folder: 'p/basebackups_005/': RequestError: send request failed
+caused by: Get "https://127.0.0.1:9/b?delimiter=%2F&list-type=2&prefix=p%2Fbasebackups_005%2F": dial tcp 127.0.0.1:9: connect: connection refused
+"""
+
+
+def test_walg_error_summary_keeps_the_aws_cause_and_names_the_endpoint_recorded_sample():
+    message, fix = runner.failure_summary(["runuser", "-u", "postgres", "--", "/usr/local/bin/wal-g", "--config",
+                                           "/etc/wal-g/walg.json", "backup-list", "--json"], 1, WALG_S3_REFUSED)
+    assert message.startswith("wal-g backup-list failed (exit 1): Get backups from folder")  # no log timestamp
+    assert message.endswith("dial tcp 127.0.0.1:9: connect: connection refused")  # the cause, after '; cause:'
+    assert "; cause: Get " in message
+    assert fix.startswith("127.0.0.1:9 is unreachable from this host")

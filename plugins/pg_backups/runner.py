@@ -136,7 +136,10 @@ def _stop(proc: subprocess.Popen, grace: float = 15.0) -> tuple[str, str]:
 
 _ERROR_LINE = re.compile(r"\b(?:ERROR|FATAL):\s*(?:\[(\d{3})\]:\s*)?(.*)")
 _CAUSE_LINE = re.compile(r"^\s+\[?(\w+Error)\]?:?\s+(.*)")
-_ENDPOINT = re.compile(r"unable to connect to '([^'\s]+?)(?: \([^)]*\))?'")
+_CAUSED_BY = re.compile(r"^caused by:\s*(.*)")  # the AWS SDK's line under WAL-G's error
+_GO_LOG_TIME = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)? ")  # WAL-G's "ERROR: 2026/11/30 14:53:55.82 ..."
+# pgBackRest: "unable to connect to 'host:443 (127.0.0.1)'"; Go (WAL-G): "dial tcp 127.0.0.1:443: connect: ..."
+_ENDPOINT = re.compile(r"unable to connect to '([^'\s]+?)(?: \([^)]*\))?'|dial tcp (\S+?): ")
 _UNREACHABLE = ("Connection refused", "HostConnectError", "No route to host", "timed out", "timeout",
                 "could not resolve", "Name or service not known", "connection reset")
 
@@ -163,8 +166,12 @@ def failure_summary(argv: list[str], returncode: int, output: str) -> tuple[str,
         match = _ERROR_LINE.search(line)
         if not match:
             continue
-        code, text = match.group(1), match.group(2).strip()
+        code, text = match.group(1), _GO_LOG_TIME.sub("", match.group(2).strip())
         for following in lines[index + 1:]:
+            caused_by = _CAUSED_BY.match(following)
+            if caused_by:
+                cause = caused_by.group(1).strip()
+                break
             if not following.startswith((" ", "\t")):
                 break
             found = _CAUSE_LINE.match(following)
@@ -180,7 +187,7 @@ def failure_summary(argv: list[str], returncode: int, output: str) -> tuple[str,
     fix = None
     if any(word.lower() in (cause or text).lower() for word in _UNREACHABLE):
         endpoint = _ENDPOINT.search(cause or text)
-        fix = (f"{endpoint.group(1) if endpoint else 'the endpoint'} is unreachable from this host: check that "
+        fix = (f"{endpoint.group(1) or endpoint.group(2) if endpoint else 'the endpoint'} is unreachable from this host: check that "
                "the S3 endpoint (or database) is up and that the network lets this host reach it")
     return message, fix
 

@@ -88,14 +88,23 @@ def backup_push(cluster, access: S3Access, run_id: str | None = None, timeout: f
     return latest
 
 
+# A listing is a read that the task retries as a whole. With WAL-G's S3 default (15 retries per
+# request, backoff growing to 300 s) an unreachable endpoint kept `backup-list` waiting for more
+# than 10 minutes, the hourly freshness check with it; a few quick retries ride out a blip, and the
+# timeout bounds whatever else could hang (a listing of a 30-day store takes seconds).
+LIST_S3_MAX_RETRIES = 3
+LIST_TIMEOUT_SECONDS = 300
+
+
 def backup_list(cluster, access: S3Access) -> list[dict]:
-    proc = run(cluster, access, "backup-list", "--json", "--detail", check=False)
+    proc = run(cluster, access, "backup-list", "--json", "--detail", check=False, timeout=LIST_TIMEOUT_SECONDS,
+               extra_env={"WALG_S3_MAX_RETRIES": str(LIST_S3_MAX_RETRIES)})
     if proc.returncode != 0:
         # WAL-G says "No backups found" on stderr (exit 0 or 1 depending on version) for an empty store.
         if "no backups found" in (proc.stdout + proc.stderr).lower():
             return []
-        raise ToolError(f"wal-g backup-list failed: {runner.last_error_line(proc.stdout + proc.stderr)}",
-                               proc.returncode)
+        message, fix = runner.failure_summary(proc.args, proc.returncode, proc.stdout + proc.stderr)
+        raise ToolError(message, proc.returncode, proc.stdout + proc.stderr, fix=fix)
     return parse_backup_list(proc.stdout)
 
 
