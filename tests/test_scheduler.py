@@ -40,7 +40,13 @@ def annotation(backup: dict, key: str = "airflow_run_id"):
 def succeeded(stack, dag_id: str, run_id: str) -> dict:
     run = stack.wait_run(dag_id, run_id)
     tasks = stack.tasks(dag_id, run_id)
-    assert run["state"] == "success", (run, {t: v["state"] for t, v in tasks.items()})
+    if run["state"] != "success":  # the states, then each failed task's log tail: the cause, in CI's output
+        lines = [f"{dag_id} {run_id} {run['state']}: {({t: v['state'] for t, v in tasks.items()})}"]
+        for task_id, ti in tasks.items():
+            if ti["state"] == "failed":
+                lines += [f"--- {task_id} (try {ti.get('try_number')}):"]
+                lines += stack.log(dag_id, run_id, task_id, max(ti.get("try_number") or 1, 1)).splitlines()[-25:]
+        pytest.fail("\n".join(lines))
     return tasks
 
 

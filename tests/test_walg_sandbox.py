@@ -58,6 +58,10 @@ def walfile(sandbox, lsn: int) -> str:
 
 def wait_archived(sandbox) -> None:
     """Switch WAL and wait until the segment holding everything so far is archived."""
+    # A commit record first: pg_switch_wal() on a segment with nothing in it does nothing, and that
+    # segment would then never be archived (after repair_archiving reset pg_stat_archiver, with no
+    # write in between, this wait once timed out).
+    sandbox.psql("SELECT txid_current()", db="postgres")
     segment = sandbox.psql("SELECT pg_walfile_name(pg_current_wal_lsn())", db="postgres")
     sandbox.psql("SELECT pg_switch_wal()", db="postgres")
     wait_for(lambda: sandbox.psql(f"SELECT last_archived_wal >= '{segment}' FROM pg_stat_archiver",
