@@ -37,6 +37,18 @@ def wait_for(predicate, seconds: float = 60, every: float = 1.0, what: str = "co
     raise TimeoutError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
+def failure_report(dag_id: str, run_id: str, tasks: dict, log, tail: int = 25) -> str:
+    """A run's task states, then the end of each failed task's log (``log(task_id, try_number)``):
+    what a failed test shows in CI's output."""
+    lines = [f"{dag_id} {run_id}: { {task_id: ti['state'] for task_id, ti in tasks.items()} }"]
+    for task_id, ti in tasks.items():
+        if ti["state"] == "failed":
+            try_number = max(ti.get("try_number") or 1, 1)
+            lines += [f"--- {task_id} on {ti.get('hostname')} (try {try_number}), last lines:"]
+            lines += log(task_id, try_number).splitlines()[-tail:]
+    return "\n".join(lines)
+
+
 class Api:
     def __init__(self, base: str, airflow_home: Path):
         self.base, self.home = base, airflow_home

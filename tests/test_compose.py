@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_api import failure_report
 from conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,16 +108,9 @@ class Api:
             return str(exc)
         return "\n".join(e.get("event", json.dumps(e)) if isinstance(e, dict) else str(e) for e in content)
 
-    def failure(self, dag_id: str, run_id: str, tail: int = 25) -> str:
-        """Task states, then the end of each failed task's log: what a failed assertion shows in CI."""
-        tasks = self.tasks(dag_id, run_id)
-        lines = [f"{dag_id} {run_id}: {states(tasks)}"]
-        for task_id, ti in tasks.items():
-            if ti["state"] == "failed":
-                log = self.log(dag_id, run_id, task_id, max(ti.get("try_number") or 1, 1)).splitlines()
-                lines += [f"--- {task_id} on {ti.get('hostname')} (try {ti.get('try_number')}), last lines:"]
-                lines += log[-tail:]
-        return "\n".join(lines)
+    def failure(self, dag_id: str, run_id: str) -> str:
+        return failure_report(dag_id, run_id, self.tasks(dag_id, run_id),
+                              lambda task_id, try_number: self.log(dag_id, run_id, task_id, try_number))
 
 
 def states(tasks: dict) -> dict:

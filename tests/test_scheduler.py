@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_api import failure_report
 from conftest import wait_for
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.scheduler, pytest.mark.slow]
@@ -40,13 +41,9 @@ def annotation(backup: dict, key: str = "airflow_run_id"):
 def succeeded(stack, dag_id: str, run_id: str) -> dict:
     run = stack.wait_run(dag_id, run_id)
     tasks = stack.tasks(dag_id, run_id)
-    if run["state"] != "success":  # the states, then each failed task's log tail: the cause, in CI's output
-        lines = [f"{dag_id} {run_id} {run['state']}: {({t: v['state'] for t, v in tasks.items()})}"]
-        for task_id, ti in tasks.items():
-            if ti["state"] == "failed":
-                lines += [f"--- {task_id} (try {ti.get('try_number')}):"]
-                lines += stack.log(dag_id, run_id, task_id, max(ti.get("try_number") or 1, 1)).splitlines()[-25:]
-        pytest.fail("\n".join(lines))
+    if run["state"] != "success":  # the failed tasks' log tails: the cause, in CI's output
+        pytest.fail(failure_report(dag_id, run_id, tasks,
+                                   lambda task_id, try_number: stack.log(dag_id, run_id, task_id, try_number)))
     return tasks
 
 

@@ -100,11 +100,12 @@ def backup_list(cluster, access: S3Access) -> list[dict]:
     proc = run(cluster, access, "backup-list", "--json", "--detail", check=False, timeout=LIST_TIMEOUT_SECONDS,
                extra_env={"WALG_S3_MAX_RETRIES": str(LIST_S3_MAX_RETRIES)})
     if proc.returncode != 0:
+        output = proc.stdout + proc.stderr
         # WAL-G says "No backups found" on stderr (exit 0 or 1 depending on version) for an empty store.
-        if "no backups found" in (proc.stdout + proc.stderr).lower():
+        if "no backups found" in output.lower():
             return []
-        message, fix = runner.failure_summary(proc.args, proc.returncode, proc.stdout + proc.stderr)
-        raise ToolError(message, proc.returncode, proc.stdout + proc.stderr, fix=fix)
+        message, fix = runner.failure_summary(proc.args, proc.returncode, output)
+        raise ToolError(message, proc.returncode, output, fix=fix)
     return parse_backup_list(proc.stdout)
 
 
