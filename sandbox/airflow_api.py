@@ -145,6 +145,33 @@ class Client:
             content = json.loads(response.read())["content"]
         return "\n".join(json.dumps(e) if isinstance(e, dict) else str(e) for e in content)
 
+    def log_with(self, dag_id: str, run_id: str, task_id: str, *texts: str, seconds: float = 60) -> str:
+        """The task's log once it holds every text: a task's state is recorded before the worker's
+        supervisor has written the task's last lines to the log file, so a log read at once can stop
+        at its header. After ``seconds``, the log as it is (the caller's assertion shows it)."""
+        found = {}
+
+        def complete():
+            found["log"] = self.log(dag_id, run_id, task_id)
+            return all(text in found["log"] for text in texts)
+        try:
+            wait_for(complete, seconds, every=2, what=f"{texts} in the log of {dag_id} {run_id} {task_id}")
+        except TimeoutError:
+            pass
+        return found["log"]
+
+    def wait_backfill(self, dag_id: str, count: int | None = None, seconds: float = 600) -> list[dict]:
+        """The DAG's backfill runs once they have all ended (``count`` of them when given). QA
+        approves every restore test of the DAG that waits meanwhile: a run that waits at its sign-off
+        holds staging, and the backfill's run would wait behind it (unpausing a restore test DAG
+        starts a run for its latest slot too)."""
+        def ended():
+            self.approve_waiting(dag_id)
+            runs = self.runs(dag_id, "backfill")
+            done = runs and all(r["state"] in ("success", "failed") for r in runs)
+            return runs if done and (count is None or len(runs) == count) else None
+        return wait_for(ended, seconds, every=3, what=f"the backfill runs of {dag_id} to end")
+
     def wait_run(self, dag_id: str, run_id: str, seconds: float = 600, approve: bool = True) -> dict:
         """Until the run ends; meanwhile QA approves every restore test of the DAG that waits for it
         (unpausing a restore test DAG starts a run for its latest slot too)."""

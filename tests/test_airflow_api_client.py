@@ -1,6 +1,6 @@
 """sandbox/airflow_api.py against a real HTTP server on loopback standing in for Airflow's API: a 503
 (SQLite's "Database is locked" on backfill creation, which the API means as "try again") is retried;
-any other error is not."""
+any other error is not. A task's log read before the worker has written its last lines is read again."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ import airflow_api  # sandbox/airflow_api.py (conftest puts sandbox/ on the path
 class Answers(http.server.BaseHTTPRequestHandler):
     script: list[int] = []
     seen: list[str] = []
+    logs: list[list] = []  # what each GET of a log answers, in turn; the last one stays
+
+    def do_GET(self):  # noqa: N802
+        self.seen.append(f"{self.command} {self.path}")
+        body = json.dumps({"content": self.logs.pop(0) if len(self.logs) > 1 else self.logs[0]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self):  # noqa: N802 (http.server's name)
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -60,3 +70,17 @@ def test_other_errors_and_a_lock_that_never_clears_are_raised(server):
     with pytest.raises(urllib.error.HTTPError) as locked:
         server.request("POST", "/api/v2/backfills", {"dag_id": "d"})
     assert locked.value.code == 503 and len(Answers.seen) == 1 + airflow_api.LOCKED_ATTEMPTS
+
+
+def test_a_log_read_before_its_last_lines_are_written_is_read_again(server, monkeypatch):
+    """As CI saw: the task was already skipped, and its log held only the supervisor's header."""
+    header = [{"event": "::group::Log message source details"}, {"event": "/logs/dag_id=d/attempt=1.log"}]
+    Answers.logs = [header, header, header + [{"event": "backfill run: no backup taken. A backup cannot be "
+                                                        "taken of the past"}]]
+    client = airflow_api.Client.__new__(airflow_api.Client)
+    client.api = server
+    monkeypatch.setattr(server, "token", lambda user: "token-of-" + user)
+    log = client.log_with("d", "backfill__2026-11-27T02:15:00+00:00", "backup", "cannot be taken of the past")
+    assert "A backup cannot be taken of the past" in log and len(Answers.seen) == 3
+    Answers.logs, Answers.seen = [header], []  # never written: the log as it is, for the caller's assertion
+    assert client.log_with("d", "r", "backup", "never there", seconds=0.01) == "\n".join(json.dumps(e) for e in header)

@@ -93,8 +93,7 @@ def test_backfill_of_a_backup_dag_takes_at_most_one_backup_now(stack, sandbox):
     stack.request("POST", "/api/v2/backfills", {"dag_id": dag_id, "from_date": iso(today - timedelta(days=3)),
                                                "to_date": iso(today - timedelta(seconds=1))})
     stack.unpause(dag_id)  # its latest daily slot gets a scheduled run too: one of the two backs up
-    runs = wait_for(lambda: (lambda rs: rs if len(rs) == 3 and all(r["state"] in ("success", "failed") for r in rs)
-                             else None)(stack.runs(dag_id, "backfill")), 600, every=3, what="the backfill's runs")
+    runs = stack.wait_backfill(dag_id, count=3)
     assert all(r["state"] == "success" for r in runs), runs
     new = [b for b in pgbackrest_info(sandbox, "billing") if b["label"] not in before]
     backfill_ids = {r["dag_run_id"] for r in runs}
@@ -106,7 +105,8 @@ def test_backfill_of_a_backup_dag_takes_at_most_one_backup_now(stack, sandbox):
     for run in runs:
         backup = stack.tasks(dag_id, run["dag_run_id"])["backup"]
         if backup["state"] == "skipped":
-            assert "A backup cannot be taken of the past" in stack.log(dag_id, run["dag_run_id"], "backup")
+            assert "A backup cannot be taken of the past" in stack.log_with(
+                dag_id, run["dag_run_id"], "backup", "A backup cannot be taken of the past")
         else:
             assert backup["state"] == "success" and by_backfill
     assert sum(stack.tasks(dag_id, r["dag_run_id"])["backup"]["state"] == "success" for r in runs) == len(by_backfill)
@@ -180,13 +180,12 @@ def test_backfill_of_the_restore_test_outside_the_retention_window_is_refused(st
     ready(stack, dag_id)
     stack.request("POST", "/api/v2/backfills", {"dag_id": dag_id, "from_date": "2026-07-01T00:00:00Z",
                                                "to_date": "2026-07-10T00:00:00Z"})
-    (run,) = wait_for(lambda: (lambda rs: rs if rs and all(r["state"] in ("success", "failed") for r in rs)
-                               else None)(stack.runs(dag_id, "backfill")), 600, every=3, what="the backfill run")
+    (run,) = stack.wait_backfill(dag_id)
     assert run["state"] == "failed" and run["logical_date"].startswith("2026-07-05T02:00:00")
     tasks = stack.tasks(dag_id, run["dag_run_id"])
     assert tasks["guard"]["state"] == "failed" and tasks["guard"]["try_number"] == 1
     assert tasks["purge_staging"]["state"] == "upstream_failed"  # refused before staging was touched
-    log = stack.log(dag_id, run["dag_run_id"], "guard")
+    log = stack.log_with(dag_id, run["dag_run_id"], "guard", "is outside the recovery window", "Fix:")
     assert "is outside the recovery window" in log and "nothing was deleted" in log and "Fix:" in log
     lines = [json.loads(line) for line in
              Path(sandbox.cluster().restore_test.audit_log).read_text().splitlines()]
