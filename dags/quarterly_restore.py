@@ -18,7 +18,8 @@ the weekday; the text wins (a Sunday night keeps the restore off working hours),
    once); released by the teardown.
 1. **guard**: refuses (and deletes nothing) when staging `{staging}` resolves to production's data
    directory, lies outside `{root}`, holds a running PostgreSQL that is not staging (port {port}), or
-   when connection `{conn}` points at production.
+   when connection `{conn}` points at production; and when the backup to restore does not exist (a
+   label not in the repository, a target time outside its window).
 2. **stop_staging** (`pg_ctl stop -m fast`), **purge_staging** (empty, 0700, owned by the OS user).
 3. **restore_latest_backup**: `{tool}` by default (param `tool`); param `backup_label` (default
    `latest`: the newest good backup in `pgbackrest info` / `wal-g backup-list`), optional
@@ -38,7 +39,7 @@ the weekday; the text wins (a Sunday night keeps the restore off working hours),
 `target_time` when given. **Backfill** proves the past: each backfill run restores the state as of
 its logical date (PITR), from the newest backup that finished before it, and its audit line records
 that target; a date outside the repository's window (before the oldest backup kept, about
-{retention} days) fails the run at `restore_latest_backup`, first try, naming the window.
+{retention} days) fails the run at `guard`, first try, before staging is touched, naming the window.
 """
 
 for cluster in load_config(strict=False).clusters:
