@@ -185,7 +185,8 @@ def test_backfill_of_the_restore_test_outside_the_retention_window_is_refused(st
     tasks = stack.tasks(dag_id, run["dag_run_id"])
     assert tasks["guard"]["state"] == "failed" and tasks["guard"]["try_number"] == 1
     assert tasks["purge_staging"]["state"] == "upstream_failed"  # refused before staging was touched
-    log = stack.log_with(dag_id, run["dag_run_id"], "guard", "is outside the recovery window", "Fix:")
+    log = stack.log_with(dag_id, run["dag_run_id"], "guard", "is outside the recovery window", "nothing was deleted",
+                         "Fix:")
     assert "is outside the recovery window" in log and "nothing was deleted" in log and "Fix:" in log
     lines = [json.loads(line) for line in
              Path(sandbox.cluster().restore_test.audit_log).read_text().splitlines()]
