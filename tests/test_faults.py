@@ -7,8 +7,10 @@ restorable) in ``finally``: the whole test session shares one sandbox.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -327,3 +329,29 @@ def test_restore_test_while_a_backup_runs_restores_a_complete_backup(first_backu
     assert line["backup_label"] in before | {new_label}
     good = {b["label"] for b in pgbackrest.info(cluster)["backup"] if not b.get("error")}
     assert line["backup_label"] in good and new_label in good
+
+
+def test_staging_recovers_while_production_holds_its_archive_lock(first_backup, sandbox):
+    """pgBackRest's asynchronous archive-get (staging's restore_command) and archive-push
+    (production's archive_command) lock the same file, ``<lock-path>/<stanza>-archive.lock``. With
+    one lock path, staging's recovery stalled production's archiving (CI: a backup beside a restore
+    test failed with "[082] WAL segment ... was not archived before the 120000ms timeout"), and
+    production's archive-push would stall staging's recovery. Here production's side holds the lock
+    for the whole restore test: staging recovers anyway, on a lock path of its own."""
+    cluster = sandbox.cluster()
+    lock_file = Path(cluster.pgbackrest.lock_path) / f"{cluster.stanza}-archive.lock"
+    created = not lock_file.exists()
+    with open(lock_file, "a") as held:
+        shutil.chown(lock_file, cluster.os_user, cluster.os_user)  # pgBackRest's own user opens it later
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # how pgBackRest locks it
+        try:
+            restored = sandbox.run(RESTORE_SCRIPT, env=_restore_env(sandbox), check=False, timeout=900)
+        finally:
+            _staging_stopped(sandbox)
+            if created:
+                lock_file.unlink(missing_ok=True)
+    assert restored.returncode == 0, restored.stdout[-2000:] + restored.stderr[-3000:]
+    assert _audit_lines(sandbox)[-1]["outcome"] == "success"
+    auto_conf = (sandbox.layout.staging_root / "data" / "postgresql.auto.conf").read_text()
+    restore_command = next(line for line in auto_conf.splitlines() if line.startswith("restore_command"))
+    assert f"--lock-path={pgbackrest.restore_lock_path(cluster)} " in restore_command, restore_command

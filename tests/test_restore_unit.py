@@ -27,8 +27,8 @@ def make_cluster(tmp_path, **restore_over):
           "staging_socket_directory": str(tmp_path), "smoke_log": str(tmp_path / "smoke.log"),
           "audit_log": str(tmp_path / "audit" / "audit.log"), **restore_over}
     return build_cluster({"name": "asso", "host": "127.0.0.1", "port": 5432, "data_directory": str(tmp_path / "prod"),
-                          "tools": ["pgbackrest", "walg"], "walg": {"binary": "/opt/wal-g",
-                                                                    "config_path": "/etc/wal-g/walg.json"},
+                          "tools": ["pgbackrest", "walg"], "pgbackrest": {"lock_path": str(tmp_path / "lock")},
+                          "walg": {"binary": "/opt/wal-g", "config_path": "/etc/wal-g/walg.json"},
                           "restore_test": rt})
 
 
@@ -135,6 +135,9 @@ def test_pgbackrest_restore_never_archives_to_production(tmp_path, monkeypatch):
     assert argv[-1] == "restore" and "--archive-mode=off" in argv and "--set=20261124-010203F" in argv
     assert f"--pg1-path={os.path.realpath(tmp_path / 'staging' / 'data')}" in argv
     assert "--type=time" in argv and "--target-action=promote" in argv
+    # staging's restore_command (written by pgBackRest with this option) never takes production's
+    # archive lock, <lock_path>/asso-archive.lock
+    assert f"--lock-path={tmp_path / 'lock' / 'restored-copy'}" in argv and (tmp_path / "lock" / "restored-copy").is_dir()
 
 
 def test_walg_restore_commands(tmp_path):

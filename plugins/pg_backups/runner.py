@@ -140,6 +140,8 @@ _CAUSED_BY = re.compile(r"^caused by:\s*(.*)")  # the AWS SDK's line under WAL-G
 _GO_LOG_TIME = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)? ")  # WAL-G's "ERROR: 2026/11/30 14:53:55.82 ..."
 # pgBackRest: "unable to connect to 'host:443 (127.0.0.1)'"; Go (WAL-G): "dial tcp 127.0.0.1:443: connect: ..."
 _ENDPOINT = re.compile(r"unable to connect to '([^'\s]+?)(?: \([^)]*\))?'|dial tcp (\S+?): ")
+# pgBackRest's backup and check wait for WAL archiving ([082]): its "timeout" is not the network's.
+_ARCHIVE_TIMEOUT = re.compile(r"WAL segment \S+ was not archived before the \S+ timeout")
 _UNREACHABLE = ("Connection refused", "HostConnectError", "No route to host", "timed out", "timeout",
                 "could not resolve", "Name or service not known", "connection reset")
 
@@ -185,7 +187,11 @@ def failure_summary(argv: list[str], returncode: int, output: str) -> tuple[str,
     if cause:
         message += f"; cause: {cause[:300]}"
     fix = None
-    if any(word.lower() in (cause or text).lower() for word in _UNREACHABLE):
+    if _ARCHIVE_TIMEOUT.search(text):
+        fix = ("PostgreSQL did not archive the backup's last WAL segment in time: check pg_stat_archiver "
+               "(failed_count, last_failed_wal), the archive_command's errors in the PostgreSQL log and the "
+               "tool's archive-push log; the freshness DAG's check_wal_archiving says what fails")
+    elif any(word.lower() in (cause or text).lower() for word in _UNREACHABLE):
         endpoint = _ENDPOINT.search(cause or text)
         fix = (f"{endpoint.group(1) or endpoint.group(2) if endpoint else 'the endpoint'} is unreachable from this host: check that "
                "the S3 endpoint (or database) is up and that the network lets this host reach it")
