@@ -160,37 +160,40 @@ class Client:
             pass
         return found["log"]
 
-    def wait_backfill(self, dag_id: str, count: int | None = None, seconds: float = 600) -> list[dict]:
-        """The DAG's backfill runs once they have all ended (``count`` of them when given). QA
-        approves every restore test of the DAG that waits meanwhile: a run that waits at its sign-off
-        holds staging, and the backfill's run would wait behind it (unpausing a restore test DAG
-        starts a run for its latest slot too)."""
-        def ended():
-            self.approve_waiting(dag_id)
-            runs = self.runs(dag_id, "backfill")
-            done = runs and all(r["state"] in ("success", "failed") for r in runs)
-            return runs if done and (count is None or len(runs) == count) else None
-        return wait_for(ended, seconds, every=3, what=f"the backfill runs of {dag_id} to end")
+    def wait_run(self, dag_id: str, run_id: str, seconds: float = 600, **qa) -> dict:
+        """The run once it has ended (QA approving meanwhile: see :meth:`_wait_ended`)."""
+        return self._wait_ended(dag_id, lambda: [self.run(dag_id, run_id)], seconds, f"{dag_id} {run_id} to end",
+                                **qa)[0]
 
-    def wait_run(self, dag_id: str, run_id: str, seconds: float = 600, approve: bool = True) -> dict:
-        """Until the run ends; meanwhile QA approves every restore test of the DAG that waits for it
-        (unpausing a restore test DAG starts a run for its latest slot too)."""
+    def wait_backfill(self, dag_id: str, count: int | None = None, seconds: float = 600) -> list[dict]:
+        """The DAG's backfill runs once they have all ended (``count`` of them when given)."""
+        def backfill_runs():
+            runs = self.runs(dag_id, "backfill")
+            return runs if runs and (count is None or len(runs) == count) else None
+        return self._wait_ended(dag_id, backfill_runs, seconds, f"the backfill runs of {dag_id} to end")
+
+    def _wait_ended(self, dag_id: str, runs, seconds: float, what: str, **qa) -> list[dict]:
+        """``runs()`` once every run it gives has ended. Meanwhile QA approves every restore test of
+        the DAG that waits for it: a run waiting at its sign-off holds staging, and the awaited run
+        would wait behind it (unpausing a restore test DAG starts a run for its latest slot too)."""
         def ended():
-            if approve:
-                self.approve_waiting(dag_id)
-            run = self.run(dag_id, run_id)
-            return run if run["state"] in ("success", "failed") else None
-        return wait_for(ended, seconds, every=3, what=f"{dag_id} {run_id} to end")
+            self.approve_waiting(dag_id, **qa)
+            current = runs()
+            return current if current and all(r["state"] in ("success", "failed") for r in current) else None
+        return wait_for(ended, seconds, every=3, what=what)
 
     def waiting_signoffs(self, dag_id: str) -> list[str]:
         runs = [r["dag_run_id"] for r in self.runs(dag_id) if r["state"] == "running"]
         return [r for r in runs if (self.tasks(dag_id, r).get("qa_signoff") or {}).get("state") == "awaiting_input"]
 
-    def approve_waiting(self, dag_id: str, comment: str = "approved by the test suite as QA") -> list[str]:
+    def approve_waiting(self, dag_id: str, comment: str = "approved by the test suite as QA", say=None) -> list[str]:
+        """Approve, as ``qa``, each run of a restore test DAG that waits for QA; ``say(run_id)`` first."""
         if not dag_id.startswith("restore_test_"):
             return []
         waiting = self.waiting_signoffs(dag_id)
         for run_id in waiting:
+            if say:
+                say(run_id)
             self.api.answer(dag_id, run_id, "qa", "Approve", comment)
         return waiting
 

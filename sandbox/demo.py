@@ -42,14 +42,9 @@ def run_dag(client: airflow_api.Client, dag_id: str) -> tuple[str, str, float]:
     client.unpause(dag_id)
     started = time.monotonic()
     run_id = client.trigger(dag_id)
-
-    def approve(*_):
-        for waiting in client.waiting_signoffs(dag_id):
-            print(f"[demo]   QA approves {waiting} through the API (user qa)", flush=True)
-            client.api.answer(dag_id, waiting, "qa", "Approve", QA_COMMENT)
-
-    run = airflow_api.wait_for(lambda: (approve(), (lambda r: r if r["state"] in ("success", "failed") else None)(
-        client.run(dag_id, run_id)))[1], 1200, every=3, what=f"{dag_id} to end")
+    run = client.wait_run(dag_id, run_id, 1200, comment=QA_COMMENT,
+                          say=lambda waiting: print(f"[demo]   QA approves {waiting} through the API (user qa)",
+                                                    flush=True))
     return run_id, run["state"], time.monotonic() - started
 
 
