@@ -24,7 +24,7 @@ now too (the past state of a repository cannot be read back).
 
 for cluster in load_config(strict=False).clusters:
     with DAG(
-        dag_id=f"backup_freshness_{cluster.name}",
+        dag_id=cluster.dag_id("freshness"),
         schedule="@hourly",
         **dag_args(cluster, "monitoring", queue=cluster.database_queue),
         doc_md=DOC.format(name=cluster.name, tools=", ".join(cluster.tools), hours=cluster.alerts.max_backup_age_hours,

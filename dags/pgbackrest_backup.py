@@ -16,7 +16,7 @@ DOC = """
 3. **expire**: time-based retention, {days} days of full backups and the WAL they need.
 4. **verify**: `pgbackrest verify`, judged by its output as well as its exit code.
 5. **publish_backup**: the backup's record (label, type, times, sizes, WAL range) as return value
-   and as an event of asset `pgbackrest_backup_{name}`.
+   and as an event of asset `{asset}`.
 
 **Time**: the full/{incr} choice reads the run's logical date, or its start when it has none (a
 run triggered from the UI or the API without one). Runs of the cluster never overlap: `backup`,
@@ -30,13 +30,13 @@ for cluster in load_config(strict=False).clusters:
     if "pgbackrest" not in cluster.tools:
         continue
     with DAG(
-        dag_id=f"pgbackrest_backup_{cluster.name}",
+        dag_id=cluster.dag_id("pgbackrest"),
         schedule=cluster.pgbackrest.schedule,
         **dag_args(cluster, "pgbackrest", queue=cluster.database_queue),
         params={"backup_type": Param("auto", enum=["auto", "full", "diff", "incr"],
                                      description="auto: the weekly policy; or force a type for this run")},
         doc_md=DOC.format(name=cluster.name, full_days=", ".join(cluster.pgbackrest.full_backup_days),
-                          incr=cluster.pgbackrest.incremental_type, pool=cluster.pool,
+                          incr=cluster.pgbackrest.incremental_type, pool=cluster.pool, asset=cluster.asset_name("pgbackrest"),
                           days=cluster.pgbackrest.retention_full_days),
     ):
         preflight = task(task_id="preflight")(backup_tasks.pgbackrest_preflight)(cluster.name)

@@ -45,7 +45,7 @@ that target; a date outside the repository's window (before the oldest backup ke
 for cluster in load_config(strict=False).clusters:
     rt = cluster.restore_test
     with DAG(
-        dag_id=f"restore_test_{cluster.name}",
+        dag_id=cluster.dag_id("restore_test"),
         schedule=rt.schedule,
         # One alert per failed run: audit_and_archive's, which names the failed step and its cause.
         **dag_args(cluster, "restore-test", queue=rt.staging_queue, alert_every_task=False),

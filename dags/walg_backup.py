@@ -13,7 +13,7 @@ DOC = """
 2. **delete_old_backups**: backups older than {days} days go (`wal-g delete before FIND_FULL
    <oldest kept backup> --confirm`); the newest full backup and the WAL kept backups need stay.
 3. **publish_backup**: the backup's record, in the same form as the pgBackRest DAG's, as return
-   value and as an event of asset `walg_backup_{name}`.
+   value and as an event of asset `{asset}`.
 
 **Time**: nothing depends on the run's date: a run with or without a logical date backs up now.
 `backup_push` and `delete_old_backups` take the cluster's lock (a second run waits).
@@ -25,10 +25,11 @@ for cluster in load_config(strict=False).clusters:
     if "walg" not in cluster.tools:
         continue
     with DAG(
-        dag_id=f"walg_backup_{cluster.name}",
+        dag_id=cluster.dag_id("walg"),
         schedule=cluster.walg.schedule,
         **dag_args(cluster, "walg", queue=cluster.database_queue),
-        doc_md=DOC.format(name=cluster.name, pool=cluster.pool, days=cluster.walg.retention_days),
+        doc_md=DOC.format(name=cluster.name, pool=cluster.pool, days=cluster.walg.retention_days,
+                          asset=cluster.asset_name("walg")),
     ):
         backup = task(task_id="backup_push", pool=cluster.pool)(backup_tasks.walg_backup)(cluster.name)
         delete_old = task(task_id="delete_old_backups")(backup_tasks.walg_delete_old)(cluster.name)

@@ -188,7 +188,9 @@ class Client:
 
     def approve_waiting(self, dag_id: str, comment: str = "approved by the test suite as QA", say=None) -> list[str]:
         """Approve, as ``qa``, each run of a restore test DAG that waits for QA; ``say(run_id)`` first."""
-        if not dag_id.startswith("restore_test_"):
+        from pg_backups.config import dag_kind  # the callers (tests, demo) have plugins/ on the path
+
+        if dag_kind(dag_id) != "restore_test":
             return []
         waiting = self.waiting_signoffs(dag_id)
         for run_id in waiting:

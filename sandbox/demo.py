@@ -18,19 +18,13 @@ sys.path.insert(0, str(HERE))
 
 import airflow_api  # noqa: E402
 import sandbox  # noqa: E402
+from pg_backups.config import DAG_KINDS, TOOLS  # noqa: E402  (sandbox put plugins/ on the path)
 
-# In the order Ops would run them on a new cluster: the bucket, the backups, the proof, the watch.
-DAG_ORDER = ("s3_bucket_config_{c}", "pgbackrest_backup_{c}", "walg_backup_{c}", "restore_test_{c}",
-             "backup_freshness_{c}")
 QA_COMMENT = "approved by bin/demo on behalf of QA (sandbox)"
 
 
-def tool_of(dag_id: str) -> str | None:
-    return "walg" if dag_id.startswith("walg_") else "pgbackrest" if dag_id.startswith("pgbackrest_") else None
-
-
-def why_absent(dag_id: str, cluster) -> str:
-    tool = tool_of(dag_id)
+def why_absent(kind: str, cluster) -> str:
+    tool = kind if kind in TOOLS else None
     if tool and tool not in cluster.tools:
         extra = f" ({sandbox.WALG_MISSING})" if tool == "walg" else ""
         return f"not generated: {tool} is not among the cluster's tools{extra}"
@@ -54,8 +48,9 @@ def main() -> int:
     sandbox.main(["airflow-up"])
     cluster = sandbox.load_config(L.clusters_file).cluster(sandbox.STANZA)
     client = airflow_api.Client(L)
-    wanted = [pattern.format(c=cluster.name) for pattern in DAG_ORDER]
-    expected = {d for d in wanted if tool_of(d) in (None, *cluster.tools)}
+    # Every kind of DAG, in the order Ops would run them on a new cluster (config.DAG_KINDS's).
+    wanted = {cluster.dag_id(kind): kind for kind in DAG_KINDS}
+    expected = {cluster.dag_id(kind) for kind in cluster.dag_kinds}
     airflow_api.wait_for(lambda: {d["dag_id"] for d in client.request("GET", "/api/v2/dags?limit=200")["dags"]}
                          >= expected, 180, every=3, what="the DAGs parsed by the dag-processor")
     available = {d["dag_id"] for d in client.request("GET", "/api/v2/dags?limit=200")["dags"]}
@@ -64,8 +59,9 @@ def main() -> int:
         # Not expected: a DAG of a tool the cluster no longer has can still be listed from an earlier
         # demo's metadata until the dag-processor marks it stale; a run of it would never start.
         if dag_id not in available or dag_id not in expected:
-            print(f"[demo] {dag_id}: skipped, {why_absent(dag_id, cluster)}", flush=True)
-            results.append((dag_id, "-", "skipped", 0.0, why_absent(dag_id, cluster)))
+            why = why_absent(wanted[dag_id], cluster)
+            print(f"[demo] {dag_id}: skipped, {why}", flush=True)
+            results.append((dag_id, "-", "skipped", 0.0, why))
             continue
         print(f"[demo] running {dag_id} through the scheduler ...", flush=True)
         run_id, state, seconds = run_dag(client, dag_id)

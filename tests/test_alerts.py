@@ -10,7 +10,7 @@ import pytest
 
 from pg_backups import alerts
 from pg_backups.airflow import notifiers
-from pg_backups.config import build_cluster
+from pg_backups.config import build_cluster, dag_kind
 from pg_backups.errors import ToolError
 
 
@@ -188,7 +188,7 @@ def test_every_task_of_every_dag_alerts_through_the_configured_connection(tmp_pa
     for dag_id, task_id, on_failure, on_retry in out["tasks"]:
         # The restore test alerts once per failed run: from its audit (which names the failed step
         # and its cause) and its teardown; every other task of every DAG alerts itself.
-        alerts = not dag_id.startswith("restore_test_") or task_id in ("audit_and_archive", "stop_staging_after")
+        alerts = dag_kind(dag_id) != "restore_test" or task_id in ("audit_and_archive", "stop_staging_after")
         expected = [["OpsSlackNotifier", "slack_elsewhere"]] if alerts else []
         assert on_failure == expected, (dag_id, task_id)
         assert on_retry == expected, (dag_id, task_id)

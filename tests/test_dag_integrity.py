@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pg_backups.config import dag_kind
+
 REPO = Path(__file__).resolve().parents[1]
 RUNBOOK_SCHEDULES = {
     "pgbackrest_backup_asso": "15 2 * * *",  # runbook 2.1: 02:15 UTC
@@ -63,7 +65,7 @@ def test_every_dag_follows_the_house_rules(dagbag):
             assert t["owner"] and t["owner"] != "airflow", where
             assert t["retries"] >= 1 and t["retry_delay"] > 0, where
             # The restore test alerts once per failed run, from its audit and its teardown.
-            if not dag_id.startswith("restore_test_") or t["task_id"] in ("audit_and_archive", "stop_staging_after"):
+            if dag_kind(dag_id) != "restore_test" or t["task_id"] in ("audit_and_archive", "stop_staging_after"):
                 assert t["on_failure_callback"], where
 
 

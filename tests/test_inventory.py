@@ -62,8 +62,9 @@ class FakeStore:
 
 def event(rec, dag_id=None):
     stop = datetime.fromisoformat(rec["stop_time"])
-    return {"asset": f"{rec['tool']}_backup_{rec['cluster']}", "timestamp": stop + timedelta(seconds=30),
-            "extra": rec, "dag_id": dag_id or f"{rec['tool']}_backup_{rec['cluster']}", "run_id": rec["airflow_run_id"]}
+    cluster = build_cluster({"name": rec["cluster"]})
+    return {"asset": cluster.asset_name(rec["tool"]), "timestamp": stop + timedelta(seconds=30),
+            "extra": rec, "dag_id": dag_id or cluster.dag_id(rec["tool"]), "run_id": rec["airflow_run_id"]}
 
 
 def run(dag_id, run_id, state, when):

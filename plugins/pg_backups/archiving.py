@@ -57,7 +57,7 @@ def problem(stats: dict) -> str | None:
 
 def fix(cluster) -> str:
     both = ("; with both tools, both must succeed: a pgBackRest stanza that does not exist yet fails it (run "
-            f"pgbackrest_backup_{cluster.name} first)") if {"pgbackrest", "walg"} <= set(cluster.tools) else ""
+            f"{cluster.dag_id('pgbackrest')} first)") if {"pgbackrest", "walg"} <= set(cluster.tools) else ""
     return (f"make archive_command of cluster {cluster.name} work (PostgreSQL's log says why: 'archive command "
             f"failed'; check the repository is reachable{both}), then run the backup again")
 

@@ -31,14 +31,27 @@ import yaml
 from pg_backups.errors import ConfigError
 from pg_backups.times import WEEKDAYS
 
-__all__ = ["ConfigError", "Config", "Cluster", "TOOLS", "load_config", "parse_config", "build_cluster",
-           "with_overrides", "config_path"]
+__all__ = ["ConfigError", "Config", "Cluster", "TOOLS", "DAG_KINDS", "dag_kind", "load_config", "parse_config",
+           "build_cluster", "with_overrides", "config_path"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "include" / "config" / "clusters.yaml"
 CONFIG_ENV = "PG_BACKUPS_CONFIG"
 
 TOOLS = ("pgbackrest", "walg")
+# A cluster's DAGs: kind -> DAG id. Formatted here only (Cluster.dag_id), so that renaming a DAG is
+# this one edit: the DAG files, the inventory, the alerts' fixes and the demo all ask the cluster.
+# A backup DAG's kind is its tool's name. In the order Ops would run them on a new cluster: the
+# bucket, the backups, the proof, the watch.
+DAG_KINDS = {
+    "s3_bucket": "s3_bucket_config_{cluster}",
+    "pgbackrest": "pgbackrest_backup_{cluster}",
+    "walg": "walg_backup_{cluster}",
+    "restore_test": "restore_test_{cluster}",
+    "freshness": "backup_freshness_{cluster}",
+}
+# The asset a backup DAG updates (its events carry the backup record); the inventory reads it back.
+BACKUP_ASSET = "{tool}_backup_{cluster}"
 # In a text setting, replaced by the cluster's name: what must differ between clusters does by default.
 CLUSTER_PLACEHOLDER = "{cluster}"
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -282,6 +295,18 @@ class Cluster(Settings):
         """One slot per cluster: its pgBackRest and WAL-G backups never run at once."""
         return f"backups_{self.name}"
 
+    def dag_id(self, kind: str) -> str:
+        """The id of this cluster's DAG of ``kind`` (a key of DAG_KINDS; a backup DAG's is its tool)."""
+        return DAG_KINDS[kind].format(cluster=self.name)
+
+    @property
+    def dag_kinds(self) -> list[str]:
+        """The kinds of the DAGs this cluster has: a backup DAG only for each of its tools."""
+        return [k for k in DAG_KINDS if k not in TOOLS or k in self.tools]
+
+    def asset_name(self, tool: str) -> str:
+        return BACKUP_ASSET.format(tool=tool, cluster=self.name)
+
     @property
     def pg_conn_id(self) -> str:
         return self.postgres_conn_id or f"pg_{self.name}"
@@ -293,6 +318,15 @@ class Cluster(Settings):
     @property
     def walg_s3_prefix(self) -> str:
         return f"s3://{self.s3.bucket}/{self.walg.prefix.strip('/')}"
+
+
+def dag_kind(dag_id: str) -> str | None:
+    """The kind of a DAG id (a key of DAG_KINDS), None for none of ours."""
+    for kind, pattern in DAG_KINDS.items():
+        prefix, _, suffix = pattern.partition("{cluster}")
+        if dag_id.startswith(prefix) and dag_id.endswith(suffix) and len(dag_id) > len(prefix) + len(suffix):
+            return kind
+    return None
 
 
 def _norm(path: str) -> PurePosixPath:

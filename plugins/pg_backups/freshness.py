@@ -2,7 +2,7 @@
 
 Pure judgements over what the tools and PostgreSQL report: ``pgbackrest info --output=json``,
 ``wal-g backup-list --json --detail`` and a ``pg_stat_archiver`` row. The hourly
-``backup_freshness_<cluster>`` DAG runs them (:mod:`pg_backups.airflow.freshness_tasks`); a backup DAG
+freshness DAG of each cluster runs them (:mod:`pg_backups.airflow.freshness_tasks`); a backup DAG
 that is paused, a dead scheduler or a cron line gone missing all end up here as a backup too old.
 Nothing here imports Airflow.
 """

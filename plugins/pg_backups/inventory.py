@@ -4,7 +4,7 @@ test, a status in words, a 30-day timeline and the history behind the trend char
 It only reads what the DAGs already publish, and runs no tool and opens no connection to a
 cluster's database:
 
-- the backup records, events of the assets ``<tool>_backup_<cluster>`` (``publish_backup``);
+- the backup records, events of each backup DAG's asset (``Cluster.asset_name``, ``publish_backup``);
 - the runs of the cluster's DAGs (failures, the newest run of each backup DAG);
 - the freshness DAG's XComs (``archiver_stats`` of ``check_wal_archiving``, the return value of
   ``bucket_usage``) and, when newer, the Prometheus textfiles of ``metrics.textfile_directory``;
@@ -32,12 +32,7 @@ TIMELINE_DAYS = 30
 HISTORY_DAYS = 365
 XCOM_WINDOW_DAYS = 2  # the hourly freshness DAG's results older than this are not "the current state"
 RESTORE_TEST_MAX_AGE_DAYS = 100  # as the PgRestoreTestTooOld alert
-WAL_READY_LIMIT = 10  # as freshness.archiver_problems and PgWalArchivingLagging
-FRESHNESS_DAG = "backup_freshness_{cluster}"
-RESTORE_DAG = "restore_test_{cluster}"
 AUDIT_XCOM = ("audit_and_archive", "audit")  # pg_backups.airflow.restore_tasks.AUDIT_XCOM_KEY
-BACKUP_DAG = {"pgbackrest": "pgbackrest_backup_{cluster}", "walg": "walg_backup_{cluster}"}
-OTHER_DAGS = (RESTORE_DAG, "s3_bucket_config_{cluster}", FRESHNESS_DAG)
 GREEN, AMBER, RED = "green", "amber", "red"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SAME_CHECK = timedelta(minutes=2)
@@ -64,10 +59,6 @@ class Store(Protocol):
     def all_xcoms(self, dag_ids: list[str], task_id: str, key: str) -> list[dict]:
         """Every XCom ``task_id``/``key`` of these DAGs (for DAGs that run a few times a year):
         {dag_id, run_id, value, timestamp}."""
-
-
-def asset_name(tool: str, cluster_name: str) -> str:
-    return f"{tool}_backup_{cluster_name}"  # as pg_backups.airflow.common.backup_asset
 
 
 def run_link(dag_id: str | None, run_id: str | None) -> str | None:
@@ -158,7 +149,7 @@ def audit_lines(cluster, xcom_lines: list[dict] = ()) -> list[dict]:
 
 
 def _audit_xcoms(clusters: list, store: Store) -> dict[str, list[dict]]:
-    dags = {RESTORE_DAG.format(cluster=c.name): c.name for c in clusters}
+    dags = {c.dag_id("restore_test"): c.name for c in clusters}
     out: dict[str, list[dict]] = {}
     for row in store.all_xcoms(list(dags), *AUDIT_XCOM):
         if isinstance(row.get("value"), dict):
@@ -270,7 +261,8 @@ def _wal(cluster, xcom: dict | None, at: datetime | None = None) -> dict:
                 "text": f"WAL archiving not measured since {iso(measured)}"}
     failing = freshness.archiver_failing(stats)
     ready = stats.get("ready_count")
-    state = "failing" if failing else ("lagging" if ready is not None and ready >= WAL_READY_LIMIT else "ok")
+    lagging = ready is not None and ready >= freshness.WAL_READY_LAG_SEGMENTS  # as PgWalArchivingLagging
+    state = "failing" if failing else ("lagging" if lagging else "ok")
     return {
         "state": state,
         "source": source,
@@ -330,7 +322,7 @@ def _restore(cluster, line: dict | None, at: datetime, endpoint: str | None = No
         "time": iso(when),
         "age": age_text((at - when).total_seconds() if when else None),
         "run_id": line.get("run_id"),
-        "run_link": run_link(f"restore_test_{cluster.name}", line.get("run_id")),
+        "run_link": run_link(cluster.dag_id("restore_test"), line.get("run_id")),
         "tool": line.get("tool"),
         "backup_label": line.get("backup_label"),
         "backup_time": line.get("backup_time"),
@@ -392,9 +384,10 @@ def _timeline(cluster, events: list[dict], failed: list[dict], audit: list[dict]
     """Oldest first. Each item: time (ISO) and epoch (Unix seconds), kind (backup, restore_test,
     failure), and what it is; backups name their run (dag_id, run_id), the others link to it."""
     items = []
+    tool_of_asset = {cluster.asset_name(tool): tool for tool in cluster.tools}
     for event in events:
         record = event.get("extra") or {}
-        tool = record.get("tool") or event["asset"].split("_backup_")[0]
+        tool = record.get("tool") or tool_of_asset.get(event["asset"])
         items.append(_item(utc(record.get("stop_time")) or utc(event["timestamp"]), "backup", tool=tool,
                            type=record.get("type"), label=record.get("label"),
                            text=f"{tool} {record.get('type')} backup {record.get('label')}", dag_id=event.get("dag_id"),
@@ -406,7 +399,7 @@ def _timeline(cluster, events: list[dict], failed: list[dict], audit: list[dict]
                                outcome=line.get("outcome"),
                                text=f"restore test {line.get('outcome')} ({line.get('backup_label')}, "
                                     f"RTO {line.get('restore_duration_seconds')} s)",
-                               run_link=run_link(f"restore_test_{cluster.name}", line.get("run_id"))))
+                               run_link=run_link(cluster.dag_id("restore_test"), line.get("run_id"))))
     for run in failed:
         when = utc(run.get("end_date")) or utc(run.get("start_date")) or utc(run.get("run_after"))
         items.append(_item(when, "failure", tool=None, type=None, label=None, dag_id=run["dag_id"],
@@ -421,9 +414,8 @@ def _timeline(cluster, events: list[dict], failed: list[dict], audit: list[dict]
 
 
 def cluster_dag_ids(cluster) -> dict[str, str]:
-    ids = {tool: BACKUP_DAG[tool].format(cluster=cluster.name) for tool in cluster.tools if tool in BACKUP_DAG}
-    ids["freshness"] = FRESHNESS_DAG.format(cluster=cluster.name)
-    return ids
+    """The DAGs whose last run a row shows: each backup DAG (by tool) and the freshness check."""
+    return {kind: cluster.dag_id(kind) for kind in (*cluster.tools, "freshness")}
 
 
 def build(clusters: list, store: Store, at: datetime | None = None, timeline_days: int = TIMELINE_DAYS,
@@ -433,17 +425,14 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
     s3_endpoints = s3_endpoints or {}
     at = at or now()
     since = at - timedelta(days=timeline_days)
-    assets = {asset_name(tool, c.name): (c.name, tool) for c in clusters for tool in c.tools}
+    assets = {c.asset_name(tool): (c.name, tool) for c in clusters for tool in c.tools}
     newest = store.newest_backup_events(list(assets))
     recent = store.backup_events(list(assets), since)
-    all_dags = []
-    for c in clusters:
-        all_dags += [BACKUP_DAG[t].format(cluster=c.name) for t in c.tools if t in BACKUP_DAG]
-        all_dags += [d.format(cluster=c.name) for d in OTHER_DAGS]
-    failed = store.failed_runs(all_dags, since)
-    freshness_dags = [FRESHNESS_DAG.format(cluster=c.name) for c in clusters]
+    dag_owner = {c.dag_id(kind): c.name for c in clusters for kind in c.dag_kinds}
+    failed = store.failed_runs(list(dag_owner), since)
+    freshness_dags = [c.dag_id("freshness") for c in clusters]
     xcom_since = at - timedelta(days=XCOM_WINDOW_DAYS)
-    last = store.last_runs([BACKUP_DAG[t].format(cluster=c.name) for c in clusters for t in c.tools if t in BACKUP_DAG])
+    last = store.last_runs([c.dag_id(tool) for c in clusters for tool in c.tools])
     last.update(store.last_runs(freshness_dags, since=xcom_since))
     audit_xcoms = _audit_xcoms(clusters, store)
     wal_xcoms = store.latest_xcoms(freshness_dags, "check_wal_archiving", "archiver_stats", xcom_since)
@@ -455,15 +444,13 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
         if name:
             events_by_cluster.setdefault(name, []).append(event)
     failed_by_cluster: dict[str, list] = {}
-    dag_owner = {d.format(cluster=c.name): c.name for c in clusters
-                 for d in (*[BACKUP_DAG[t] for t in c.tools if t in BACKUP_DAG], *OTHER_DAGS)}
     for run in failed:
         if run["dag_id"] in dag_owner:
             failed_by_cluster.setdefault(dag_owner[run["dag_id"]], []).append(run)
 
     rows = []
     for c in clusters:
-        backups = {tool: _backup(newest.get(asset_name(tool, c.name)), at) for tool in c.tools}
+        backups = {tool: _backup(newest.get(c.asset_name(tool)), at) for tool in c.tools}
         last_runs = {key: _run(last.get(dag_id)) for key, dag_id in cluster_dag_ids(c).items()}
         # A failed run older than the newest good backup is history, not the current state.
         for tool in c.tools:
@@ -473,8 +460,8 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
         lines = audit_lines(c, audit_xcoms.get(c.name, []))
         restore = _restore(c, lines[-1] if lines else None, at, s3_endpoints.get(c.s3.aws_conn_id))
         last_success = next((line for line in reversed(lines) if line.get("outcome") == "success"), None)
-        wal = _wal(c, wal_xcoms.get(FRESHNESS_DAG.format(cluster=c.name)), at)
-        bucket = _bucket(c, bucket_xcoms.get(FRESHNESS_DAG.format(cluster=c.name)))
+        wal = _wal(c, wal_xcoms.get(c.dag_id("freshness")), at)
+        bucket = _bucket(c, bucket_xcoms.get(c.dag_id("freshness")))
         rows.append({
             "name": c.name,
             "stanza": c.stanza,
@@ -499,7 +486,7 @@ def history(cluster, store: Store, at: datetime | None = None, days: int = HISTO
     at = at or now()
     since = at - timedelta(days=days)
     backups = []
-    for event in store.backup_events([asset_name(tool, cluster.name) for tool in cluster.tools], since):
+    for event in store.backup_events([cluster.asset_name(tool) for tool in cluster.tools], since):
         record = event.get("extra") or {}
         backups.append({"time": iso(utc(record.get("stop_time")) or utc(event["timestamp"])),
                         "tool": record.get("tool"), "type": record.get("type"), "label": record.get("label"),

@@ -93,7 +93,7 @@ def backup_asset(cluster, tool: str) -> Asset:
     """The asset a backup DAG updates; its events carry the backup record (label, times, sizes)."""
     path = cluster.pgbackrest.repo_path.strip("/") + f"/backup/{cluster.stanza}" if tool == "pgbackrest" \
         else cluster.walg.prefix.strip("/") + "/basebackups_005"
-    return Asset(name=f"{tool}_backup_{cluster.name}", uri=f"s3://{cluster.s3.bucket}/{path}", group="backups")
+    return Asset(name=cluster.asset_name(tool), uri=f"s3://{cluster.s3.bucket}/{path}", group="backups")
 
 
 def cluster_named(name: str):

@@ -1,4 +1,4 @@
-"""Task bodies of the hourly ``backup_freshness_<cluster>`` DAG.
+"""Task bodies of each cluster's hourly freshness DAG (``Cluster.dag_id("freshness")``).
 
 Each takes the cluster's name and reads the configuration when it runs. A task that finds a
 problem raises: the task fails, and the cluster's Slack failure alert says what is wrong after the
