@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import machine  # benchmarks/machine.py: the script's folder is first on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILES = sorted(p.name for p in (REPO / "dags").glob("*.py"))
 # Airflow's defaults: a file's import is stopped after dagbag_import_timeout (30 s), and the
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clusters", default="1,100,1000")
     args = parser.parse_args()
+    machine.print_context("dag-parse-time")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores; above ~0.5 the machine is not quiet)")
     results = {}
     for n in (int(x) for x in args.clusters.split(",")):
@@ -100,3 +103,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    machine.print_context("dag-parse-time")

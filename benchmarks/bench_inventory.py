@@ -34,6 +34,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import machine  # benchmarks/machine.py: the script's folder is first on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "results" / "inventory"
 CLUSTERS = 100
@@ -93,6 +95,9 @@ def config_text(names: list[str]) -> str:
 
 
 def fill(db_path: Path) -> dict:
+    sys.path.insert(0, str(REPO / "plugins"))
+    from pg_backups.config import build_cluster
+
     rng = random.Random(18)
     db = sqlite3.connect(db_path)
     db.execute("PRAGMA journal_mode=WAL")
@@ -106,11 +111,12 @@ def fill(db_path: Path) -> dict:
 
     start = NOW - timedelta(days=DAYS)
     for index, name in enumerate(cluster_names()):
+        cluster = build_cluster({"name": name})  # the DAG ids and asset names, as the DAGs have them
         asset_ids = {}
         for tool, path in (("pgbackrest", f"pgbackrest/backup/{name}"), ("walg", f"postgres/{name}/basebackups_005")):
             cur = db.execute("INSERT INTO asset (name, uri, \"group\", extra, created_at, updated_at) "
                              "VALUES (?, ?, 'backups', '{}', ?, ?)",
-                             (f"{tool}_backup_{name}", f"s3://bucket-{name}/{path}", ts(start), ts(start)))
+                             (cluster.asset_name(tool), f"s3://bucket-{name}/{path}", ts(start), ts(start)))
             asset_ids[tool] = cur.lastrowid
         backup_runs, events, other_runs = [], [], []
         size = 50e9 * (1 + index / 10)
@@ -120,7 +126,7 @@ def fill(db_path: Path) -> dict:
                 break
             size *= 1.001
             for tool, minute in (("pgbackrest", 15), ("walg", 45)):
-                dag_id = f"{tool}_backup_{name}"
+                dag_id = cluster.dag_id(tool)
                 run_id = f"scheduled__{date.replace(minute=minute).isoformat()}"
                 at = date.replace(minute=minute)
                 failed = rng.random() < 0.02
@@ -140,18 +146,18 @@ def fill(db_path: Path) -> dict:
                           "wal_stop": "0000000100000B", "airflow_run_id": run_id, "backup_count": 40}
                 events.append((asset_ids[tool], json.dumps(record), "publish_backup", dag_id, run_id,
                                ts(stop + timedelta(seconds=30))))
-            other_runs.append((f"s3_bucket_config_{name}", f"scheduled__{date.replace(hour=0, minute=0).isoformat()}",
+            other_runs.append((cluster.dag_id("s3_bucket"), f"scheduled__{date.replace(hour=0, minute=0).isoformat()}",
                                ts(date), ts(date), ts(date), ts(date + timedelta(seconds=20)), "success"))
         for quarter in range(4):
             at = NOW - timedelta(days=20 + 91 * quarter)
-            other_runs.append((f"restore_test_{name}", f"scheduled__{at.isoformat()}", ts(at), ts(at), ts(at),
+            other_runs.append((cluster.dag_id("restore_test"), f"scheduled__{at.isoformat()}", ts(at), ts(at), ts(at),
                                ts(at + timedelta(hours=3)), "success"))
         runs(backup_runs + other_runs)
         db.executemany("INSERT INTO asset_event (asset_id, extra, source_task_id, source_dag_id, source_run_id, "
                        "timestamp) VALUES (?, ?, ?, ?, ?, ?)", events)
         counts["asset_event"] += len(events)
         # Hourly freshness checks and their XComs.
-        dag_id = f"backup_freshness_{name}"
+        dag_id = cluster.dag_id("freshness")
         hours = [start + timedelta(hours=h) for h in range(DAYS * 24) if start + timedelta(hours=h) <= NOW]
         freshness = [(dag_id, f"scheduled__{h.isoformat()}", ts(h), ts(h), ts(h), ts(h + timedelta(seconds=40)),
                       "failed" if rng.random() < 0.01 else "success") for h in hours]
@@ -237,6 +243,7 @@ def measure(n: int) -> dict:
 
 
 def main() -> None:
+    machine.print_context("backup-inventory-load-time")
     counts = prepare()
     print(f"metadata database: {counts['asset_event']:,} asset events, {counts['dag_run']:,} DAG runs, "
           f"{counts['xcom']:,} XComs, {counts['db_mb']} MB (filled in {counts['fill_seconds']} s)")
@@ -256,3 +263,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    machine.print_context("backup-inventory-load-time")

@@ -24,6 +24,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import machine  # benchmarks/machine.py: the script's folder is first on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sandbox"))
 
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=68, help="pgbench scale (68 is about 1 GB)")
     parser.add_argument("--rounds", type=int, default=3, help="direct/DAG pairs, alternated")
     args = parser.parse_args()
+    machine.print_context("pgbackrest-backup-and-compression")
     L = sb.Layout.from_env()
     sb.main(["up"])
     env = sb.read_env_file(L.env_file)
@@ -58,7 +61,7 @@ def main() -> None:
     cluster = sb.load_config(L.clusters_file).cluster(sb.STANZA)
     airflow = Path(sys.executable).parent / "airflow"
     # The bucket and stanza, as the demo makes them.
-    for dag in ("s3_bucket_config_asso", "pgbackrest_backup_asso"):
+    for dag in (cluster.dag_id("s3_bucket"), cluster.dag_id("pgbackrest")):
         timed([airflow, "dags", "test", dag], env)
     if not sb.psql(L, "SELECT 1 FROM pg_database WHERE datname = 'bench'", db="postgres"):
         print(f"creating pgbench data, scale {args.scale} ...", flush=True)
@@ -74,11 +77,11 @@ def main() -> None:
     raw_runs, dag_runs = [], []
     for _ in range(args.rounds):
         raw_runs.append(timed([*runuser, *direct])[0])
-        timed([airflow, "dags", "test", "pgbackrest_backup_asso", "--conf", '{"backup_type": "full"}'], env)
+        timed([airflow, "dags", "test", cluster.dag_id("pgbackrest"), "--conf", '{"backup_type": "full"}'], env)
         with sqlite3.connect(L.airflow_home / "airflow.db") as db:
-            start, end = db.execute("SELECT start_date, end_date FROM task_instance WHERE dag_id = "
-                                    "'pgbackrest_backup_asso' AND task_id = 'backup' ORDER BY start_date DESC "
-                                    "LIMIT 1").fetchone()
+            start, end = db.execute("SELECT start_date, end_date FROM task_instance WHERE dag_id = ? "
+                                    "AND task_id = 'backup' ORDER BY start_date DESC LIMIT 1",
+                                    (cluster.dag_id("pgbackrest"),)).fetchone()
         dag_runs.append((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
     raw, dag_task = statistics.median(raw_runs), statistics.median(dag_runs)
     print("\n== Backup through the DAG vs the same command run directly (full backup) ==")
@@ -106,3 +109,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    machine.print_context("pgbackrest-backup-and-compression")

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import machine  # benchmarks/machine.py: the script's folder is first on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "sandbox")]
 
@@ -62,6 +64,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=1, help="alternate raw and drill N times, keep the best")
     args = parser.parse_args()
+    machine.print_context("restore-drill")
     layout = Layout.from_env()
     cluster = load_config(layout.clusters_file).cluster("asso")
     latest = pgbackrest.latest_backup(cluster)
@@ -86,4 +89,6 @@ def main() -> int:
 if __name__ == "__main__":
     if os.geteuid() != 0:
         raise SystemExit("run as root (the restores run as the postgres user through runuser)")
-    sys.exit(main())
+    code = main()
+    machine.print_context("restore-drill")
+    sys.exit(code)

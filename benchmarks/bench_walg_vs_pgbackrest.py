@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import machine  # benchmarks/machine.py: the script's folder is first on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sandbox"))
 
@@ -69,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=35, help="pgbench scale (35 is about 530 MB, 68 about 1 GB)")
     args = parser.parse_args()
+    machine.print_context("wal-g-vs-pgbackrest")
     if sb.find_walg() is None:
         raise SystemExit(sb.WALG_MISSING)
     L = sb.Layout.from_env()
@@ -173,3 +176,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    machine.print_context("wal-g-vs-pgbackrest")
