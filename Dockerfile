@@ -35,7 +35,7 @@ RUN pip install --no-cache-dir -q -r /opt/pg_backups/requirements-celery.txt -c 
  && python -c "from airflow.providers.celery.executors.celery_executor import CeleryExecutor" \
  && airflow version
 
-# WAL-G only where a binary is provided at .tools/bin/wal-g (see the README's WAL-G section):
+# WAL-G only where a binary is provided at .tools/bin/wal-g (see docs/walg.md):
 # the glob copies nothing else when it is absent.
 COPY deploy/entrypoint.sh .tools/bin/wal-g* /opt/pg_backups/bin/
 RUN if [ -x /opt/pg_backups/bin/wal-g ]; then ln -s /opt/pg_backups/bin/wal-g /usr/local/bin/wal-g; fi

@@ -13,7 +13,7 @@ Nothing here imports Airflow.
 
 from __future__ import annotations
 
-# Exit codes of the cron scripts (documented in the README).
+# Exit codes of the cron scripts (documented in docs/operations.md).
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
 
