@@ -90,3 +90,18 @@ def test_the_link_checker_catches_a_link_outside(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "[y](nothing.md)")
     with pytest.raises(AssertionError, match="does not exist"):
         test_every_relative_link_resolves_inside_the_repository(page)
+
+
+def test_the_readmes_smallest_clusters_yaml_is_valid():
+    import yaml
+
+    from pg_backups.config import DAG_KINDS, parse_config
+
+    block = re.search(r"## The smallest `clusters.yaml`\s+```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert block, "README.md: no clusters.yaml example"
+    (cluster,) = parse_config(yaml.safe_load(block.group(1)), "README.md").clusters
+    # The README's DAG table lists what that cluster gets.
+    readme = (REPO / "README.md").read_text()
+    for kind in DAG_KINDS:
+        assert f"`{DAG_KINDS[kind].replace('{cluster}', '<cluster>')}`" in readme, kind
+    assert cluster.name == "asso" and cluster.dag_kinds == list(DAG_KINDS)

@@ -5,11 +5,12 @@ one edit. No servers."""
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from pg_backups import config, freshness, inventory
+from pg_backups import freshness, inventory
 from pg_backups.config import BACKUP_ASSET, DAG_KINDS, TOOLS, build_cluster, dag_kind
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,8 +77,14 @@ def test_a_dag_id_is_parsed_back_to_its_kind():
     assert dag_kind("restore_test_") is None and dag_kind("example_dag") is None
 
 
-def test_the_inventory_uses_the_freshness_lag_limit():
-    # The inventory's "lagging" and the freshness check's alert are one limit.
-    assert not hasattr(inventory, "WAL_READY_LIMIT") and freshness.WAL_READY_LAG_SEGMENTS == 10
-    assert "WAL_READY_LAG_SEGMENTS" in Path(inventory.__file__).read_text()
-    assert config.DAG_KINDS is DAG_KINDS
+def test_the_inventory_and_the_freshness_check_share_one_lag_limit(monkeypatch):
+    # The inventory's "lagging" moves with the freshness check's limit: one number, not two.
+    at = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+    cluster = build_cluster({"name": "asso"})
+    stats = {"archived_count": 10, "failed_count": 0, "last_archived_time": at.isoformat(), "ready_count": 4}
+    xcom = {"value": stats, "timestamp": at}
+    assert not hasattr(inventory, "WAL_READY_LIMIT")
+    assert inventory._wal(cluster, xcom, at)["state"] == "ok"
+    monkeypatch.setattr(freshness, "WAL_READY_LAG_SEGMENTS", 4)
+    assert inventory._wal(cluster, xcom, at)["state"] == "lagging"
+    assert freshness.archiver_problems(stats, None, now=at) != []  # the check alerts at the same limit
