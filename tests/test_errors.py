@@ -13,6 +13,7 @@ from pg_backups.config import build_cluster
 from pg_backups.errors import (
     EXIT_FAILED,
     EXIT_REFUSED,
+    BucketSettingsError,
     CheckFailed,
     ConfigError,
     PgBackupsError,
@@ -22,7 +23,6 @@ from pg_backups.errors import (
     Unreachable,
     WalArchivingProblem,
 )
-from pg_backups.s3_bucket import BucketSettingsError
 
 
 @pytest.mark.parametrize("error,retryable,exit_code", [
@@ -38,6 +38,18 @@ from pg_backups.s3_bucket import BucketSettingsError
 def test_every_error_says_whether_a_retry_helps_and_its_exit_code(error, retryable, exit_code):
     assert isinstance(error, PgBackupsError)
     assert (error.retryable, error.exit_code) == (retryable, exit_code)
+
+
+@pytest.mark.parametrize("error,setting", [
+    (ConfigError("clusters.yaml", "s3.region", "bad", "fix it"), "s3.region"),
+    (RestoreRefused("restore_test.staging_data_directory", "is production", "point it elsewhere"),
+     "restore_test.staging_data_directory"),
+    (BucketSettingsError("region", "bucket exists in us-west-2", "set s3.region"), "region"),
+])
+def test_an_error_that_names_a_setting_calls_it_setting(error, setting):
+    """One attribute for the setting an error names, whatever the error (cli.py reads it to name the
+    runbook variable that set it)."""
+    assert error.setting == setting and setting in str(error)
     if error.fix:
         assert str(error).endswith(f"Fix: {error.fix}")
 

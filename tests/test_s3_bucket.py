@@ -20,8 +20,8 @@ import pytest
 
 from pg_backups import s3_bucket
 from pg_backups.config import ConfigError, S3Settings, Transition, parse_config
+from pg_backups.errors import BucketSettingsError
 from pg_backups.s3_access import S3Access
-from pg_backups.s3_bucket import BucketSettingsError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "include" / "scripts" / "configure_s3.sh"
@@ -105,10 +105,10 @@ BAD = [
 @pytest.mark.parametrize("change,key,problem", BAD, ids=[f"{k}:{i}" for i, (_, k, _) in enumerate(BAD)])
 def test_bad_settings_are_refused_before_any_call(change, key, problem):
     client = RecordingClient()  # fails the test on any use
-    with pytest.raises(s3_bucket.BucketSettingsError) as err:
+    with pytest.raises(BucketSettingsError) as err:
         s3_bucket.reconcile(client, dataclasses.replace(DEFAULT, **change))
     assert client.calls == []
-    assert err.value.key == key and problem in str(err.value)
+    assert err.value.setting == key and problem in str(err.value)
     assert str(err.value).startswith(f"s3.{key}:") and "Fix:" in str(err.value)
 
 
@@ -124,7 +124,7 @@ def test_bad_settings_in_the_file_are_refused_when_loaded(s3, key):
     """DAG files load the configuration at parse time: a bad bucket setting is an import error."""
     with pytest.raises(ConfigError) as err:
         parse_config({"clusters": [{"name": "asso", "s3": s3}]})
-    assert err.value.key == key
+    assert err.value.setting == key
 
 
 def test_desired_lifecycle_is_the_runbooks_plus_the_caps():

@@ -25,7 +25,7 @@ import sandbox as sandbox_module
 from conftest import REPO, DagRunResult, wait_for
 from pg_backups import archiving, operations, staging, times, walg
 from pg_backups.config import load_config
-from pg_backups.errors import ToolError
+from pg_backups.errors import ArchivingBroken, ToolError
 
 WALG = sandbox_module.find_walg()
 if WALG is None:
@@ -340,7 +340,7 @@ def test_archiving_broken_during_the_backup_stops_wal_g_with_the_reason(walg_bac
     break_archiving(sandbox)
     try:
         started = time.monotonic()
-        with pytest.raises(archiving.ArchivingBroken) as caught:
+        with pytest.raises(ArchivingBroken) as caught:
             operations.walg_backup(cluster, access(sandbox), "test-archiving-breaks")
         elapsed = time.monotonic() - started
         assert waiting_sessions(sandbox) == "0"  # the waiting session was ended too
@@ -371,7 +371,7 @@ def test_pgbackrest_cannot_hang_on_broken_archiving(walg_backup, sandbox):
         during_seconds = time.monotonic() - started
         assert waiting_sessions(sandbox) == "0"
         wait_for(lambda: archiving.problem(archiving.archiver_stats(cluster)), 120, what="an archive failure")
-        with pytest.raises(archiving.ArchivingBroken) as before:
+        with pytest.raises(ArchivingBroken) as before:
             operations.pgbackrest_backup(cluster, "incr", "test-pgbackrest-archiving-2")
     finally:
         repair_archiving(sandbox)

@@ -13,7 +13,7 @@ import pytest
 import sandbox as sandbox_module
 from pg_backups import archiving, runner, staging, walg
 from pg_backups.config import build_cluster
-from pg_backups.errors import ToolError
+from pg_backups.errors import ArchivingBroken, ToolError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,10 +57,10 @@ def test_watch_stops_a_tool_that_cannot_finish_and_raises_its_reason():
     def watch():
         calls.append(time.monotonic())
         if len(calls) >= 2:
-            raise archiving.ArchivingBroken("WAL archiving is broken", fix="repair it")
+            raise ArchivingBroken("WAL archiving is broken", fix="repair it")
 
     started = time.monotonic()
-    with pytest.raises(archiving.ArchivingBroken) as caught:
+    with pytest.raises(ArchivingBroken) as caught:
         runner.run(["sleep", "60"], watch=watch, watch_interval=0.3)
     assert time.monotonic() - started < 20
     assert str(caught.value).startswith("WAL archiving is broken (sleep stopped after ")

@@ -19,17 +19,13 @@ import logging
 import time
 
 from pg_backups import freshness, marker, runner
-from pg_backups.errors import ToolError
+from pg_backups.errors import ArchivingBroken, ToolError
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_WAIT_EVENT = "BackupWaitWalArchive"
 WAITING_SQL = (f"SELECT pid, extract(epoch FROM now() - state_change)::int FROM pg_stat_activity "
                f"WHERE wait_event = '{ARCHIVE_WAIT_EVENT}'")
-
-
-class ArchivingBroken(ToolError):
-    """WAL archiving fails: a backup cannot complete (its last WAL segment is never archived)."""
 
 
 def production_sql(cluster, sql: str, quiet: bool = False) -> str:

@@ -110,7 +110,7 @@ def resolve_cluster(name: str | None, env=os.environ):
     try:
         return with_overrides(cluster, over, "environment (runbook variables)")
     except ConfigError as exc:  # name the variable the operator set, not only the setting
-        key = exc.key.removeprefix("cluster.")
+        key = exc.setting.removeprefix("cluster.")
         var = next((v for v in RUNBOOK_VARIABLES.get(key, ()) if env.get(v)), None)
         if var is None:
             raise

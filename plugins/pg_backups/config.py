@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from pg_backups.errors import ConfigError
+from pg_backups.errors import BucketSettingsError, ConfigError
 from pg_backups.times import WEEKDAYS
 
 __all__ = ["ConfigError", "Config", "Cluster", "TOOLS", "DAG_KINDS", "dag_kind", "load_config", "parse_config",
@@ -123,8 +123,8 @@ class S3Settings(Settings):
 
         try:
             s3_bucket.validate(self)
-        except s3_bucket.BucketSettingsError as exc:
-            fail(exc.key, exc.problem, exc.fix)
+        except BucketSettingsError as exc:
+            fail(exc.setting, exc.problem, exc.fix)
 
 
 @dataclass(frozen=True)

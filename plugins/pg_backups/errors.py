@@ -42,11 +42,19 @@ class Refused(PgBackupsError):
 
 
 class ConfigError(Refused):
-    """A setting is wrong: where it is (``source``, ``key``), what is wrong, and the fix."""
+    """A setting is wrong: where it is (``source``, ``setting``), what is wrong, and the fix."""
 
-    def __init__(self, source: str, key: str, problem: str, fix: str):
-        self.source, self.key = source, key
-        super().__init__(problem, fix, head=f"{source}: {key}: {problem}")
+    def __init__(self, source: str, setting: str, problem: str, fix: str):
+        self.source, self.setting = source, setting
+        super().__init__(problem, fix, head=f"{source}: {setting}: {problem}")
+
+
+class BucketSettingsError(Refused):
+    """A bucket setting S3 would refuse, or a bucket that is not ours to configure; nothing was changed."""
+
+    def __init__(self, setting: str, problem: str, fix: str):
+        self.setting = setting
+        super().__init__(problem, fix, head=f"s3.{setting}: {problem}")
 
 
 class RestoreRefused(Refused):
@@ -71,6 +79,10 @@ class ToolError(PgBackupsError):
                  fix: str | None = None, retryable: bool | None = None):
         super().__init__(message, fix, retryable=retryable)
         self.returncode, self.output = returncode, output
+
+
+class ArchivingBroken(ToolError):
+    """WAL archiving fails: a backup cannot complete (its last WAL segment is never archived)."""
 
 
 class Unreachable(PgBackupsError):

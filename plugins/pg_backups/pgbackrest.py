@@ -23,12 +23,16 @@ from pg_backups.s3_access import S3Access
 log = logging.getLogger(__name__)
 
 BINARY = "pgbackrest"
-LOCK_ERROR = 50  # "unable to acquire lock"
-# pgBackRest refused its options (031 invalid option, 032 invalid value, 033 out of range,
-# 034 invalid pair, 035 duplicate key, 036 bad negation, 037 missing option): it did nothing, and
-# running it again with the same configuration cannot succeed.
-OPTION_ERRORS = range(31, 38)
+# pgBackRest's exit codes that the project acts on, named as its build/error.yaml names them
+# (option-invalid: 31 is OptionInvalidError in its messages); 2.45's list has no 33 to 36.
+OPTION_INVALID_ERROR = 31
+OPTION_INVALID_VALUE_ERROR = 32
+OPTION_REQUIRED_ERROR = 37
 FILE_OPEN_ERROR = 41  # "unable to open file ... for read"
+LOCK_ACQUIRE_ERROR = 50  # "unable to acquire lock"
+# pgBackRest refused its options: it did nothing, and running it again with the same
+# configuration cannot succeed.
+OPTION_ERRORS = (OPTION_INVALID_ERROR, OPTION_INVALID_VALUE_ERROR, OPTION_REQUIRED_ERROR)
 # pgBackRest 2.45 rejects the runbook's `repo1-retention-archive-type=time` ("'time' is not
 # allowed": it takes full, diff or incr). Left unset, archive retention follows the full backups
 # that time-based retention keeps, which is what the runbook means: PITR across the 30 days.
@@ -230,13 +234,13 @@ def _stanza_create(cluster, wait_seconds: float = 180) -> None:
         if proc.returncode == 0:
             return
         output = proc.stdout + proc.stderr
-        if proc.returncode == LOCK_ERROR and "Permission denied" in output:
+        if proc.returncode == LOCK_ACQUIRE_ERROR and "Permission denied" in output:
             # [050] with EACCES is a permission problem, not another process: waiting cannot help.
             raise ToolError(f"pgbackrest stanza-create for stanza {cluster.stanza} cannot write its lock file: "
                             f"{runner.last_error_line(output)}", proc.returncode, output, retryable=False,
                             fix=f"give the user {cluster.os_user or 'running the task'} write access to "
                                 f"{cluster.pgbackrest.lock_path}")
-        if proc.returncode != LOCK_ERROR or time.monotonic() > deadline:
+        if proc.returncode != LOCK_ACQUIRE_ERROR or time.monotonic() > deadline:
             raise ToolError(f"pgbackrest stanza-create failed for stanza {cluster.stanza}: "
                             f"{runner.last_error_line(output)}", proc.returncode)
         log.info("stanza-create: another pgBackRest process of stanza %s holds its lock (%s); retrying in 5 s",

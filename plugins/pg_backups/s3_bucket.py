@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from pg_backups.errors import Refused
+from pg_backups.errors import BucketSettingsError
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,6 @@ sa-east-1 us-east-1 us-east-2 us-gov-east-1 us-gov-west-1 us-west-1 us-west-2
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 RULE_CURRENT, RULE_NONCURRENT, RULE_MULTIPART = "backups-current-tiering", "backups-noncurrent-versions", "abort-incomplete-multipart"
 POLICY_SID = "DenyInsecureTransport"  # the one bucket-policy statement this project manages
-
-
-class BucketSettingsError(Refused):
-    """A bucket setting S3 would refuse, or a bucket that is not ours to configure; nothing was changed."""
-
-    def __init__(self, key: str, problem: str, fix: str):
-        self.key = key
-        super().__init__(problem, fix, head=f"s3.{key}: {problem}")
 
 
 def validate(s) -> None:
