@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import os
 import secrets
@@ -33,6 +34,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import sandbox  # sandbox/sandbox.py: its helpers need only the standard library
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "pg-backups:3.3.2"
@@ -46,17 +49,8 @@ HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 IMAGE_CA_DIR = REPO / "deploy" / "ca-certificates"
 
 
-def log(message: str) -> None:
-    print(f"[compose] {message}", flush=True)
-
-
-def sh(*argv, check=True, capture=True, timeout=None, env=None, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(a) for a in argv], text=True, capture_output=capture, timeout=timeout,
-                          env={**os.environ, **(env or {})}, **kw)
-    if check and proc.returncode != 0:
-        out = (proc.stdout or "") + (proc.stderr or "") if capture else ""
-        raise SystemExit(f"[compose] failed ({proc.returncode}): {' '.join(map(str, argv))}\n{out[-4000:]}")
-    return proc
+log = functools.partial(sandbox.log, name="compose")
+sh = functools.partial(sandbox.sh, name="compose")
 
 
 class Settings:
@@ -82,7 +76,7 @@ class Settings:
         return argv
 
     def secrets(self) -> dict:
-        return read_env(self.env_file)
+        return sandbox.read_env_file(self.env_file)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,16 +219,6 @@ def build(S: Settings) -> dict:
 # The sandbox's files: secrets (.env, 0600), the S3 endpoint's certificate, the seed, Slack's file
 
 
-def read_env(path: Path) -> dict:
-    """The .env file's values (written below as KEY='value': compose reads single quotes literally)."""
-    env = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            env[key.strip()] = value[1:-1] if value[:1] == value[-1:] == "'" else value
-    return env
-
-
 def prepare(S: Settings) -> None:
     S.dir.mkdir(parents=True, exist_ok=True)
     os.chmod(S.dir, 0o755)
@@ -247,19 +231,11 @@ def prepare(S: Settings) -> None:
         os.chmod(tls / "key.pem", 0o644)  # read by stunnel in its container; a sandbox-only key
     (S.dir / "slack").mkdir(exist_ok=True)
     S.slack_messages.touch()
-    seed = _seed_sql()
+    seed = sandbox.SEED_SQL
     if not (S.dir / "seed.sql").exists() or (S.dir / "seed.sql").read_text() != seed:
         (S.dir / "seed.sql").write_text(seed)
     if not S.env_file.exists():
         write_env(S)
-
-
-def _seed_sql() -> str:
-    """The local sandbox's association schema and rows (sandbox/sandbox.py), read without importing it
-    (that module imports the project, which needs the virtualenv)."""
-    text = (REPO / "sandbox" / "sandbox.py").read_text()
-    start = text.index('SEED_SQL = """') + len('SEED_SQL = """')
-    return text[start:text.index('"""', start)]
 
 
 def write_env(S: Settings) -> None:
@@ -310,7 +286,7 @@ def api_answers(S: Settings) -> bool:
 def up(S: Settings) -> dict:
     times = {**ensure_engine(), **build(S)}
     started = time.monotonic()
-    proc = sh(*S.compose(), "up", "-d", "--wait", "--wait-timeout", "600", check=False, capture=True,
+    proc = sh(*S.compose(), "up", "-d", "--wait", "--wait-timeout", "600", check=False,
               timeout=900, env={"DOCKER_BUILDKIT": "0"})
     if proc.returncode != 0:
         ps = sh(*S.compose(), "ps", "-a", check=False).stdout

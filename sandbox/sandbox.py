@@ -32,13 +32,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
-
-from pg_backups import operations  # noqa: E402
-from pg_backups.config import load_config  # noqa: E402
-from pg_backups.s3_access import S3Access  # noqa: E402
+# The project (which needs the virtualenv) is imported in the functions that use it: sandbox/compose.py
+# uses this module's log, sh and read_env_file with only the standard library.
+if TYPE_CHECKING:
+    from pg_backups.s3_access import S3Access
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # Where a WAL-G binary is looked for, in this order (the Go module proxy here refuses WAL-G, so
@@ -99,17 +100,18 @@ class Layout:
     ca_file = property(lambda s: s.tls / "cert.pem")
 
 
-def log(message: str) -> None:
-    print(f"[sandbox] {message}", flush=True)
+def log(message: str, name: str = "sandbox") -> None:
+    print(f"[{name}] {message}", flush=True)
 
 
-def sh(*argv, user: str | None = None, check: bool = True, env: dict | None = None, **kw):
+def sh(*argv, user: str | None = None, check: bool = True, env: dict | None = None, name: str = "sandbox", **kw):
     argv = [str(a) for a in argv]
     if user:
         argv = ["runuser", "-u", user, "--", *argv]
     proc = subprocess.run(argv, env={**os.environ, **(env or {})}, text=True, capture_output=True, **kw)
     if check and proc.returncode != 0:
-        raise SystemExit(f"[sandbox] failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+        # The end says why; a docker build's output (compose.py) runs to megabytes.
+        raise SystemExit(f"[{name}] failed ({proc.returncode}): {' '.join(argv)}\n{(proc.stdout + proc.stderr)[-4000:]}")
     return proc
 
 
@@ -194,6 +196,8 @@ def credentials(L: Layout) -> dict:
 
 
 def access(L: Layout, creds: dict) -> S3Access:
+    from pg_backups.s3_access import S3Access
+
     return S3Access(region=REGION, access_key=creds["aws_access_key_id"], secret_key=creds["aws_secret_access_key"],
                     endpoint_url=L.endpoint, ca_file=str(L.ca_file))
 
@@ -328,6 +332,9 @@ def pg_running(pgdata: Path) -> bool:
 
 def start_production(L: Layout, creds: dict, name: str = STANZA) -> None:
     """The production cluster ``name`` (asso, or the optional second one), archiving to its tools."""
+    from pg_backups import operations
+    from pg_backups.config import load_config
+
     cluster = load_config(L.clusters_file).cluster(name)
     pgdata, port = Path(cluster.data_directory), cluster.port
     first = not (pgdata / "PG_VERSION").exists()
@@ -458,14 +465,15 @@ def airflow_env(L: Layout, creds: dict) -> dict:
 
 
 def read_env_file(path: Path) -> dict:
-    """The variables of a sandbox.env, for callers that run Airflow or the scripts against it."""
+    """The variables of a sandbox.env (``export KEY=<shell-quoted>``), for callers that run Airflow or
+    the scripts against it, or of compose.py's .env (``KEY='value'``: compose reads quotes literally)."""
     import shlex
 
     env = {}
     for line in Path(path).read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            env[key] = shlex.split(value)[0] if value else ""
+        key, equals, value = line.removeprefix("export ").partition("=")
+        if equals and not key.lstrip().startswith("#"):
+            env[key.strip()] = shlex.split(value)[0] if value else ""
     return env
 
 
@@ -480,6 +488,8 @@ def write_env_file(L: Layout, env: dict) -> None:
 
 
 def setup_airflow(L: Layout, env: dict) -> None:
+    from pg_backups.config import load_config
+
     L.airflow_home.mkdir(parents=True, exist_ok=True)
     airflow = Path(sys.executable).parent / "airflow"
     full_env = {**os.environ, **env}
@@ -558,6 +568,9 @@ def stop_airflow(L: Layout) -> None:
 
 
 def up(L: Layout) -> None:
+    from pg_backups import operations
+    from pg_backups.config import load_config
+
     for d in (L.root, L.run_dir, L.logs, L.etc, L.staging_root, L.root / "metrics"):
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)  # the postgres user must reach its files below

@@ -3,11 +3,16 @@ them for real), and the shell scripts' hygiene."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 
+import compose as compose_script  # sandbox/compose.py (the fixture below is named compose)
 import pytest
 import yaml
+
+import sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted([*(REPO / "include" / "scripts").glob("*.sh"), *(REPO / "bin").iterdir(), REPO / ".ci" / "run",
@@ -101,3 +106,30 @@ def test_cron_scripts_have_usage_and_refuse_stray_arguments(script):
     if script.name != "pg_backups_cli.sh":
         bad = subprocess.run([str(script), "--bogus"], capture_output=True, text=True)
         assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_compose_script_uses_the_sandbox_helpers_on_the_standard_library_only():
+    """sandbox/compose.py runs before any virtualenv exists, and uses sandbox/sandbox.py's log, sh and
+    read_env_file: importing that module must not import the project (-S: no site-packages)."""
+    code = ("import sys; sys.path.insert(0, 'sandbox'); import compose\n"
+            "compose.log('hello')\n"
+            "try:\n    compose.sh('false')\nexcept SystemExit as exc:\n    print(exc)")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["[compose] hello", "[compose] failed (1): false", ""], proc.stdout
+
+
+def test_env_files_read_back_as_written(tmp_path):
+    """One reader for the compose sandbox's .env (KEY='value', which compose reads literally) and the
+    loopback sandbox's sandbox.env (export KEY=<shell-quoted>)."""
+    settings = compose_script.Settings({"COMPOSE_SANDBOX_DIR": str(tmp_path / "compose")})
+    settings.dir.mkdir()
+    compose_script.write_env(settings)
+    written = [line.partition("=") for line in settings.env_file.read_text().splitlines() if not line.startswith("#")]
+    assert settings.secrets() == {key: value.removeprefix("'").removesuffix("'") for key, _, value in written}
+    assert json.loads(settings.secrets()["AIRFLOW_CONN_PG_ASSO"])["host"] == "db-asso"
+
+    layout = sandbox.Layout(tmp_path, 27800)
+    env = {"PLAIN": "value", "QUOTED": "it's \"x\" y", "EMPTY": "", "JSON": '{"a": [1, 2]}'}
+    sandbox.write_env_file(layout, env)
+    assert sandbox.read_env_file(layout.env_file) == env
