@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO / "sandbox"))
 
 import sandbox as sb  # noqa: E402
 from pg_backups import pgbackrest  # noqa: E402
+from pg_backups.config import load_config  # noqa: E402
 
 
 def timed(argv, env=None) -> tuple[float, float, subprocess.CompletedProcess]:
@@ -58,7 +59,7 @@ def main() -> None:
     sb.main(["up"])
     env = sb.read_env_file(L.env_file)
     os.environ.update(env)
-    cluster = sb.load_config(L.clusters_file).cluster(sb.STANZA)
+    cluster = load_config(L.clusters_file).cluster(sb.STANZA)
     airflow = Path(sys.executable).parent / "airflow"
     # The bucket and stanza, as the demo makes them.
     for dag in (cluster.dag_id("s3_bucket"), cluster.dag_id("pgbackrest")):

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "sandbox"))
 
 import sandbox as sb  # noqa: E402
 from pg_backups import operations, pgbackrest, runner, walg  # noqa: E402
+from pg_backups.config import load_config  # noqa: E402
 
 
 def cpu_children() -> float:
@@ -77,7 +78,7 @@ def main() -> None:
     L = sb.Layout.from_env()
     sb.main(["up"])
     os.environ.update(sb.read_env_file(L.env_file))
-    cluster = sb.load_config(L.clusters_file).cluster(sb.STANZA)
+    cluster = load_config(L.clusters_file).cluster(sb.STANZA)
     access = sb.access(L, sb.credentials(L))
     s3 = access.boto3_client()
     bucket = cluster.s3.bucket

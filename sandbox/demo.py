@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE))
 
 import airflow_api  # noqa: E402
 import sandbox  # noqa: E402
-from pg_backups.config import DAG_KINDS, TOOLS  # noqa: E402  (sandbox put plugins/ on the path)
+from pg_backups.config import DAG_KINDS, TOOLS, load_config  # noqa: E402  (sandbox put plugins/ on the path)
 
 QA_COMMENT = "approved by bin/demo on behalf of QA (sandbox)"
 
@@ -46,7 +46,7 @@ def main() -> int:
     L = sandbox.Layout.from_env()
     sandbox.main(["up"])
     sandbox.main(["airflow-up"])
-    cluster = sandbox.load_config(L.clusters_file).cluster(sandbox.STANZA)
+    cluster = load_config(L.clusters_file).cluster(sandbox.STANZA)
     client = airflow_api.Client(L)
     # Every kind of DAG, in the order Ops would run them on a new cluster (config.DAG_KINDS's).
     wanted = {cluster.dag_id(kind): kind for kind in DAG_KINDS}
