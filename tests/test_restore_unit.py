@@ -329,3 +329,13 @@ def test_every_query_to_production_goes_one_way_with_the_password_over_tcp(tmp_p
     monkeypatch.delenv("PGPASSWORD")
     assert all("PGPASSWORD" not in env for _, env in every_path(over_tcp))  # none given: none passed
 
+
+def test_pitr_restore_tests_success_message_names_the_target_time(tmp_path):
+    c = make_cluster(tmp_path)
+    args = dict(run_id="backfill__2026-11-20T02:00:00+00:00", tool="pgbackrest", record=RECORD, restore_seconds=3,
+                smoke_result={"pg_tables": 3}, checks=CHECKS, signoff={"status": "approved", "by": "qa"})
+    pitr = audit.audit_record(c, **args, target_time="2026-11-20T02:00:00+00:00")
+    text = audit.summary_text(c, pitr)
+    assert "*Target:* 2026-11-20T02:00:00+00:00 (point in time)" in text and RECORD["label"] in text
+    latest = audit.summary_text(c, audit.audit_record(c, **args))
+    assert "*Target:* latest" in latest and "point in time" not in latest
