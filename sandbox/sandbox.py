@@ -12,7 +12,8 @@ Slack's incoming webhook; and (e) Airflow (SQLite) with connections pointing at 
 written to ``<dir>/sandbox.env`` (owner-only) for ``source``.
 
 Settings: SANDBOX_DIR (default /var/tmp/pg-backups-sandbox) and SANDBOX_PORT_BASE (default
-25400; the sandbox uses the ten ports from there). SANDBOX_CLUSTERS=asso,billing adds a second
+25400; the sandbox uses the ports from there to +12: its services +0 to +7, Airflow's log servers
++10 and +11 and the scheduler's health check +12; see Layout). SANDBOX_CLUSTERS=asso,billing adds a second
 cluster, `billing` (its own PostgreSQL, staging, stanza and pool; pgBackRest only), to try
 several clusters side by side. Keep them below 32768: ports in the kernel's
 ephemeral range (32768-60999) can be held by any outgoing connection, and binding then fails.
@@ -53,6 +54,8 @@ SECOND = "billing"  # the optional second cluster (SANDBOX_CLUSTERS=asso,billing
 REGION = "eu-west-3"
 BUCKET = "asso-prod-backups"
 APP_DB = "app"
+# The kernel's ephemeral ports start here (32768-60999): any outgoing connection may hold one.
+EPHEMERAL_PORTS = 32768
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,13 @@ class Layout:
         if names not in ((STANZA,), (STANZA, SECOND)):
             raise SystemExit(f"[sandbox] SANDBOX_CLUSTERS={','.join(names)} is not supported: use '{STANZA}' "
                              f"or '{STANZA},{SECOND}'")
-        return cls(Path(env.get("SANDBOX_DIR", "/var/tmp/pg-backups-sandbox")).resolve(),
-                   int(env.get("SANDBOX_PORT_BASE", "25400")), names)
+        layout = cls(Path(env.get("SANDBOX_DIR", "/var/tmp/pg-backups-sandbox")).resolve(),
+                     int(env.get("SANDBOX_PORT_BASE", "25400")), names)
+        if not 1024 <= layout.port_base or max(layout.ports.values()) >= EPHEMERAL_PORTS:
+            raise SystemExit(f"[sandbox] SANDBOX_PORT_BASE={layout.port_base} puts the sandbox's ports at "
+                             f"{layout.port_base}-{max(layout.ports.values())}: choose a base from 1024 to "
+                             f"{EPHEMERAL_PORTS - 1 - max(layout.ports.values()) + layout.port_base}")
+        return layout
 
     # The second cluster's PostgreSQL and staging (ports +6 and +7).
     billing_pg_port = property(lambda s: s.port_base + 6)
@@ -83,6 +91,21 @@ class Layout:
     s3_tls_port = property(lambda s: s.port_base + 3)
     slack_port = property(lambda s: s.port_base + 4)
     api_port = property(lambda s: s.port_base + 5)
+    # Airflow's own servers, which default to fixed ports (8793, 8794, 8974): two sandboxes' Airflows
+    # on one machine collided there ("[Errno 98] ... address already in use"). +8 and +9 stay free
+    # (tests use them for a scratch server and a closed port).
+    worker_log_server_port = property(lambda s: s.port_base + 10)  # the scheduler's (LocalExecutor) task logs
+    trigger_log_server_port = property(lambda s: s.port_base + 11)  # the triggerer's
+    scheduler_health_check_port = property(lambda s: s.port_base + 12)  # only when enable_health_check is on
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port the sandbox listens on (the second cluster's only when it is configured)."""
+        names = ["pg_port", "staging_port", "moto_port", "s3_tls_port", "slack_port", "api_port",
+                 *(["billing_pg_port", "billing_staging_port"] if SECOND in self.clusters else []),
+                 "worker_log_server_port", "trigger_log_server_port", "scheduler_health_check_port"]
+        return {name: getattr(self, name) for name in names}
+
     # Places
     pgdata = property(lambda s: s.root / "pg" / "production")
     run_dir = property(lambda s: s.root / "run")
@@ -217,11 +240,43 @@ def find_walg(env=os.environ) -> Path | None:
     return Path(on_path).resolve() if on_path else None
 
 
+# The line under which clusters added by hand go: `sandbox.py up` rewrites what is above it and
+# keeps what is below it as it is (README, "The local sandbox").
+HAND_ADDED_MARK = "  # ---- Clusters added by hand go below this line: `sandbox.py up` keeps them as they are ----"
+
+
+def hand_added_clusters(L: Layout) -> str:
+    """What `up` keeps of the clusters file it rewrites: the text below :data:`HAND_ADDED_MARK`, and
+    every other entry it did not write (added above the line, or in a file from before the line
+    existed), carried over below it. A file that is not YAML is left untouched: nothing is lost."""
+    import yaml
+
+    if not L.clusters_file.exists():
+        return ""
+    old = L.clusters_file.read_text()
+    below = old.partition(HAND_ADDED_MARK + "\n")[2]
+    try:
+        entries = (yaml.safe_load(old) or {}).get("clusters") or []
+        kept = {e.get("name") for e in (yaml.safe_load("clusters:\n" + below) or {}).get("clusters") or []
+                if isinstance(e, dict)}
+    except (yaml.YAMLError, AttributeError) as exc:
+        raise SystemExit(f"[sandbox] {L.clusters_file} is not a valid clusters file, so `up` would lose what was "
+                         f"added to it by hand: fix it (or move it away to start from the sandbox's own), then run "
+                         f"up again ({exc})") from None
+    others = [e for e in entries if isinstance(e, dict) and e.get("name") not in (STANZA, SECOND, *kept)]
+    if others:
+        dumped = yaml.safe_dump(others, sort_keys=False, default_flow_style=False)
+        below += "".join(f"  {line}\n" for line in dumped.splitlines())
+    return below
+
+
 def write_clusters_file(L: Layout) -> None:
     walg_binary = find_walg()
     tools = ["pgbackrest", "walg"] if walg_binary else ["pgbackrest"]
+    hand_added = hand_added_clusters(L)
     text = f"""# Written by sandbox/sandbox.py: the sandbox's clusters, everything on loopback.
-# What they share is under `defaults:` (merged into each cluster).
+# What they share is under `defaults:` (merged into each cluster). `sandbox.py up` rewrites this
+# file: add your own clusters at the end, below the line that says so, where it keeps them.
 defaults:
   host: 127.0.0.1
   socket_directory: {L.run_dir}
@@ -285,7 +340,7 @@ clusters:
       audit_log: {L.logs / "{cluster}_restore_audit.log"}
       check_tables: [invoices]
 """
-    L.clusters_file.write_text(text)
+    L.clusters_file.write_text(f"{text}{HAND_ADDED_MARK}\n{hand_added}")
 
 
 def ensure_tls(L: Layout) -> None:
@@ -439,6 +494,11 @@ def airflow_env(L: Layout, creds: dict) -> dict:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{L.api_port}/execution/",
         "AIRFLOW__API__PORT": str(L.api_port),
+        # Every port Airflow opens comes from the port base, and wins over one exported by the caller.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(L.worker_log_server_port),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(L.trigger_log_server_port),
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(L.scheduler_health_check_port),
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
         # Slack alerts link to the task's log on this sandbox's UI, not to localhost:8080.
         "AIRFLOW__API__BASE_URL": f"http://localhost:{L.api_port}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ops:admin,qa:user",
@@ -545,6 +605,12 @@ def start_airflow(L: Layout, seconds: float = 300) -> None:
         pid_file = L.run_dir / f"airflow-{name}.pid"
         if pid_alive(pid_file):
             continue
+        port = {"api-server": L.api_port, "scheduler": L.worker_log_server_port,
+                "triggerer": L.trigger_log_server_port}.get(name)
+        if port and port_open(port):
+            # Else the component starts, logs "[Errno 98]" and runs without it (tasks' logs unreadable).
+            raise SystemExit(f"[sandbox] port {port} for Airflow's {name} is taken by another program; "
+                             "set SANDBOX_PORT_BASE to a free range")
         argv = [airflow, name] + (["--port", str(L.api_port), "--workers", "1"] if name == "api-server" else [])
         with open(L.logs / f"airflow-{name}.log", "a") as out:
             proc = subprocess.Popen([str(a) for a in argv], env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -583,6 +649,8 @@ def up(L: Layout) -> None:
     start_slack(L)
     config = load_config(L.clusters_file)
     for cluster in config.clusters:
+        if cluster.name not in L.clusters:
+            continue  # added by hand: its PostgreSQL and tool files are its owner's, not the sandbox's
         operations.write_tool_configs(cluster, access(L, creds))
         start_production(L, creds, cluster.name)
     cluster = config.cluster(STANZA)

@@ -3,6 +3,7 @@ WAL-G), the audit line. Every guard refusal leaves the files in place."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -286,3 +287,55 @@ def test_staging_psql_uses_the_local_socket(tmp_path):
     c2 = make_cluster(tmp_path, staging_socket_directory=None)
     assert "-h" not in staging.psql_command(c2, "SELECT 1")  # libpq's default socket, as pg_ctl starts it
     assert "-k" not in staging.start_staging_command(c2)[staging.start_staging_command(c2).index("-o") + 1]
+
+
+def test_every_query_to_production_goes_one_way_with_the_password_over_tcp(tmp_path, monkeypatch):
+    """The login check, the archiving pre-check and watchdog, and the marker row all send their SQL
+    to production the same way: over TCP to the cluster's host with PGPASSWORD (when given); through
+    the socket without it. The archiving pre-check used to go without the password over TCP."""
+    from pg_backups import archiving, runner
+
+    calls = []
+
+    def fake_run(argv, *, env=None, **kw):
+        calls.append((argv, dict(env or {})))
+        sql = argv[argv.index("-c") + 1]
+        out = "|".join(["5", "", "2026-12-02 05:00:00+00", "0", "", "", "", "0", "", "on"]) if "pg_stat_archiver" in sql \
+            else "4242|9999" if archiving.ARCHIVE_WAIT_EVENT in sql else "1"
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setenv("PGPASSWORD", "pg-secret-value")
+    over_tcp = make_cluster(tmp_path)
+    assert over_tcp.socket_directory is None and over_tcp.host == "127.0.0.1"
+
+    def every_path(cluster):
+        calls.clear()
+        operations.check_postgres_reachable(cluster)
+        archiving.check_before_backup(cluster, "pgBackRest", wait_seconds=0)
+        assert marker.write_marker(cluster, "manual__1", "pgbackrest")
+        with pytest.raises(archiving.ArchivingBroken):
+            archiving.watchdog(cluster, "WAL-G", limit=1)()  # waiting, archiver stats, terminate
+        assert len(calls) == 6
+        return calls
+
+    for argv, env in every_path(over_tcp):
+        assert argv[argv.index("-h") + 1] == "127.0.0.1" and argv[argv.index("-d") + 1] == "postgres", argv
+        assert env.get("PGPASSWORD") == "pg-secret-value", argv[-1]
+        assert "pg-secret-value" not in " ".join(argv)
+    through_socket = dataclasses.replace(over_tcp, socket_directory=str(tmp_path))
+    for argv, env in every_path(through_socket):
+        assert argv[argv.index("-h") + 1] == str(tmp_path) and "PGPASSWORD" not in env, argv[-1]
+    monkeypatch.delenv("PGPASSWORD")
+    assert all("PGPASSWORD" not in env for _, env in every_path(over_tcp))  # none given: none passed
+
+
+def test_pitr_restore_tests_success_message_names_the_target_time(tmp_path):
+    c = make_cluster(tmp_path)
+    args = dict(run_id="backfill__2026-11-20T02:00:00+00:00", tool="pgbackrest", record=RECORD, restore_seconds=3,
+                smoke_result={"pg_tables": 3}, checks=CHECKS, signoff={"status": "approved", "by": "qa"})
+    pitr = audit.audit_record(c, **args, target_time="2026-11-20T02:00:00+00:00")
+    text = audit.summary_text(c, pitr)
+    assert "*Target:* 2026-11-20T02:00:00+00:00 (point in time)" in text and RECORD["label"] in text
+    latest = audit.summary_text(c, audit.audit_record(c, **args))
+    assert "*Target:* latest" in latest and "point in time" not in latest

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+import sandbox as sandbox_module
 from pg_backups import pgbackrest
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -90,3 +91,47 @@ def test_a_refused_staging_path_names_the_variable(first_backup, sandbox, tmp_pa
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "STAGING_PGDATA (setting restore_test.staging_data_directory)" in proc.stderr
     assert (L.pgdata / "PG_VERSION").exists()
+
+
+def runbook_tcp_variables(sandbox) -> dict:
+    """Runbook 2.1's variables exactly (PGHOST PGPORT PGUSER PGPASSWORD), pointing at the sandbox's
+    production over TCP, with the right password."""
+    password = json.loads(sandbox.layout.credentials_file.read_text())["pg_password"]
+    return {"PGHOST": "127.0.0.1", "PGPORT": str(sandbox.layout.pg_port), "PGUSER": "postgres", "PGPASSWORD": password}
+
+
+def assert_password_only_over_tcp(sandbox) -> None:
+    """The sandbox's pg_hba.conf asks a password (scram-sha-256) of every TCP login: a path to
+    production that forgets PGPASSWORD cannot pass here by luck."""
+    rules = sandbox.psql("SELECT type, auth_method FROM pg_hba_file_rules WHERE type <> 'local'", db="postgres")
+    assert rules and {line.split("|")[1] for line in rules.splitlines()} == {"scram-sha-256"}, rules
+
+
+@pytest.mark.parametrize("script,tool", [(BACKUP, "pgbackrest"), ("include/scripts/wal_g_backup.sh", "walg")])
+def test_the_runbooks_call_over_tcp_with_the_right_password_backs_up(first_backup, sandbox, script, tool):
+    """Every query of the run to production (login check, archiving pre-check, marker row, the
+    archiving watchdog) goes over TCP with PGPASSWORD: the archiving pre-check's used to go without
+    it and failed with ``fe_sendauth: no password supplied`` after the login check had passed."""
+    if tool not in sandbox.cluster().tools:
+        pytest.skip(sandbox_module.WALG_MISSING)
+    assert_password_only_over_tcp(sandbox)
+    variables = runbook_tcp_variables(sandbox)
+    marked = markers(sandbox)
+    proc = sandbox.run(script, env={**variables, "SLACK_WEBHOOK_URL": ""}, check=False, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no password supplied" not in proc.stderr
+    record = json.loads(proc.stdout)
+    if tool == "pgbackrest":
+        assert record["label"] == backup_labels(sandbox)[-1]
+    assert markers(sandbox) == marked + 1  # the marker row went over TCP too
+    assert variables["PGPASSWORD"] not in proc.stdout + proc.stderr
+
+
+def test_the_runbooks_call_over_tcp_with_a_wrong_password_exits_2_naming_pgpassword(first_backup, sandbox):
+    variables = {**runbook_tcp_variables(sandbox), "PGPASSWORD": "wrong-password-zz9"}
+    labels, marked = backup_labels(sandbox), markers(sandbox)
+    proc = sandbox.run(BACKUP, env={**variables, "SLACK_WEBHOOK_URL": ""}, check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "password authentication failed" in proc.stderr and "PGPASSWORD" in proc.stderr
+    assert "PGPASSWORD=(set)" in proc.stderr and "wrong-password-zz9" not in proc.stdout + proc.stderr
+    assert backup_labels(sandbox) == labels and markers(sandbox) == marked

@@ -212,6 +212,7 @@ def test_backfill_of_the_restore_test_proves_each_point_in_time(stack, sandbox):
     sandbox.psql("SELECT pg_switch_wal()", port=port)  # the WAL past the slot reaches the repository
     wait_for(lambda: sandbox.psql("SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'",
                                   db="postgres", port=port) == "0", 120, what="WAL archived")
+    slack_before = len(sandbox.slack_messages())
     stack.request("POST", "/api/v2/backfills", {"dag_id": dag_id, "from_date": iso(slot), "to_date": iso(slot)})
     stack.unpause(dag_id)
     run = wait_for(lambda: next(iter(stack.runs(dag_id, "backfill")), None), 60, what="the backfill run")
@@ -232,6 +233,8 @@ def test_backfill_of_the_restore_test_proves_each_point_in_time(stack, sandbox):
     assert seen["rows"] == "BEFORE-SLOT"
     audit = stack.xcom(dag_id, run["dag_run_id"], "audit_and_archive")["audit"]
     assert audit["target_time"].startswith(slot.isoformat()[:16]) and audit["backup_label"] == label
+    texts = [t for t in sandbox.slack_texts_since(slack_before) if "Restore test passed" in t and label in t]
+    assert any(f"*Target:* {audit['target_time']} (point in time)" in t for t in texts), texts  # not only the backup
 
 
 def test_a_bad_cluster_entry_leaves_the_others_running(stack, sandbox):

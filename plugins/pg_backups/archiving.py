@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
-from pg_backups import freshness, marker, runner
+from pg_backups import freshness, runner
 from pg_backups.errors import ArchivingBroken, ToolError
 
 log = logging.getLogger(__name__)
@@ -28,14 +28,9 @@ WAITING_SQL = (f"SELECT pid, extract(epoch FROM now() - state_change)::int FROM 
                f"WHERE wait_event = '{ARCHIVE_WAIT_EVENT}'")
 
 
-def production_sql(cluster, sql: str, quiet: bool = False) -> str:
-    return runner.run(marker.production_psql_command(cluster, sql), os_user=cluster.os_user, timeout=60,
-                      quiet=quiet).stdout.strip()
-
-
 def archiver_stats(cluster, quiet: bool = False) -> dict:
     """``pg_stat_archiver`` and the count of waiting ``.ready`` segments (freshness.ARCHIVER_SQL)."""
-    values = production_sql(cluster, " ".join(freshness.ARCHIVER_SQL.split()), quiet).split("|")
+    values = runner.production_sql(cluster, " ".join(freshness.ARCHIVER_SQL.split()), quiet=quiet).split("|")
     return {k: (v or None) for k, v in zip(freshness.ARCHIVER_COLUMNS, values, strict=True)}
 
 
@@ -87,7 +82,7 @@ def watchdog(cluster, tool: str, limit: float | None = None):
 
     def watch() -> None:
         try:
-            rows = [line.split("|") for line in production_sql(cluster, WAITING_SQL, quiet=True).splitlines() if line]
+            rows = [line.split("|") for line in runner.production_sql(cluster, WAITING_SQL, quiet=True).splitlines() if line]
         except ToolError as exc:  # the watchdog never fails a backup for its own trouble
             log.debug("archive watchdog: %s", exc)
             return
@@ -98,7 +93,7 @@ def watchdog(cluster, tool: str, limit: float | None = None):
             log.info("%s backup waits for WAL archiving (backend %s, %s s, limit %.0f s)", tool, pid, waited, limit)
             return
         stats = archiver_stats(cluster, quiet=True)
-        production_sql(cluster, f"SELECT pg_terminate_backend({int(pid)})", quiet=True)
+        runner.production_sql(cluster, f"SELECT pg_terminate_backend({int(pid)})", quiet=True)
         raise ArchivingBroken(f"WAL archiving of cluster {cluster.name} is broken: the {tool} backup waited {waited} s "
                               f"in pg_backup_stop() ({ARCHIVE_WAIT_EVENT}) for its WAL to be archived; "
                               f"{problem(stats) or 'pg_stat_archiver shows no failure yet'}", fix=fix(cluster))

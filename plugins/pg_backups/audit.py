@@ -87,11 +87,20 @@ def archive_logs(cluster, client, run_id: str) -> list[str]:
     return uris
 
 
+def recovery_text(line: dict) -> str:
+    """What state the drill brought back: the PITR target (a backfill run's logical date, or the
+    run's ``target_time``), or the latest archived state. The recovery point the restore actually
+    reached belongs on this line too, beside the target, once it is measured."""
+    target = line.get("target_time")
+    return f"*Target:* {target} (point in time)" if target else "*Target:* latest (the end of the archived WAL)"
+
+
 def summary_text(cluster, line: dict) -> str:
     checks = ", ".join(f"{c['check']} {c['result']}" for c in line["checks"])
     age = line.get("backup_age_seconds")
     return (f":white_check_mark: *Restore test passed* - cluster `{cluster.name}` ({line['tool']})\n"
             f"*Backup:* `{line['backup_label']}` ({line['backup_time']}, age "
             f"{'%.1f h' % (age / 3600) if age is not None else '?'})\n"
+            f"{recovery_text(line)}\n"
             f"*RTO:* {line['restore_duration_seconds']} s restore\n*Checks:* {checks}\n"
             f"*Sign-off:* {line['signoff'].get('status')} by {line['signoff'].get('by') or '-'}")

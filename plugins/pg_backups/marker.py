@@ -15,7 +15,7 @@ from pg_backups.errors import ToolError
 log = logging.getLogger(__name__)
 
 MARKER_TABLE = "pg_backups_marker"
-MARKER_DATABASE = "postgres"
+MARKER_DATABASE = runner.PRODUCTION_DATABASE
 
 
 def quote(value: str) -> str:
@@ -29,18 +29,13 @@ def marker_sql(run_id: str, tool: str) -> str:
             f"INSERT INTO {MARKER_TABLE} (run_id, tool) VALUES ({quote(run_id)}, {quote(tool)});")
 
 
-def production_psql_command(cluster, sql: str) -> list[str]:
-    return runner.psql_command(cluster, cluster.socket_directory or cluster.host, cluster.port, MARKER_DATABASE, sql)
-
-
 def write_marker(cluster, run_id: str | None, tool: str) -> bool:
     """Insert the backup's marker row into production just before the backup. Never fails a backup:
     a missing marker is reported by the restore test instead."""
     if not run_id:
         return False
     try:
-        runner.run(production_psql_command(cluster, marker_sql(run_id, tool)), env=runner.pg_password_env(cluster),
-                   os_user=cluster.os_user, timeout=60)
+        runner.production_sql(cluster, marker_sql(run_id, tool))
         return True
     except ToolError as exc:
         log.warning("could not write the restore-test marker row (the restore test will report it): %s", exc)

@@ -68,9 +68,7 @@ def check_postgres_reachable(cluster, timeout: int = 10) -> None:
     where = f"{cluster.host}:{cluster.port}"
     how = f"as user {cluster.user}" + (f" through the socket in {cluster.socket_directory}"
                                        if cluster.socket_directory else "")
-    proc = runner.run(marker.production_psql_command(cluster, "SELECT 1"),
-                      env={**runner.pg_password_env(cluster), "PGCONNECT_TIMEOUT": str(timeout)},
-                      os_user=cluster.os_user, timeout=timeout + 20, check=False)
+    proc = runner.production_psql(cluster, "SELECT 1", timeout=timeout + 20, check=False, connect_timeout=timeout)
     if proc.returncode == 0:
         return
     why = runner.last_error_line(proc.stdout + proc.stderr)

@@ -204,6 +204,29 @@ def psql_command(cluster, host: str | None, port: int, dbname: str, sql: str) ->
             *(["-h", host] if host else []), "-p", str(port), "-U", cluster.user, "-d", dbname, "-c", sql]
 
 
+# Database ``postgres``: always there, in every cluster.
+PRODUCTION_DATABASE = "postgres"
+
+
+def production_psql(cluster, sql: str, *, timeout: float = 60, check: bool = True, quiet: bool = False,
+                    connect_timeout: int | None = None) -> subprocess.CompletedProcess:
+    """The one path to production SQL (the login check, the archiving pre-check and watchdog, the
+    marker row): psql as the cluster's OS user, to its socket directory or, over TCP, to its host
+    with PGPASSWORD when one is given (:func:`pg_password_env`; it reaches this process only, and
+    :func:`run` redacts it). Each caller used to build its own call, and one forgot the password:
+    over TCP with a password-only pg_hba it failed with ``fe_sendauth: no password supplied``."""
+    env = pg_password_env(cluster)
+    if connect_timeout is not None:
+        env["PGCONNECT_TIMEOUT"] = str(connect_timeout)
+    argv = psql_command(cluster, cluster.socket_directory or cluster.host, cluster.port, PRODUCTION_DATABASE, sql)
+    return run(argv, env=env, os_user=cluster.os_user, timeout=timeout, check=check, quiet=quiet)
+
+
+def production_sql(cluster, sql: str, *, timeout: float = 60, quiet: bool = False) -> str:
+    """What :func:`production_psql` prints, stripped; a :class:`ToolError` when psql fails."""
+    return production_psql(cluster, sql, timeout=timeout, quiet=quiet).stdout.strip()
+
+
 def last_error_line(output: str) -> str:
     """The line that says why: pgBackRest prints 'ERROR: [code]: ...', WAL-G 'ERROR: ...'."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
