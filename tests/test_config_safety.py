@@ -219,3 +219,19 @@ def test_the_cron_command_runs_on_the_last_good_copy_and_says_so(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "pgbackrest" in proc.stdout
     assert "running on the last good configuration of" in proc.stderr and "not valid YAML" in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_dag_folder_keeps_every_dag_on_the_last_good_configuration(tmp_path):
+    """Airflow's own DagBag, as the dag-processor parses: a good file, then the issue's unclosed '['."""
+    from test_dag_integrity import load_dagbag
+
+    path = write(tmp_path / "clusters.yaml", GOOD)
+    good = load_dagbag(path)
+    assert good["errors"] == {} and "restore_test_billing" in good["dags"] and "configuration_alerts" in good["dags"]
+    write(path, GOOD + "  - name: [unclosed\n")
+    bag = load_dagbag(path)
+    assert set(bag["dags"]) == set(good["dags"])
+    (where, message), = bag["errors"].items()
+    assert where.endswith("configuration_errors.py")
+    assert "running on the last good configuration of " in message and "not valid YAML" in message
