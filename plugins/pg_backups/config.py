@@ -509,7 +509,9 @@ def _keep(config: Config, path: Path) -> None:
         if copy.exists() and copy.read_bytes() == raw:
             return
         copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=copy.parent, prefix=".tmp-")  # mode 0600
+        # A temporary name of its own (mode 0600), not files.write_private's fixed one: the
+        # dag-processor parses DAG files in parallel, and each parse may write the copy at once.
+        fd, tmp = tempfile.mkstemp(dir=copy.parent, prefix=".tmp-")
         with os.fdopen(fd, "wb") as out:
             out.write(raw)
         stat = path.stat()
