@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 
 from pg_backups import alerts, operations, runner
 from pg_backups.config import build_cluster, check_file, load_config, with_overrides
-from pg_backups.errors import EXIT_FAILED, EXIT_REFUSED, ConfigError, PgBackupsError, RestoreRefused
+from pg_backups.errors import EXIT_FAILED, EXIT_REFUSED, ConfigError, PgBackupsError, RestoreRefused, config_problem
 from pg_backups.s3_access import access_from_env
 from pg_backups.staging import StagingConnection
 
@@ -116,8 +116,8 @@ def resolve_cluster(name: str | None, env=os.environ):
     config = running_config()
     name = name or env.get("PG_BACKREST_STANZA")
     if name is None:
-        if config.errors and len(config.clusters) + len(config.errors) == 1:
-            raise config.errors[0]
+        if config.errors and not config.clusters:
+            raise config_problem(config.errors)
         if len(config.clusters) != 1:
             raise ConfigError(config.source, "clusters", "several clusters are configured",
                               "choose one with --cluster or PG_BACKREST_STANZA")

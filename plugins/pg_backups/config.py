@@ -548,8 +548,9 @@ def _with_last_good(config: Config, path: Path) -> Config:
         if name and NAME_RE.match(name):
             old = by_name.get(name)
         else:  # its name is what broke: the same position, if that cluster is not elsewhere in the file
-            old = good.clusters[index] if index < len(good.entry_names) and good.entry_names[index] not in in_use \
-                else None
+            whole = len(good.clusters) == len(good.entry_names)  # positions match only if every entry loaded
+            old = good.clusters[index] if whole and index < len(good.entry_names) \
+                and good.entry_names[index] not in in_use else None
         if old is None or any(c.name == old.name for c in clusters) or _shared_with(old, clusters, str(path), ""):
             continue
         clusters.append(old)
