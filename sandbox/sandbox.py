@@ -505,6 +505,8 @@ def airflow_env(L: Layout, creds: dict) -> dict:
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "PYTHONPATH": str(REPO / "plugins"),
         "PG_BACKUPS_CONFIG": str(L.clusters_file),
+        # The copy of the last good clusters.yaml (docs/configuration-safety.md), inside the sandbox.
+        "PG_BACKUPS_STATE_DIR": str(L.root / "state"),
         "AIRFLOW_CONN_AWS_BACKUPS": json.dumps(aws),
         "AIRFLOW_CONN_PG_ASSO": json.dumps(pg),
         "AIRFLOW_CONN_PG_ASSO_STAGING": json.dumps(staging),

@@ -34,6 +34,8 @@ os.environ.update({
     "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "PG_BACKUPS_CONFIG": os.environ.get("PG_BACKUPS_CONFIG_FOR_TESTS", str(REPO / "include/config/clusters.yaml")),
+    # The last good copies the tests' loads keep go into the session's sandbox, not ~/.local/state.
+    "PG_BACKUPS_STATE_DIR": str(SANDBOX_DIR / "state"),
     # Two clusters side by side, as Ops run several: asso (the runbook's) and billing.
     "SANDBOX_CLUSTERS": "asso,billing",
 })

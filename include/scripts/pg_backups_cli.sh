@@ -4,6 +4,8 @@
 # (a cron script calls it as: pg_backups_cli.sh --for SCRIPT COMMAND "$@")
 #   PG_BACKUPS_PYTHON  the Python that has the project's requirements (default: <repo>/.venv/bin/python)
 #   PG_BACKUPS_CONFIG  the cluster configuration (default: <repo>/include/config/clusters.yaml)
+#   PG_BACKUPS_STATE_DIR  where the copy of its last good version is kept, and run on while the file
+#                      is broken (default: ~/.local/state/pg_backups; docs/configuration-safety.md)
 set -euo pipefail
 
 # The header comment of a script, from its second line to `set -euo pipefail`: its help text.

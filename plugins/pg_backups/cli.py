@@ -7,6 +7,7 @@ operations as the DAGs out.
     python -m pg_backups.cli archive-command     # the archive_command to put in postgresql.conf
     python -m pg_backups.cli write-configs       # pgbackrest.conf + walg.json for the database host
     python -m pg_backups.cli list-pools          # the Airflow pools to create (one per cluster)
+    python -m pg_backups.cli check-config [FILE] # every problem of the file (pre-commit, CI); exit 0 or 2
     python -m pg_backups.cli restore-test        # RESTORE_TOOL, STAGING_PGDATA, STAGING_CONNECTION_URI,
                                                  # PG_BACKREST_STANZA, PG_BACKREST_CONFIG (runbook 3)
 
@@ -26,15 +27,15 @@ import sys
 from datetime import datetime, timezone
 
 from pg_backups import alerts, operations, runner
-from pg_backups.config import build_cluster, load_config, with_overrides
-from pg_backups.errors import EXIT_FAILED, ConfigError, PgBackupsError, RestoreRefused
+from pg_backups.config import build_cluster, check_file, load_config, with_overrides
+from pg_backups.errors import EXIT_FAILED, EXIT_REFUSED, ConfigError, PgBackupsError, RestoreRefused, config_problem
 from pg_backups.s3_access import access_from_env
 from pg_backups.staging import StagingConnection
 
 log = logging.getLogger("pg_backups")
 
 COMMANDS = ("configure-s3", "pgbackrest-backup", "walg-backup", "archive-command", "write-configs", "restore-test",
-            "list-pools")
+            "list-pools", "check-config")
 
 
 def runbook_overrides(env) -> dict:
@@ -88,12 +89,35 @@ def _int(value: str, name: str) -> int:
         raise ConfigError(name, name, f"{value!r} is not a number", f"set {name} to a port number") from None
 
 
-def resolve_cluster(name: str | None, env=os.environ):
+def running_config():
+    """The configuration as the DAGs run it; what runs on the last good copy is said on stderr."""
     config = load_config(strict=False)  # another cluster's mistake does not stop this one's backup
+    if config.last_good:
+        log.warning("the cluster configuration has problems; running on the last good configuration of %s for %s: %s",
+                    config.last_good_time, ", ".join(config.last_good), "; ".join(str(e) for e in config.errors))
+    return config
+
+
+def check_config(path: str | None) -> int:
+    """Every problem of the file (file, key, fix) on stderr and exit 2, or a summary and exit 0.
+    Reads the file only: no copy is written or used."""
+    config = check_file(path)
+    for error in config.errors:
+        print(error, file=sys.stderr)
+    if config.errors:
+        print(f"{config.source}: {len(config.errors)} problem(s); valid clusters: "
+              f"{', '.join(c.name for c in config.clusters) or 'none'}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"{config.source}: valid, clusters: {', '.join(c.name for c in config.clusters)}")
+    return 0
+
+
+def resolve_cluster(name: str | None, env=os.environ):
+    config = running_config()
     name = name or env.get("PG_BACKREST_STANZA")
     if name is None:
-        if config.errors and len(config.clusters) + len(config.errors) == 1:
-            raise config.errors[0]
+        if config.errors and not config.clusters:
+            raise config_problem(config.errors)
         if len(config.clusters) != 1:
             raise ConfigError(config.source, "clusters", "several clusters are configured",
                               "choose one with --cluster or PG_BACKREST_STANZA")
@@ -166,13 +190,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pg_backups.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("file", nargs="?", help="check-config only: the file to check (default: $PG_BACKUPS_CONFIG)")
     parser.add_argument("--cluster", help="cluster name (default: PG_BACKREST_STANZA, or the only one)")
     args = parser.parse_args(argv)
+    if args.file and args.command != "check-config":
+        parser.error("a FILE is taken by check-config only")
+    if args.command == "check-config":
+        return check_config(args.file)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     run_id = "cron__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     cluster = None
     if args.command == "list-pools":  # for deployment: `airflow pools set` each (docker-compose init)
-        for configured in load_config(strict=False).clusters:
+        for configured in running_config().clusters:
             print(configured.pool)
         return 0
     try:

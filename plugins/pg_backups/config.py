@@ -10,33 +10,43 @@ A ``defaults:`` mapping at the top is merged into every cluster (handy for many 
 Every setting is declared once, with :func:`setting`: its default, and what it accepts (allowed
 values, a range, an absolute path, a cron line), the way pgBackRest declares its options. The
 loader checks those declarations for every field; each settings class's ``validate()`` then
-checks what spans several fields. A problem raises :class:`ConfigError`, whose message names the
-file, the key and the fix. Loading reads one file and touches nothing else: no connection, no
-subprocess, no network.
+checks what spans several fields. Every problem of every entry is collected (not only the first),
+each a :class:`ConfigError` whose message names the file, the key and the fix. Loading reads the file
+and touches nothing else (no connection, no subprocess, no network), except the owner-only copy of
+the last good configuration that a running load keeps (see :func:`load_config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import os
 import re
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from pg_backups.errors import BucketSettingsError, ConfigError
+from pg_backups.errors import BucketSettingsError, ConfigError, config_problem
 from pg_backups.times import WEEKDAYS
 
+log = logging.getLogger(__name__)
+
 __all__ = ["ConfigError", "Config", "Cluster", "TOOLS", "DAG_KINDS", "dag_kind", "load_config", "parse_config",
-           "build_cluster", "with_overrides", "config_path"]
+           "build_cluster", "with_overrides", "config_path", "check_file", "alert_for"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "include" / "config" / "clusters.yaml"
 CONFIG_ENV = "PG_BACKUPS_CONFIG"
+# Where the copy of the last good configuration is kept (docs/configuration-safety.md): a directory
+# of the service's own, not the config file's, which is often mounted read-only.
+STATE_DIR_ENV = "PG_BACKUPS_STATE_DIR"
 
 TOOLS = ("pgbackrest", "walg")
 # A cluster's DAGs: kind -> DAG id. Formatted here only (Cluster.dag_id), so that renaming a DAG is
@@ -80,7 +90,8 @@ def setting(default=dataclasses.MISSING, *, factory=None, choices=None, minimum=
 class Settings:
     """Base of every settings class: ``validate`` checks what spans several fields."""
 
-    def validate(self, fail) -> None:  # ``fail(key, problem, fix)`` raises ConfigError
+    def validate(self, fail) -> None:
+        """``fail(key, problem, fix)`` records a problem; every one is collected, so go on after it."""
         return None
 
 
@@ -227,7 +238,7 @@ class MetricsSettings(Settings):
 
 @dataclass(frozen=True)
 class Cluster(Settings):
-    name: str
+    name: str = setting(fix="name the cluster; the name is also its pgBackRest stanza, e.g. 'name: asso'")
     host: str = "db.internal"
     port: int = setting(5432, minimum=1, maximum=65535, problem="{value} is not a TCP port",
                        fix="use a port between 1 and 65535")
@@ -337,10 +348,12 @@ def _norm(path: str) -> PurePosixPath:
 class Config:
     """The valid clusters, and the problems of the others.
 
-    A cluster entry with a problem is left out and its error kept (``errors``), so that one
-    cluster's mistake never stops another cluster's backups; a file that cannot be read at all
-    has no clusters and one error. ``dags/configuration_errors.py`` shows the errors as one import
-    error in the UI; :meth:`cluster` raises a left-out cluster's own error.
+    A cluster entry with a problem is left out and its errors kept (``errors``: every problem of
+    every entry), so that one cluster's mistake never stops another cluster's backups; a file that
+    cannot be read at all has no clusters (``file_problem``). A running load (:func:`load_config`
+    with ``strict=False``) then runs the last good version of what is broken (``last_good``: those
+    clusters' names, ``last_good_time``: that version's time). ``dags/configuration_errors.py``
+    shows the errors as one import error in the UI; :meth:`cluster` raises a left-out cluster's error.
     """
 
     source: str
@@ -348,6 +361,14 @@ class Config:
     errors: list[ConfigError] = field(default_factory=list)
     # Left-out entries by name (when they had one), for :meth:`cluster`.
     refused: dict[str, ConfigError] = field(default_factory=dict)
+    file_problem: bool = False
+    # The version of the file: sha256 of its bytes (of the read error when it cannot be read).
+    version: str | None = None
+    # Each entry's name as written (None when it had none), and the left-out ones: (index, name, error).
+    entry_names: tuple = ()
+    refused_entries: tuple = ()
+    last_good: tuple = ()
+    last_good_time: str | None = None
 
     def cluster(self, name: str) -> Cluster:
         for cluster in self.clusters:
@@ -356,19 +377,26 @@ class Config:
         if name in self.refused:
             raise self.refused[name]
         if self.errors and not self.clusters:
-            raise self.errors[0]
+            raise config_problem(self.errors)
         known = ", ".join(c.name for c in self.clusters) or "none"
         raise ConfigError(self.source, "clusters", f"no cluster named {name!r} (configured: {known})",
                           "use one of the configured names, or add the cluster to the file")
+
+    def summary(self) -> str:
+        """Which clusters run, and which of them on the last good configuration."""
+        kept = ", ".join(c.name for c in self.clusters) or "none"
+        if self.last_good:
+            kept += f"; on the last good configuration of {self.last_good_time}: {', '.join(self.last_good)}"
+        return kept
 
     def raise_errors(self) -> None:
         """Every problem at once (the first one alone when there is one)."""
         if len(self.errors) == 1:
             raise self.errors[0]
         if self.errors:
-            kept = ", ".join(c.name for c in self.clusters) or "none"
-            raise ConfigError(self.source, "clusters", f"{len(self.errors)} problems (clusters still running: {kept}):\n"
-                              + "\n".join(f"- {e}" for e in self.errors), "correct each entry as its line says")
+            raise ConfigError(self.source, "clusters", f"{len(self.errors)} problems (clusters still running: "
+                              f"{self.summary()}):\n" + "\n".join(f"- {e}" for e in self.errors),
+                              "correct each entry as its line says")
 
 
 # What two clusters must never share: (what it is, the setting to change, how to read it off a cluster).
@@ -421,17 +449,32 @@ def config_path() -> Path:
 def load_config(path: str | os.PathLike | None = None, *, strict: bool = True) -> Config:
     """Read and validate the configuration file (``$PG_BACKUPS_CONFIG`` or the default).
 
-    ``strict``: raise the first problem. Otherwise (DAG files, task bodies, the cron command)
-    return the valid clusters with the problems of the others in ``errors``.
+    ``strict`` (checks, the sandbox, tests): raise every problem at once. Otherwise (the DAG files,
+    task bodies and cron command: a running load) return the valid clusters with the problems of
+    the others in ``errors``, and keep running what the last good configuration had:
 
-    Every DAG file loads it at parse time: the result is kept while the file is unchanged
-    (same path, size and modification time), so a folder of DAG files parses it once.
+    * a file with no problem is copied to the state directory (:func:`last_good_path`, owner-only);
+    * a file that cannot be read or is not a configuration at all (not YAML, no ``clusters``):
+      the copy's clusters run;
+    * an entry that became invalid: its version in the copy runs (matched by name; by position
+      when its name is what broke); a new entry that was never valid gets nothing.
+
+    The errors of what runs on the copy say "running on the last good configuration of <time>".
+    Every DAG file loads it at parse time: the parse is kept while the file is unchanged (same
+    path, size and modification time), so a folder of DAG files parses it once.
     """
     path = Path(path) if path else config_path()
     config = _load(path)
-    if strict and config.errors:
-        raise config.errors[0]
-    return config
+    if strict:
+        if config.errors:
+            raise config_problem(config.errors)
+        return config
+    return _with_last_good(config, path)
+
+
+def check_file(path: str | os.PathLike | None = None) -> Config:
+    """Every problem of the file, for ``cli check-config``: nothing is written, no copy is used."""
+    return _load(Path(path) if path else config_path())
 
 
 def _load(path: Path) -> Config:
@@ -441,18 +484,23 @@ def _load(path: Path) -> Config:
         key = (source, stat.st_mtime_ns, stat.st_size)
         if key in _CACHE:
             return _CACHE[key]
-        text = path.read_text()
-    except OSError as exc:
-        return Config(source, [], [ConfigError(source, "(file)", f"cannot be read ({exc.strerror})",
-                                               f"create it, or point {CONFIG_ENV} at the cluster configuration")])
+        raw = path.read_bytes()
+        text = raw.decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        return Config(source, [], [ConfigError(source, "(file)", f"cannot be read ({why})",
+                                               f"create it, or point {CONFIG_ENV} at the cluster configuration")],
+                      file_problem=True, version=_digest(f"unreadable: {why}".encode()))
     try:
         data = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         config = Config(source, [], [ConfigError(source, "(file)", f"is not valid YAML ({exc})",
-                                                 "correct the YAML syntax")])
+                                                 "correct the YAML syntax")], file_problem=True)
     else:
         config = parse_config(data, source, strict=False)
-    _CACHE.clear()
+    config = dataclasses.replace(config, version=_digest(raw))
+    if len(_CACHE) > 8:  # the file and its last good copy, a few versions of each
+        _CACHE.clear()
     _CACHE[key] = config
     return config
 
@@ -462,71 +510,208 @@ _CACHE: dict = {}
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def parse_config(data: Any, source: str = "<config>", *, strict: bool = True) -> Config:
-    """The clusters of a parsed file. ``strict``: raise the first problem; otherwise keep the valid
-    clusters and collect the problems (a file-level problem leaves no cluster)."""
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# The last good configuration
+
+
+def state_dir(env=os.environ) -> Path:
+    """``$PG_BACKUPS_STATE_DIR``, else the user's XDG state directory (``~/.local/state/pg_backups``)."""
+    if env.get(STATE_DIR_ENV):
+        return Path(env[STATE_DIR_ENV])
+    return Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "pg_backups"
+
+
+def last_good_path(path: Path) -> Path:
+    """The copy of ``path``'s last good version: named after the file and its absolute path (not the
+    resolved one: a Kubernetes ConfigMap's symlink target changes with every update)."""
+    where = _digest(os.path.abspath(path).encode())[:12]
+    return state_dir() / f"{path.name}.{where}.last-good"
+
+
+def _keep(config: Config, path: Path) -> None:
+    """Copy a file that loaded with no problem, owner-only, with the file's modification time
+    (the time its problems will name); nothing when the copy already holds this version."""
+    copy = last_good_path(path)
     try:
-        entries, defaults = _entries(data, source)
-    except ConfigError as exc:
-        if strict:
-            raise
-        return Config(source, [], [exc])
+        raw = path.read_bytes()
+        if _digest(raw) != config.version:  # changed since it was validated: the next load keeps it
+            return
+        if copy.exists() and copy.read_bytes() == raw:
+            return
+        copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A temporary name of its own (mode 0600), not files.write_private's fixed one: the
+        # dag-processor parses DAG files in parallel, and each parse may write the copy at once.
+        fd, tmp = tempfile.mkstemp(dir=copy.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(raw)
+        stat = path.stat()
+        os.utime(tmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        os.replace(tmp, copy)  # atomic: parallel DAG-file parses never read half a copy
+    except OSError as exc:
+        log.warning("cannot keep the last good configuration at %s (%s): a broken %s would stop its clusters; "
+                    "set %s to a writable directory", copy, exc.strerror, path.name, STATE_DIR_ENV)
+
+
+def _with_last_good(config: Config, path: Path) -> Config:
+    """A running load: keep a good file's copy, or run the copy's version of what is broken."""
+    if not config.errors:
+        _keep(config, path)
+        return config
+    copy = last_good_path(path)
+    good = _load(copy) if copy.exists() else None
+    if good is None or not good.clusters:
+        return config
+    when = datetime.fromtimestamp(copy.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    prefix = f"running on the last good configuration of {when}"
+
+    def reword(e: ConfigError) -> ConfigError:
+        return ConfigError(e.source, e.setting, f"{prefix}: {e.problem}", e.fix)
+
+    if config.file_problem:
+        return dataclasses.replace(config, clusters=list(good.clusters), errors=[reword(e) for e in config.errors],
+                                   last_good=tuple(c.name for c in good.clusters), last_good_time=when)
+    clusters = list(config.clusters)
+    by_name = {c.name: c for c in good.clusters}
+    in_use = {n for n in config.entry_names if n}
+    fallen: dict[str, str] = {}  # "clusters[i]" -> the cluster running its last good version
+    for index, name, _ in config.refused_entries:
+        if name and NAME_RE.match(name):
+            old = by_name.get(name)
+        else:  # its name is what broke: the same position, if that cluster is not elsewhere in the file
+            whole = len(good.clusters) == len(good.entry_names)  # positions match only if every entry loaded
+            old = good.clusters[index] if whole and index < len(good.entry_names) \
+                and good.entry_names[index] not in in_use else None
+        if old is None or any(c.name == old.name for c in clusters) or _shared_with(old, clusters, str(path), ""):
+            continue
+        clusters.append(old)
+        fallen[f"clusters[{index}]"] = old.name
+    if not fallen:
+        return config
+
+    def entry_of(e: ConfigError) -> str:
+        return next((w for w in fallen if e.setting == w or e.setting.startswith(w + ".")), "")
+
+    errors = [reword(e) if entry_of(e) else e for e in config.errors]
+    return dataclasses.replace(config, clusters=clusters, errors=errors, last_good=tuple(fallen.values()),
+                               last_good_time=when)
+
+
+def alert_for(config: Config, alerted: str | None) -> tuple[str | None, str | None]:
+    """The Slack text to send about the file's problems, and the version to record as alerted.
+
+    One alert per bad version of the file (``config.version``), however often it is parsed;
+    ``alerted`` is the version last alerted on (None: none). A file good again says so once.
+    """
+    if not config.errors:
+        if alerted:
+            return f":white_check_mark: The cluster configuration `{config.source}` is valid again.", None
+        return None, None
+    if alerted == config.version:
+        return None, alerted
+    shown = config.errors[:10]
+    more = f"\n… and {len(config.errors) - len(shown)} more (see the import error in the UI)" \
+        if len(config.errors) > len(shown) else ""
+    text = (f":warning: *Cluster configuration has {len(config.errors)} problem(s)* - `{config.source}`\n"
+            f"*Clusters running:* {config.summary()}\n" + "\n".join(f"- {e}" for e in shown) + more)
+    return text, config.version
+
+
+def parse_config(data: Any, source: str = "<config>", *, strict: bool = True) -> Config:
+    """The clusters of a parsed file. ``strict``: raise every problem at once; otherwise keep the
+    valid clusters and collect the problems (a file-level problem leaves no cluster)."""
+    problems: list[ConfigError] = []
+    entries, defaults = _entries(data, source, problems)
+    if entries is None:
+        config = Config(source, [], problems, file_problem=True)
+    else:
+        config = _parse_entries(entries, defaults, source)
+    if strict and config.errors:
+        raise config_problem(config.errors)
+    return config
+
+
+def _parse_entries(entries: list, defaults: dict, source: str) -> Config:
     clusters: list[Cluster] = []
     errors: list[ConfigError] = []
     refused: dict[str, ConfigError] = {}
+    refused_entries = []
+    names = []
     for index, entry in enumerate(entries):
         where = f"clusters[{index}]"
         name = entry.get("name") if isinstance(entry, dict) else None
-        try:
-            if not isinstance(entry, dict):
-                raise ConfigError(source, where, "must be a mapping", "write each cluster as '- name: <stanza>'")
-            cluster = build_cluster(_merge(defaults, entry), source, where)
+        names.append(name if isinstance(name, str) else None)
+        problems: list[ConfigError] = []
+        cluster = None
+        if not isinstance(entry, dict):
+            problems.append(ConfigError(source, where, "must be a mapping", "write each cluster as '- name: <stanza>'"))
+        else:
+            cluster = _build_cluster(_merge(defaults, entry), source, where, problems)
+        if cluster is not None:
             if any(c.name == cluster.name for c in clusters) or cluster.name in refused:
-                raise ConfigError(source, f"{where}.name", f"duplicate cluster name {cluster.name!r}",
-                                  "give each cluster its own name (it is also the pgBackRest stanza)")
-            conflict = _shared_with(cluster, clusters, source, where)
-            if conflict:
-                raise conflict
-        except ConfigError as exc:
-            if strict:
-                raise
-            errors.append(exc)
+                problems.append(ConfigError(source, f"{where}.name", f"duplicate cluster name {cluster.name!r}",
+                                            "give each cluster its own name (it is also the pgBackRest stanza)"))
+            else:
+                conflict = _shared_with(cluster, clusters, source, where)
+                if conflict:
+                    problems.append(conflict)
+        if problems:
+            errors.extend(problems)
+            problem = config_problem(problems)
+            refused_entries.append((index, names[-1], problem))
             if isinstance(name, str) and name not in refused and not any(c.name == name for c in clusters):
-                refused[name] = exc
+                refused[name] = problem
             continue
         clusters.append(cluster)
-    return Config(source, clusters, errors, refused)
+    return Config(source, clusters, errors, refused, entry_names=tuple(names), refused_entries=tuple(refused_entries))
 
 
-def _entries(data: Any, source: str) -> tuple[list, dict]:
+def _entries(data: Any, source: str, problems: list) -> tuple[list | None, dict]:
+    """The entries and defaults of a file, or None with every file-level problem in ``problems``."""
     if not isinstance(data, dict):
-        raise ConfigError(source, "(file)", "must be a mapping with a 'clusters' list",
-                          "start the file with 'clusters:' and one '- name: <stanza>' entry per cluster")
-    unknown = sorted(set(data) - {"clusters", "defaults"})
-    if unknown:
-        raise ConfigError(source, unknown[0], "unknown key", "the top level takes only 'clusters' and 'defaults'")
+        problems.append(ConfigError(source, "(file)", "must be a mapping with a 'clusters' list",
+                                    "start the file with 'clusters:' and one '- name: <stanza>' entry per cluster"))
+        return None, {}
+    for key in sorted(set(data) - {"clusters", "defaults"}, key=str):
+        problems.append(ConfigError(source, str(key), "unknown key", "the top level takes only 'clusters' and 'defaults'"))
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
-        raise ConfigError(source, "defaults", "must be a mapping", "give cluster settings under 'defaults:'")
+        problems.append(ConfigError(source, "defaults", "must be a mapping", "give cluster settings under 'defaults:'"))
     entries = data.get("clusters")
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(source, "clusters", "missing or empty",
-                          "list at least one cluster: 'clusters: [{name: asso}]'")
-    return entries, defaults
+        problems.append(ConfigError(source, "clusters", "missing or empty",
+                                    "list at least one cluster: 'clusters: [{name: asso}]'"))
+    return (None, {}) if problems else (entries, defaults)
 
 
 def build_cluster(data: dict, source: str = "<config>", where: str = "cluster") -> Cluster:
-    """Build one validated cluster from a mapping (used for files and for env overrides)."""
-    if "name" not in data or data["name"] in (None, ""):
-        raise ConfigError(source, f"{where}.name", "missing required value",
-                          "name the cluster; the name is also its pgBackRest stanza, e.g. 'name: asso'")
-    cluster = _build(Cluster, data, source, where)
-    if not NAME_RE.match(cluster.name):  # before the name goes into paths
-        raise ConfigError(source, f"{where}.name", f"{cluster.name!r} has characters outside [A-Za-z0-9_-]",
-                          "use letters, digits, '_' and '-' only (it is the pgBackRest stanza and part of DAG ids)")
-    cluster = _expand(cluster, cluster.name)
-    _validate(cluster, source, where)
+    """Build one validated cluster from a mapping (used for files and for env overrides); raises
+    every problem of the entry at once."""
+    problems: list[ConfigError] = []
+    cluster = _build_cluster(data, source, where, problems)
+    if problems:
+        raise config_problem(problems)
     return cluster
+
+
+def _build_cluster(data: Any, source: str, where: str, problems: list) -> Cluster | None:
+    """The cluster, or None with every problem of the entry added to ``problems``."""
+    name = data.get("name") if isinstance(data, dict) else None
+    bad_name = isinstance(name, str) and name != "" and not NAME_RE.match(name)
+    if bad_name:  # checked before the name goes into paths
+        problems.append(ConfigError(source, f"{where}.name", f"{name!r} has characters outside [A-Za-z0-9_-]",
+                                    "use letters, digits, '_' and '-' only (it is the pgBackRest stanza and part "
+                                    "of DAG ids)"))
+    cluster = _build(Cluster, data, source, where, problems)
+    if cluster is None or bad_name:
+        return None
+    cluster = _expand(cluster, cluster.name)
+    before = len(problems)
+    _validate(cluster, source, where, problems)
+    return cluster if len(problems) == before else None
 
 
 def with_overrides(cluster: Cluster, overrides: dict, source: str) -> Cluster:
@@ -545,26 +730,43 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _build(cls, data: Any, source: str, where: str):
-    """One settings object: known keys, typed values, each field's declaration, then ``validate``."""
+# A value that had a problem (already recorded): the object that holds it is not built.
+_FAILED = object()
+
+
+def _build(cls, data: Any, source: str, where: str, problems: list):
+    """One settings object: known keys, typed values, each field's declaration; or None, with every
+    problem recorded (its cross-field ``validate`` runs later, on objects built whole)."""
     if not isinstance(data, dict):
-        raise ConfigError(source, where, f"must be a mapping, got {type(data).__name__}",
-                          f"write {where} as 'key: value' lines")
+        problems.append(ConfigError(source, where, f"must be a mapping, got {type(data).__name__}",
+                                    f"write {where} as 'key: value' lines"))
+        return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(source, f"{where}.{unknown[0]}", "unknown key",
-                          f"remove it or correct its spelling; {where} takes: {', '.join(fields)}")
+    before = len(problems)
+    for key in sorted(set(data) - set(fields), key=str):
+        problems.append(ConfigError(source, f"{where}.{key}", "unknown key",
+                                    f"remove it or correct its spelling; {where} takes: {', '.join(fields)}"))
     for f in fields.values():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and data.get(f.name) in (None, ""):
-            raise ConfigError(source, f"{where}.{f.name}", "missing required value", f"give {where} a '{f.name}'")
+        if _required(f) and data.get(f.name) in (None, ""):
+            problems.append(ConfigError(source, f"{where}.{f.name}", "missing required value",
+                                        f.metadata.get("fix") or f"give {where} a '{f.name}'"))
     kwargs = {}
     for key, value in data.items():
-        kwargs[key] = _coerce(hints[key], value, source, f"{where}.{key}")
-        _check_declaration(fields[key], kwargs[key], source, f"{where}.{key}")
-    return cls(**kwargs)
+        if key not in fields or (_required(fields[key]) and value in (None, "")):  # named above
+            continue
+        try:
+            value = _coerce(hints[key], value, source, f"{where}.{key}", problems)
+            if value is not _FAILED:
+                _check_declaration(fields[key], value, source, f"{where}.{key}")
+                kwargs[key] = value
+        except ConfigError as exc:
+            problems.append(exc)
+    return cls(**kwargs) if len(problems) == before else None
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _expand(obj, name: str):
@@ -581,19 +783,19 @@ def _expand(obj, name: str):
     return dataclasses.replace(obj, **changes) if changes else obj
 
 
-def _validate(obj: Settings, source: str, where: str) -> None:
-    """Each settings object's ``validate``, the nested ones first."""
+def _validate(obj: Settings, source: str, where: str, problems: list) -> None:
+    """Each settings object's ``validate``, the nested ones first; every problem is recorded."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if isinstance(value, Settings):
-            _validate(value, source, f"{where}.{f.name}")
+            _validate(value, source, f"{where}.{f.name}", problems)
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 if isinstance(item, Settings):
-                    _validate(item, source, f"{where}.{f.name}[{i}]")
+                    _validate(item, source, f"{where}.{f.name}[{i}]", problems)
 
     def fail(key: str, problem: str, fix: str):
-        raise ConfigError(source, f"{where}.{key}", problem, fix)
+        problems.append(ConfigError(source, f"{where}.{key}", problem, fix))
 
     obj.validate(fail)
 
@@ -631,20 +833,32 @@ def _check_declaration(f: dataclasses.Field, value, source: str, where: str) -> 
                  "write five cron fields, e.g. '15 2 * * *' for 02:15 UTC daily")
 
 
-def _coerce(hint, value, source: str, where: str):
+def _coerce(hint, value, source: str, where: str, problems: list):
+    """The value as ``hint`` says; raises its problem, or returns ``_FAILED`` when the problems of
+    what is inside it (a nested block, list items) are already recorded in ``problems``."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, source, where)
+        return _coerce(inner, value, source, where, problems)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, source, where)
+        built = _build(hint, value, source, where, problems)
+        return _FAILED if built is None else built
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(source, where, f"must be a list, got {value!r}", "write it as [a, b]")
-        return [_coerce(args[0], item, source, f"{where}[{i}]") for i, item in enumerate(value)]
+        items, failed = [], False
+        for i, item in enumerate(value):
+            try:
+                coerced = _coerce(args[0], item, source, f"{where}[{i}]", problems)
+            except ConfigError as exc:
+                problems.append(exc)
+                coerced = _FAILED
+            failed = failed or coerced is _FAILED
+            items.append(coerced)
+        return _FAILED if failed else items
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(source, where, f"must be true or false, got {value!r}", "write true or false")

@@ -57,6 +57,26 @@ class BucketSettingsError(Refused):
         super().__init__(problem, fix, head=f"s3.{setting}: {problem}")
 
 
+class ConfigProblems(ConfigError):
+    """Several configuration problems at once (every problem of a file or an entry): one line each.
+
+    ``problems`` holds each :class:`ConfigError`; ``setting`` and ``fix`` are the first one's.
+    """
+
+    def __init__(self, problems: list[ConfigError]):
+        self.problems = list(problems)
+        first = self.problems[0]
+        super().__init__(first.source, first.setting, first.problem, first.fix)
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+def config_problem(problems: list[ConfigError]) -> ConfigError:
+    """One error for a list of problems: the problem itself when there is one."""
+    return problems[0] if len(problems) == 1 else ConfigProblems(problems)
+
+
 class RestoreRefused(Refused):
     """The restore test's guard refused: nothing was stopped or deleted."""
 

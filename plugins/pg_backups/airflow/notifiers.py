@@ -32,7 +32,8 @@ RETRY_TEXT = (
 )
 # What failed, by the purpose of the DAG (common.dag_args): the title of its alerts.
 TITLES = {"pgbackrest": "Backup failed", "walg": "Backup failed", "restore-test": "Restore test failed",
-          "s3": "Bucket configuration failed", "monitoring": "Backup freshness check failed"}
+          "s3": "Bucket configuration failed", "monitoring": "Backup freshness check failed",
+          "configuration": "Configuration alert failed"}
 QA_REJECTED = "QA rejected the restore test"
 # Airflow's default [api] base_url: a link to it is no use to anyone reading Slack elsewhere.
 DEFAULT_BASE_URL = "http://localhost:8080"
