@@ -108,10 +108,11 @@ class StoragePrices(Settings):
 
 
 # The default price table per bucket region (USD per GB-month, first 50 TB tier).
-# eu-west-3 (Europe, Paris), the runbook's region: list prices of https://aws.amazon.com/s3/pricing/
-# ("Storage pricing", region "Europe (Paris)") as written down on 2026-12-02 from that page's
-# figures; the page could not be read from this machine that day (the team's search found no copy of
-# the Paris table), so check them against the page or your bill before relying on the estimate.
+# eu-west-3 (Europe, Paris), the runbook's region. Source: https://aws.amazon.com/s3/pricing/,
+# "Storage pricing", region "Europe (Paris)", first 50 TB / month. Written down 2026-12-02 from what
+# that page is known to list, NOT read from it that day: neither the page nor a copy of its Paris
+# table could be reached from the machine (searched 2026-12-02). Check them against the page or your
+# bill, and override them in s3.prices.
 REGION_PRICES: dict[str, dict[str, float]] = {
     "eu-west-3": {
         "standard": 0.024,       # S3 Standard, first 50 TB / month
