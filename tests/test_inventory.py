@@ -189,6 +189,31 @@ def test_bucket_by_storage_class_from_the_freshness_xcom(tmp_path):
     assert "DEEP_ARCHIVE: 5.0 GiB" in html and "STANDARD: 4.0 MiB" in html
 
 
+def test_monthly_cost_estimate_column_from_the_freshness_xcom_and_the_textfile(tmp_path):
+    """The bucket's estimate (pg_backups.costs) from whichever reading is newer: the XCom or the textfile."""
+    from pg_backups import costs
+
+    cluster = make_cluster(tmp_path)
+    usage = {"bucket": "asso-prod-backups", "delete_markers": 0, "by_class": [
+        {"storage_class": "STANDARD", "version": "current", "bytes": 300 * 2**30, "objects": 10},
+        {"storage_class": "STANDARD", "version": "noncurrent", "bytes": 100 * 2**30, "objects": 2},
+        {"storage_class": "DEEP_ARCHIVE", "version": "noncurrent", "bytes": 2000 * 2**30, "objects": 7}]}
+    expected = costs.estimate(cluster, usage)
+    xcoms = {("backup_freshness_asso", "bucket_usage", "return_value"): {
+        "value": usage, "timestamp": AT - timedelta(minutes=30), "run_id": "r"}}
+    row = row_of(inventory.build([cluster], FakeStore(xcoms=xcoms), AT))
+    assert row["bucket"]["cost"]["total_monthly"] == pytest.approx(expected["total_monthly"])
+    assert row["bucket"]["cost"]["total_monthly"] == pytest.approx(300 * 0.024 + 100 * 0.024 + 2000 * 0.002, rel=1e-3)
+    html = inventory_page.render(inventory.build([cluster], FakeStore(xcoms=xcoms), AT), None, AT)
+    assert "<th>Monthly S3 cost (est.)</th>" in html
+    assert '<span class="cost-total">USD 13.60</span>' in html and "noncurrent USD 6.40" in html
+    # From the textfile alone (the cron scripts' and a freshness DAG older than the XCom window).
+    metrics.publish(cluster, "s3", metrics.bucket_samples(cluster, usage))
+    row = row_of(inventory.build([cluster], FakeStore(), AT))
+    assert row["bucket"]["source"] == "metrics"
+    assert row["bucket"]["cost"]["total_monthly"] == pytest.approx(expected["total_monthly"])
+
+
 def test_last_restore_test_with_its_proofs_and_the_audit_object(tmp_path):
     cluster = make_cluster(tmp_path, endpoint="https://localhost:9000")
     healthy(tmp_path, cluster)

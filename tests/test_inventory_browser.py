@@ -18,6 +18,7 @@ import yaml
 
 import airflow_api as signoff  # sandbox/airflow_api.py
 from pg_backups import audit as pg_audit
+from pg_backups import costs
 from pg_backups.inventory import size_text
 from pg_backups.times import utc
 
@@ -139,6 +140,10 @@ def test_ops_sees_the_runs_in_the_inventory_from_the_ui_navigation(runs, sandbox
     total = sum(r["bytes"] for r in usage["by_class"])
     assert row.locator(".bucket-total").inner_text() == size_text(total)
     assert row.locator(".bucket [data-class='STANDARD']").count() == 1
+    # Its monthly cost estimate, from the same bytes and the configuration's price table (eu-west-3).
+    estimate = costs.estimate(sandbox.cluster(), usage)
+    assert row.locator(".cost-total").inner_text() == costs.money(estimate["total_monthly"], estimate["currency"])
+    assert row.locator(".cost [data-class='STANDARD']").count() == 1
     # The restore test QA signed off, with its proofs and the audit object in S3.
     assert row.locator(".restore-outcome").inner_text() == "success"
     assert row.locator(".restore-backup").inner_text() == audit["backup_label"] == record["label"]

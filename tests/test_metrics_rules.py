@@ -58,7 +58,8 @@ def test_rules_and_dashboard_use_published_metrics():
     assert _names(exprs) <= PUBLISHED, _names(exprs) - PUBLISHED
     used = _names(exprs)
     for needed in ("pg_backups_backup_last_completion_timestamp_seconds", "pg_backups_restore_test_last_duration_seconds",
-                   "pg_backups_wal_archive_status", "pg_backups_s3_bucket_size_bytes"):
+                   "pg_backups_wal_archive_status", "pg_backups_s3_bucket_size_bytes",
+                   "pg_backups_s3_bucket_monthly_cost_estimate"):
         assert needed in used
 
 

@@ -115,6 +115,38 @@ class Lifecycle(Settings):
 
 
 @dataclass(frozen=True)
+class StoragePrices(Settings):
+    """Storage price of each S3 storage class, per GB-month (GB = 2^30 bytes, as AWS bills), for the
+    monthly cost estimate (pg_backups.costs). A price not given (null) takes the default table of the
+    bucket's region (REGION_PRICES); a class with no price at all is left out of the estimate, by name.
+    Give the prices of your own bill (currency, tier, discounts): these are list prices."""
+
+    currency: str = "USD"
+    standard: float | None = setting(None, minimum=0)
+    intelligent_tiering: float | None = setting(None, minimum=0)
+    standard_ia: float | None = setting(None, minimum=0)
+    onezone_ia: float | None = setting(None, minimum=0)
+    glacier_ir: float | None = setting(None, minimum=0)
+    glacier: float | None = setting(None, minimum=0)
+    deep_archive: float | None = setting(None, minimum=0)
+
+
+# The default price table per bucket region (USD per GB-month, first 50 TB tier).
+# eu-west-3 (Europe, Paris), the runbook's region. Source: https://aws.amazon.com/s3/pricing/,
+# "Storage pricing", region "Europe (Paris)", first 50 TB / month. Written down 2026-12-02 from what
+# that page is known to list, NOT read from it that day: neither the page nor a copy of its Paris
+# table could be reached from the machine (searched 2026-12-02). Check them against the page or your
+# bill, and override them in s3.prices.
+REGION_PRICES: dict[str, dict[str, float]] = {
+    "eu-west-3": {
+        "standard": 0.024,       # S3 Standard, first 50 TB / month
+        "standard_ia": 0.0131,   # S3 Standard - Infrequent Access
+        "deep_archive": 0.002,   # S3 Glacier Deep Archive
+    },
+}
+
+
+@dataclass(frozen=True)
 class S3Settings(Settings):
     bucket: str = "asso-prod-backups"
     region: str = "eu-west-3"
@@ -128,6 +160,8 @@ class S3Settings(Settings):
     encryption: str = "AES256"  # AES256 or aws:kms
     kms_key_id: str | None = None
     deny_insecure_transport: bool = True
+    # The monthly cost estimate's price table; null: the default for the bucket's region.
+    prices: StoragePrices = setting(factory=StoragePrices)
 
     def validate(self, fail) -> None:
         from pg_backups import s3_bucket  # the bucket rules live with the code that applies them
@@ -219,15 +253,41 @@ class RestoreTestSettings(Settings):
             fail("qa_users", "nobody can sign off", "list the Airflow user names of QA")
 
 
+# Where an alert can go (pg_backups.airflow.notifiers): Slack, e-mail (the SMTP provider), PagerDuty.
+ALERT_CHANNELS = ("slack", "email", "pagerduty")
+
+
 @dataclass(frozen=True)
 class AlertSettings(Settings):
     slack_conn_id: str = "slack_ops"
     channel: str | None = None
     notify_on_retry: bool = False
+    # Channels by severity. Critical: a task failed after its retries (backup, restore test, freshness
+    # check). Warning: a retry (alerts.notify_on_retry), a bucket drift repaired, the bucket DAG failing.
+    critical_channels: list[str] = setting(factory=lambda: ["slack"], choices=ALERT_CHANNELS,
+                                           problem="{bad!r} are not alert channels")
+    warning_channels: list[str] = setting(factory=lambda: ["slack"], choices=ALERT_CHANNELS,
+                                          problem="{bad!r} are not alert channels")
+    # E-mail: an Airflow connection of type smtp (host, port, login/password, extra from_email).
+    email_conn_id: str = "smtp_ops"
+    email_to: list[str] = setting(factory=list)
+    # PagerDuty Events API v2: a connection of type pagerduty_events, password = the integration key.
+    pagerduty_conn_id: str = "pagerduty_ops"
+    # The Events API's address; an EU service region's account uses https://events.eu.pagerduty.com.
+    pagerduty_events_url: str = "https://events.pagerduty.com"
     # A WAL segment waiting longer than this to be archived: WAL is not reaching the repository.
     max_wal_wait_minutes: int = setting(15, minimum=1)
     max_backup_age_hours: int = setting(26, minimum=1,
                                         fix="use the backup interval plus a margin (default 26)")
+
+    def validate(self, fail) -> None:
+        used = {*self.critical_channels, *self.warning_channels}
+        if "email" in used and not self.email_to:
+            fail("email_to", "e-mail is an alert channel but nobody receives it",
+                 "list the addresses, e.g. email_to: [ops@example.org], or remove email from the channels")
+        if "pagerduty" in used and not self.pagerduty_events_url.startswith("https://"):
+            fail("pagerduty_events_url", f"{self.pagerduty_events_url!r} is not an https:// URL "
+                 "(PagerDuty's client refuses any other)", "use https://events.pagerduty.com or your region's")
 
 
 @dataclass(frozen=True)
@@ -867,6 +927,10 @@ def _coerce(hint, value, source: str, where: str, problems: list):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(source, where, f"must be a whole number, got {value!r}", "write a number without quotes")
         return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(source, where, f"must be a number, got {value!r}", "write a number without quotes, e.g. 0.024")
+        return float(value)
     if hint is str:
         if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
             raise ConfigError(source, where, f"must be a non-empty text, got {value!r}", "write a value in quotes")

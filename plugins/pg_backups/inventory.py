@@ -1,5 +1,5 @@
 """The backup inventory: every cluster's newest good backups, WAL archiving, bucket, last restore
-test, a status in words, a 30-day timeline and the history behind the trend chart.
+test, the bucket's monthly cost estimate, a status in words, a 30-day timeline and the history behind the trend chart.
 
 It only reads what the DAGs already publish, and runs no tool and opens no connection to a
 cluster's database:
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from pg_backups import audit, freshness, metrics
+from pg_backups import audit, costs, freshness, metrics
 from pg_backups.times import iso, now, utc
 
 TIMELINE_DAYS = 30
@@ -285,14 +285,15 @@ def _bucket(cluster, xcom: dict | None) -> dict:
         candidates.append(("metrics", _written_at(parsed), bucket_from_textfile(parsed)))
     if not candidates:
         return {"bucket": cluster.s3.bucket, "source": None, "measured_at": None, "by_class": [], "total_bytes": None,
-                "classes": {}}
+                "classes": {}, "cost": None}
     source, measured, usage = _newest(candidates)
     by_class = usage.get("by_class") or []
     classes: dict[str, float] = {}
     for row in by_class:
         classes[row["storage_class"]] = classes.get(row["storage_class"], 0) + (row.get("bytes") or 0)
     return {"bucket": usage.get("bucket") or cluster.s3.bucket, "source": source, "measured_at": iso(measured),
-            "by_class": by_class, "total_bytes": sum(classes.values()), "classes": classes}
+            "by_class": by_class, "total_bytes": sum(classes.values()), "classes": classes,
+            "cost": costs.estimate(cluster, usage)}
 
 
 def audit_object(cluster, line: dict, endpoint: str | None = None) -> dict:

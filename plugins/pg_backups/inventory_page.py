@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from html import escape
 from urllib.parse import quote
 
+from pg_backups.costs import money
 from pg_backups.inventory import age_text, size_text
 from pg_backups.times import utc
 
@@ -99,6 +100,26 @@ def _bucket_cell(bucket: dict) -> str:
                       for c, n in sorted(bucket["classes"].items()))
     return (f'<b>{escape(bucket["bucket"])}</b>: <span class="bucket-total">{escape(size_text(bucket["total_bytes"]))}'
             f'</span>{classes}<small>measured {escape(_when(bucket.get("measured_at")))}</small>')
+
+
+def _cost_cell(bucket: dict) -> str:
+    """The bucket's monthly estimate (pg_backups.costs): total, noncurrent share, by class."""
+    cost = bucket.get("cost")
+    if not cost:
+        return '<span class="muted">not measured yet</span>'
+    currency = cost["currency"]
+    by_class: dict[str, float] = {}
+    for row in cost["rows"]:
+        by_class[row["storage_class"]] = by_class.get(row["storage_class"], 0) + row["monthly"]
+    early = sum(r["monthly"] for r in cost["rows"] if r["charge"] == "early_deletion")
+    classes = "".join(f'<div class="class" data-class="{escape(c)}">{escape(c)}: {escape(money(v, currency))}</div>'
+                      for c, v in sorted(by_class.items()))
+    return (f'<span class="cost-total">{escape(money(cost["total_monthly"], currency))}</span> a month'
+            f'<br><small>noncurrent {escape(money(cost["noncurrent_monthly"], currency))}'
+            + (f', early deletion <span class="cost-early">{escape(money(early, currency))}</span>' if early else "")
+            + f'</small>{classes}'
+            + (f'<div><small class="warn">{escape(cost["text"])}</small></div>' if cost["missing"] else "")
+            + f'<div><small>prices: {escape(cost["prices"])}</small></div>')
 
 
 def _restore_cell(r: dict | None) -> str:
@@ -253,6 +274,7 @@ def render(inventory: dict, hist: dict | None, at: datetime) -> str:
             f'<td class="backups">{_backup_cell(row)}</td>'
             f'<td class="wal">{_wal_cell(row["wal"])}</td>'
             f'<td class="bucket">{_bucket_cell(row["bucket"])}</td>'
+            f'<td class="cost">{_cost_cell(row["bucket"])}</td>'
             f'<td class="restore">{_restore_cell(row["restore_test"])}</td>'
             f'<td class="timeline">{timeline_svg(row, at, inventory["timeline_days"])}</td></tr>')
     chart = ""
@@ -275,7 +297,7 @@ restore audit logs, the metrics files) · JSON: <a href="api/inventory">api/inve
 &#9679; pgBackRest (big: full)</span><span style="color:#6a1b9a">&#9679; WAL-G</span>
 <span>&#9670; restore test (green passed, red failed)</span><span style="color:#c62828">&#9632; failed run</span></p>
 <table id="inventory"><thead><tr><th>Status</th><th>Cluster</th><th>Newest good backups</th><th>WAL archiving</th>
-<th>Bucket</th><th>Last restore test</th><th>Last {inventory["timeline_days"]} days</th></tr></thead>
+<th>Bucket</th><th>Monthly S3 cost (est.)</th><th>Last restore test</th><th>Last {inventory["timeline_days"]} days</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
 {chart}
 </body></html>"""

@@ -24,7 +24,7 @@ import re
 import time
 from pathlib import Path
 
-from pg_backups import freshness
+from pg_backups import costs, freshness
 from pg_backups.times import epoch
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ HELP = {
     "s3_bucket_size_bytes": "Bytes stored in the backup bucket, by storage class and version state",
     "s3_bucket_objects": "Objects in the backup bucket, by storage class and version state",
     "s3_bucket_delete_markers": "Delete markers in the backup bucket",
+    "s3_bucket_monthly_cost_estimate": "Estimated monthly cost of the backup bucket by storage class, version state "
+                                       "and charge (storage, archive_overhead, early_deletion); see pg_backups.costs",
     "metrics_last_write_timestamp_seconds": "Unix time this metrics file was written",
 }
 COUNTERS = {"wal_archived_total", "wal_archive_failed_total"}
@@ -237,7 +239,7 @@ def record_archiver(cluster, stats: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# S3 cost visibility
+# S3 usage and its cost (pg_backups.costs)
 
 
 def bucket_usage(client, bucket: str) -> dict:
@@ -269,7 +271,7 @@ def bucket_samples(cluster, usage: dict) -> list[tuple[str, dict, float]]:
     for row in usage["by_class"]:
         labels = {**base, "storage_class": row["storage_class"], "version": row["version"]}
         samples += [("s3_bucket_size_bytes", labels, row["bytes"]), ("s3_bucket_objects", labels, row["objects"])]
-    return samples
+    return samples + costs.samples(cluster, usage)
 
 
 def record_bucket(cluster, client) -> dict:

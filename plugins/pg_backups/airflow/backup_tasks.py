@@ -35,7 +35,7 @@ def configure_bucket(cluster_name: str) -> dict:
                                 f"{'created and configured' if report['created'] else 'drift repaired'}: "
                                 f"{', '.join(report['drifted_settings'])}"
                                 + (f" (removed lifecycle rules not managed here: {', '.join(map(str, removed))})"
-                                   if removed else ""))
+                                   if removed else ""), severity=notifiers.WARNING)
     return report
 
 

@@ -58,10 +58,10 @@ def keep_error(exc: BaseException) -> None:
 
 
 def alert_args(cluster, purpose: str = "") -> dict:
-    """Slack on the task's final failure (and on each retry when alerts.notify_on_retry)."""
-    args = {"on_failure_callback": [notifiers.failure_notifier(cluster, purpose)]}
+    """The alert channels of the task's final failure (and of each retry when alerts.notify_on_retry)."""
+    args = {"on_failure_callback": notifiers.failure_notifiers(cluster, purpose)}
     if cluster.alerts.notify_on_retry:
-        args["on_retry_callback"] = [notifiers.retry_notifier(cluster, purpose)]
+        args["on_retry_callback"] = notifiers.retry_notifiers(cluster, purpose)
     return args
 
 

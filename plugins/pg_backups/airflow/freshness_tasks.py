@@ -11,7 +11,7 @@ import logging
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-from pg_backups import freshness, metrics, pgbackrest, walg
+from pg_backups import costs, freshness, metrics, pgbackrest, walg
 from pg_backups.airflow.common import cluster_named, context, s3_access, s3_client, task_body
 from pg_backups.errors import StaleBackup, Unreachable, WalArchivingProblem
 from pg_backups.times import now
@@ -96,4 +96,6 @@ def bucket_usage(cluster_name: str) -> dict:
     usage = metrics.record_bucket(cluster, s3_client(cluster))
     total = sum(row["bytes"] for row in usage["by_class"])
     log.info("bucket %s: %s bytes in %s objects", usage["bucket"], total, sum(r["objects"] for r in usage["by_class"]))
+    log.info("bucket %s: estimated cost %s (docs/costs-and-channels.md)", usage["bucket"],
+             costs.estimate(cluster, usage)["text"])
     return usage

@@ -1,17 +1,32 @@
-"""Slack from Airflow: the failure notifier every task carries, and plain messages (drift repaired,
-a restore test passed), both through the Slack provider on connection ``alerts.slack_conn_id``.
+"""Alerts from Airflow: the failure notifiers every task carries, and plain messages (drift repaired,
+a restore test passed), through Airflow's own providers: Slack (``alerts.slack_conn_id``), e-mail
+(the SMTP provider's ``SmtpNotifier``, ``alerts.email_conn_id``) and PagerDuty (the PagerDuty
+provider's ``PagerdutyNotifier``, ``alerts.pagerduty_conn_id``).
 
-Airflow calls the notifier after the task's own failure is recorded; ``on_failure_callback`` fires
-only after the last retry (no spam), ``on_retry_callback`` only when ``alerts.notify_on_retry``.
-An unreachable Slack never hides the original failure.
+Which channels: by severity, per cluster (``alerts.critical_channels``, ``alerts.warning_channels``).
+Critical: a task failed after its retries (backup, restore test, freshness check). Warning: a retry,
+a bucket drift repaired, the bucket DAG failing (the backups' own alerts say when the bucket is
+unusable). Info (a restore test passed): Slack only, as before.
+
+Every channel carries the same one-line, redacted error summary (``error_summary``); e-mail and
+PagerDuty carry the same line as subject and summary (``ONE_LINE``). Airflow calls a notifier after
+the task's own failure is recorded; ``on_failure_callback`` fires only after the last retry (no
+spam), ``on_retry_callback`` only when ``alerts.notify_on_retry``. An unreachable channel never
+hides the original failure, nor stops the other channels.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from html import escape
 
+from airflow.providers.pagerduty.hooks.pagerduty_events import PagerdutyEventsHook, prepare_event_data
+from airflow.providers.pagerduty.notifications.pagerduty import PagerdutyNotifier
 from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
 from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+from airflow.providers.smtp.hooks.smtp import SmtpHook
+from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
 from pg_backups import alerts
 from pg_backups.errors import PgBackupsError
@@ -30,11 +45,24 @@ RETRY_TEXT = (
     ":warning: *{{{{ alert_title }}}}, retrying* - cluster `{cluster}` - `{{{{ dag.dag_id }}}}.{{{{ ti.task_id }}}}` "
     "try {{{{ ti.try_number }}}}: {{{{ error_summary }}}} {{{{ ti.log_url }}}}"
 )
+# E-mail subject and PagerDuty summary: what failed, where, and the error, on one line.
+ONE_LINE = ("{{{{ alert_title }}}} - cluster {cluster} - {{{{ dag.dag_id }}}}.{{{{ ti.task_id }}}} "
+            "try {{{{ ti.try_number }}}}: {{{{ error_summary }}}}")
+RETRY_LINE = ("{{{{ alert_title }}}}, retrying - cluster {cluster} - {{{{ dag.dag_id }}}}.{{{{ ti.task_id }}}} "
+              "try {{{{ ti.try_number }}}}: {{{{ error_summary }}}}")
+# The e-mail body: the line, then the run and the log (HTML-escaped: an error may hold '<').
+MAIL_BODY = ("<p>{{{{ alert_line | e }}}}</p><p>Run: {{{{ run_id | e }}}}<br>"
+             "Log: <a href=\"{{{{ ti.log_url | e }}}}\">{{{{ ti.log_url | e }}}}</a>{{{{ log_url_note | e }}}}</p>")
+# One incident per failed task of a run: a second alert for it (a retry) updates the same incident.
+DEDUP_KEY = "pg_backups/{cluster}/{{{{ dag.dag_id }}}}/{{{{ ti.task_id }}}}/{{{{ run_id }}}}"
+CRITICAL, WARNING, INFO = "critical", "warning", "info"
 # What failed, by the purpose of the DAG (common.dag_args): the title of its alerts.
 TITLES = {"pgbackrest": "Backup failed", "walg": "Backup failed", "restore-test": "Restore test failed",
           "s3": "Bucket configuration failed", "monitoring": "Backup freshness check failed",
           "configuration": "Configuration alert failed"}
 QA_REJECTED = "QA rejected the restore test"
+# A failure after the retries, by purpose: a bucket DAG failing is a warning (see the module doc).
+FAILURE_SEVERITY = {"s3": WARNING}
 # Airflow's default [api] base_url: a link to it is no use to anyone reading Slack elsewhere.
 DEFAULT_BASE_URL = "http://localhost:8080"
 
@@ -69,19 +97,22 @@ def error_summary(exception) -> str:
     return alerts.error_summary(exception, mask=_airflow_mask)
 
 
-class OpsSlackNotifier(SlackWebhookNotifier):
-    """The Slack provider's notifier, made safe to share and to fail.
+class _OpsAlert:
+    """What makes a provider's notifier safe to share and to fail, whatever the channel.
 
-    * ``error_summary`` (redacted, one line) joins the template context;
-    * the template is rendered from its original text on every call: one instance serves every
-      task of a DAG (``default_args``), and rendering replaces ``text`` in place;
-    * a Slack that cannot be reached is logged as a warning and swallowed: the task's own failure
+    * ``error_summary`` (redacted, one line), ``alert_title`` and ``alert_line`` join the context;
+    * the templates are rendered from their original text on every call: one instance serves every
+      task of a DAG (``default_args``), and rendering replaces the fields in place;
+    * a channel that cannot be reached is logged as a warning and swallowed: the task's own failure
       stays the one recorded (Airflow would log and ignore it too, with a traceback).
     """
 
-    def __init__(self, *, text: str, purpose: str = "", **kwargs):
-        super().__init__(text=text, **kwargs)
-        self._template_text, self._purpose = text, purpose
+    channel = ""
+    _templated: tuple[str, ...] = ()
+
+    def _keep_templates(self, purpose: str, line: str = "") -> None:
+        self._purpose, self._line = purpose, line
+        self._templates = {name: getattr(self, name) for name in self._templated}
 
     def _update_context(self, context):
         exception = context.get("exception")
@@ -89,34 +120,151 @@ class OpsSlackNotifier(SlackWebhookNotifier):
         context["alert_title"] = title_for(self._purpose, exception)
         ti = context.get("ti")
         context["log_url_note"] = log_url_note(getattr(ti, "log_url", None))
+        if self._line:
+            context["alert_line"] = self.get_template_env(dag=context.get("dag")).from_string(self._line).render(
+                **context)
         return super()._update_context(context)
 
     def render_template_fields(self, context, jinja_env=None):
-        self.text = self._template_text
+        for name, template in self._templates.items():
+            setattr(self, name, template)
         super().render_template_fields(context, jinja_env)
 
     def notify(self, context):
         try:
-            super().notify(context)
+            self._deliver(context)
         except Exception as exc:  # noqa: BLE001 - an alert must never replace the failure
-            log.warning("Slack alert not sent (%s: %s); the task's own state and error stand",
+            log.warning("%s alert not sent (%s: %s); the task's own state and error stand", self.channel,
                         type(exc).__name__, alerts.redact_text(str(exc))[:200])
 
+    def _deliver(self, context):
+        super().notify(context)  # the provider's notifier
 
-def _notifier(cluster, template: str, purpose: str) -> OpsSlackNotifier:
-    return OpsSlackNotifier(slack_webhook_conn_id=cluster.alerts.slack_conn_id, purpose=purpose,
-                            text=template.format(cluster=cluster.name), timeout=alerts.SLACK_TIMEOUT_SECONDS)
+
+class OpsSlackNotifier(_OpsAlert, SlackWebhookNotifier):
+    """The Slack provider's notifier (``alerts.slack_conn_id``)."""
+
+    channel, _templated = "Slack", ("text",)
+
+    def __init__(self, *, text: str, purpose: str = "", **kwargs):
+        super().__init__(text=text, **kwargs)
+        self._keep_templates(purpose)
+
+
+class OpsEmailNotifier(_OpsAlert, SmtpNotifier):
+    """The SMTP provider's notifier (``alerts.email_conn_id``): subject the alert's line, body the
+    line, the run and the log link; from the connection's ``from_email``."""
+
+    channel, _templated = "E-mail", ("subject", "html_content")
+
+    def __init__(self, *, line: str, purpose: str = "", **kwargs):
+        super().__init__(subject=line, html_content=MAIL_BODY.format(), **kwargs)
+        self._keep_templates(purpose, line)
+
+
+class OpsPagerdutyNotifier(_OpsAlert, PagerdutyNotifier):
+    """The PagerDuty provider's notifier (``alerts.pagerduty_conn_id``, password = integration key).
+
+    Its hook posts to https://events.pagerduty.com only (the ``pagerduty`` client takes a base URL,
+    the hook passes none): ``notify`` sends the same event (the provider's ``prepare_event_data``)
+    through that client with ``alerts.pagerduty_events_url``, for an EU account or a stand-in."""
+
+    channel, _templated = "PagerDuty", ("summary", "dedup_key", "component", "custom_details")
+
+    def __init__(self, *, events_url: str, purpose: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self._events_url = events_url
+        self._keep_templates(purpose)
+
+    def _deliver(self, context):
+        _send_pagerduty(self.pagerduty_events_conn_id, self._events_url, prepare_event_data(
+            summary=self.summary[:1024], severity=self.severity, source=self.source, action=self.action,
+            dedup_key=self.dedup_key, custom_details=self.custom_details, component=self.component,
+            group=self.group, class_type=self.class_type, links=self.links))
+
+
+def _send_pagerduty(conn_id: str, events_url: str, event: dict) -> str:
+    import pagerduty
+
+    key = PagerdutyEventsHook(pagerduty_events_conn_id=conn_id).integration_key
+    client = pagerduty.EventsApiV2Client(key, base_url=events_url)
+    client.timeout = alerts.SLACK_TIMEOUT_SECONDS
+    return client.send_event(**event)
+
+
+def channels(cluster, severity: str) -> list[str]:
+    if severity == CRITICAL:
+        return list(cluster.alerts.critical_channels)
+    if severity == WARNING:
+        return list(cluster.alerts.warning_channels)
+    return ["slack"]
+
+
+def _notifiers(cluster, severity: str, purpose: str, slack_text: str, line: str) -> list:
+    a, name = cluster.alerts, cluster.name
+    out = []
+    for channel in channels(cluster, severity):
+        if channel == "slack":
+            out.append(OpsSlackNotifier(slack_webhook_conn_id=a.slack_conn_id, purpose=purpose,
+                                        text=slack_text.format(cluster=name), timeout=alerts.SLACK_TIMEOUT_SECONDS))
+        elif channel == "email":
+            out.append(OpsEmailNotifier(smtp_conn_id=a.email_conn_id, to=list(a.email_to), purpose=purpose,
+                                        line=line.format(cluster=name)))
+        elif channel == "pagerduty":
+            out.append(OpsPagerdutyNotifier(
+                pagerduty_events_conn_id=a.pagerduty_conn_id, events_url=a.pagerduty_events_url, purpose=purpose,
+                summary=line.format(cluster=name), severity=severity, source=name,
+                component="{{ dag.dag_id }}.{{ ti.task_id }}", dedup_key=DEDUP_KEY.format(cluster=name),
+                custom_details={"run_id": "{{ run_id }}", "log_url": "{{ ti.log_url }}"}))
+    return out
+
+
+def failure_notifiers(cluster, purpose: str = "") -> list:
+    """The notifiers of a final failure, one per channel of its severity."""
+    return _notifiers(cluster, FAILURE_SEVERITY.get(purpose, CRITICAL), purpose, FAILURE_TEXT, ONE_LINE)
+
+
+def retry_notifiers(cluster, purpose: str = "") -> list:
+    return _notifiers(cluster, WARNING, purpose, RETRY_TEXT, RETRY_LINE)
 
 
 def failure_notifier(cluster, purpose: str = "") -> OpsSlackNotifier:
-    return _notifier(cluster, FAILURE_TEXT, purpose)
+    """The Slack notifier of a final failure (whatever the channels: for its format)."""
+    return OpsSlackNotifier(slack_webhook_conn_id=cluster.alerts.slack_conn_id, purpose=purpose,
+                            text=FAILURE_TEXT.format(cluster=cluster.name), timeout=alerts.SLACK_TIMEOUT_SECONDS)
 
 
-def retry_notifier(cluster, purpose: str = "") -> OpsSlackNotifier:
-    return _notifier(cluster, RETRY_TEXT, purpose)
+_MRKDWN = re.compile(r"^:[a-z_]+:\s*|[*`]")
 
 
-def post(cluster, text: str) -> None:
-    """A message that is not a failure (drift repaired, restore test summary)."""
-    hook = SlackWebhookHook(slack_webhook_conn_id=cluster.alerts.slack_conn_id, timeout=alerts.SLACK_TIMEOUT_SECONDS)
-    alerts.send(hook.client, text)
+def plain(text: str) -> str:
+    """A Slack message without its emoji and mrkdwn marks, for the other channels."""
+    return "\n".join(_MRKDWN.sub("", line) for line in text.splitlines())
+
+
+def post(cluster, text: str, severity: str = INFO) -> None:
+    """A message that is not a failure (drift repaired: WARNING; restore test summary: INFO, Slack
+    only). Each channel of the severity; a channel that fails is logged, the others still go, and
+    the first failure is raised at the end (the caller decides whether it matters)."""
+    text = alerts.redact_text(text)
+    failed = None
+    for channel in channels(cluster, severity):
+        try:
+            if channel == "slack":
+                hook = SlackWebhookHook(slack_webhook_conn_id=cluster.alerts.slack_conn_id,
+                                        timeout=alerts.SLACK_TIMEOUT_SECONDS)
+                alerts.send(hook.client, text)
+            elif channel == "email":
+                lines = plain(text).splitlines()
+                with SmtpHook(smtp_conn_id=cluster.alerts.email_conn_id) as smtp:
+                    smtp.send_email_smtp(to=list(cluster.alerts.email_to), subject=lines[0],
+                                         html_content="<br>".join(escape(line) for line in lines))
+            elif channel == "pagerduty":
+                _send_pagerduty(cluster.alerts.pagerduty_conn_id, cluster.alerts.pagerduty_events_url,
+                                prepare_event_data(summary=plain(text).splitlines()[0][:1024], severity=severity,
+                                                   source=cluster.name))
+        except Exception as exc:  # noqa: BLE001 - one channel down must not silence the others
+            log.warning("%s message not sent (%s: %s)", channel, type(exc).__name__, alerts.redact_text(str(exc))[:200])
+            failed = failed or exc
+    if failed is not None:
+        raise failed
