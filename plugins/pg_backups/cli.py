@@ -6,7 +6,7 @@ operations as the DAGs out.
     python -m pg_backups.cli walg-backup         # PGHOST, PGPORT, PGUSER, PGDATA, WALG_S3_PREFIX
     python -m pg_backups.cli archive-command     # the archive_command to put in postgresql.conf
     python -m pg_backups.cli write-configs       # pgbackrest.conf + walg.json for the database host
-    python -m pg_backups.cli list-pools          # the Airflow pools to create (one per cluster)
+    python -m pg_backups.cli list-pools          # the Airflow pools to create: name, slots, description
     python -m pg_backups.cli restore-test        # RESTORE_TOOL, STAGING_PGDATA, STAGING_CONNECTION_URI,
                                                  # PG_BACKREST_STANZA, PG_BACKREST_CONFIG (runbook 3)
 
@@ -171,9 +171,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     run_id = "cron__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     cluster = None
-    if args.command == "list-pools":  # for deployment: `airflow pools set` each (docker-compose init)
+    if args.command == "list-pools":  # for deployment: `airflow pools set NAME SLOTS DESCRIPTION` each line
+        seen = set()
         for configured in load_config(strict=False).clusters:
-            print(configured.pool)
+            for pool in configured.pools:
+                if pool.name not in seen:  # clusters on one database host share its pool
+                    seen.add(pool.name)
+                    print(f"{pool.name} {pool.slots} {pool.description}")
         return 0
     try:
         cluster = resolve_cluster(args.cluster)

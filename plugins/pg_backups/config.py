@@ -18,6 +18,7 @@ subprocess, no network.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import types
@@ -29,10 +30,10 @@ from typing import Any
 import yaml
 
 from pg_backups.errors import ConfigError
-from pg_backups.times import WEEKDAYS
+from pg_backups.times import WEEKDAYS, fixed_time, shifted
 
-__all__ = ["ConfigError", "Config", "Cluster", "TOOLS", "load_config", "parse_config", "build_cluster",
-           "with_overrides", "config_path"]
+__all__ = ["ConfigError", "Config", "Cluster", "Pool", "TOOLS", "load_config", "parse_config", "build_cluster",
+           "with_overrides", "config_path", "FLEET_SIZE", "SPREAD_SCHEDULES"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "include" / "config" / "clusters.yaml"
@@ -212,6 +213,38 @@ class MetricsSettings(Settings):
     pushgateway_url: str | None = None
 
 
+# A fleet: a cluster file with more than this many entries. Its nightly slots are spread by default
+# (schedule_spread.enabled unset): 1,000 clusters at 02:15 are 1,000 DAG runs in one minute on one
+# scheduler, all reading S3 at once. Up to this many, the configured times stay exact (the
+# runbook's 02:15 and 02:45 for `asso`): a small install's Ops know their times, and ten runs in
+# one minute cost a scheduler nothing.
+FLEET_SIZE = 10
+# The schedules schedule_spread moves (section.field of Cluster): every nightly slot of a cluster,
+# moved by the same offset, so that their order and gaps stay (pgBackRest 30 min before WAL-G).
+# A new nightly DAG (a daily verification drill) adds its schedule here.
+SPREAD_SCHEDULES = ("pgbackrest.schedule", "walg.schedule", "restore_test.schedule")
+
+
+@dataclass(frozen=True)
+class ScheduleSpread(Settings):
+    """Each cluster's nightly slots moved later by an offset drawn from its name (a hash: the same
+    at every parse, on every machine), between 0 and ``window_minutes`` - 1. Only a schedule at one
+    fixed time of day moves (``15 2 * * *``); one with a step or a list (``*/5 * * * *``) stays."""
+
+    # null: on when the file declares more than FLEET_SIZE clusters, off otherwise; true/false: as said.
+    enabled: bool | None = None
+    window_minutes: int = setting(180, minimum=1, maximum=1440, fix="use 1 to 1440 minutes (default 180: "
+                                                                       "02:15 to 05:14 for pgBackRest)")
+
+
+class Pool(typing.NamedTuple):
+    """An Airflow pool the DAGs use (``python -m pg_backups.cli list-pools`` prints them for deployment)."""
+
+    name: str
+    slots: int
+    description: str
+
+
 @dataclass(frozen=True)
 class Cluster(Settings):
     name: str
@@ -249,6 +282,11 @@ class Cluster(Settings):
     # Task retries (the failure alert goes out after the last one).
     retries: int = setting(2, minimum=0)
     retry_delay_seconds: int = setting(300, minimum=0)
+    schedule_spread: ScheduleSpread = setting(factory=ScheduleSpread)
+    # null: the backups take the cluster's own pool (1 slot: its two tools never at once). A number:
+    # they take the pool of the database host (`host`) instead, with that many slots, shared by every
+    # cluster on the host (each must give the same number): the host's limit, whatever the cluster count.
+    database_host_slots: int | None = setting(None, minimum=1, fix="give the host 1 or more backup slots")
 
     def validate(self, fail) -> None:
         if not self.tools or len(set(self.tools)) != len(self.tools):
@@ -271,6 +309,23 @@ class Cluster(Settings):
         if rt.staging_port == self.port and self.host in ("localhost", "127.0.0.1") and not rt.staging_socket_directory:
             fail("restore_test.staging_port", f"staging would listen on production's port {self.port}",
                  "give staging a port of its own")
+        if self.schedule_spread.enabled is not False:  # on, or on once the file is a fleet
+            window = self.schedule_spread.window_minutes
+            for key in SPREAD_SCHEDULES:
+                schedule = self.value_of(key)
+                at = fixed_time(schedule)
+                # A line for some days only (the quarterly restore test) must stay on its day.
+                if at and schedule.split()[2:] != ["*", "*", "*"] and at[0] * 60 + at[1] + window > 1440:
+                    fail("schedule_spread.window_minutes",
+                         f"{key} {schedule!r} spread over {window} minutes could move past midnight, to another day",
+                         f"shorten the window to {1440 - at[0] * 60 - at[1]} minutes or less, or start {key} earlier")
+
+    def value_of(self, key: str):
+        """A setting by its dotted key (``pgbackrest.schedule``)."""
+        value = self
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
 
     # Derived names, so that every DAG and script agrees on them.
     @property
@@ -279,8 +334,27 @@ class Cluster(Settings):
 
     @property
     def pool(self) -> str:
-        """One slot per cluster: its pgBackRest and WAL-G backups never run at once."""
-        return f"backups_{self.name}"
+        """The backups' pool: the cluster's own (1 slot: its pgBackRest and WAL-G backups never run at
+        once), or its database host's when ``database_host_slots`` is set (the host's limit)."""
+        if self.database_host_slots is None:
+            return f"backups_{self.name}"
+        return f"backups_host_{re.sub(r'[^A-Za-z0-9_-]', '_', self.host)}"
+
+    @property
+    def pools(self) -> list[Pool]:
+        """The pools this cluster's DAGs use (a verification host's pool is added here)."""
+        if self.database_host_slots is None:
+            return [Pool(self.pool, 1, f"one backup at a time on cluster {self.name} (pgBackRest and WAL-G)")]
+        return [Pool(self.pool, self.database_host_slots,
+                     f"at most {self.database_host_slots} backups at a time on database host {self.host}")]
+
+    @property
+    def spread_minutes(self) -> int:
+        """How much later than configured this cluster's nightly slots fire (0 when not spread)."""
+        if not self.schedule_spread.enabled:
+            return 0
+        digest = hashlib.sha256(self.name.encode()).digest()  # not hash(): Python salts it per process
+        return int.from_bytes(digest[:8], "big") % self.schedule_spread.window_minutes
 
     @property
     def pg_conn_id(self) -> str:
@@ -376,6 +450,35 @@ def _shared_with(cluster: Cluster, kept: list[Cluster], source: str, where: str)
     return None
 
 
+def _pool_conflict(cluster: Cluster, kept: list[Cluster], source: str, where: str) -> ConfigError | None:
+    """A pool that an accepted cluster declares with another number of slots (one host, one limit)."""
+    for other in kept:
+        theirs = {pool.name: pool.slots for pool in other.pools}
+        for pool in cluster.pools:
+            if theirs.get(pool.name, pool.slots) != pool.slots:
+                return ConfigError(source, f"{where}.database_host_slots",
+                                   f"cluster {cluster.name!r} gives pool {pool.name} {pool.slots} slots, cluster "
+                                   f"{other.name!r} {theirs[pool.name]}; a host has one limit",
+                                   f"give every cluster on host {cluster.host} the same database_host_slots")
+    return None
+
+
+def _spread(cluster: Cluster, fleet: bool) -> Cluster:
+    """``cluster`` with schedule_spread.enabled decided (unset: ``fleet``) and its nightly slots moved."""
+    spread = cluster.schedule_spread
+    if spread.enabled is None:
+        cluster = dataclasses.replace(cluster, schedule_spread=dataclasses.replace(spread, enabled=fleet))
+    minutes = cluster.spread_minutes
+    if not minutes:
+        return cluster
+    for key in SPREAD_SCHEDULES:
+        section, name = key.split(".")
+        settings = getattr(cluster, section)
+        cluster = dataclasses.replace(cluster, **{section: dataclasses.replace(
+            settings, **{name: shifted(getattr(settings, name), minutes)})})
+    return cluster
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 
@@ -450,9 +553,10 @@ def parse_config(data: Any, source: str = "<config>", *, strict: bool = True) ->
             if any(c.name == cluster.name for c in clusters) or cluster.name in refused:
                 raise ConfigError(source, f"{where}.name", f"duplicate cluster name {cluster.name!r}",
                                   "give each cluster its own name (it is also the pgBackRest stanza)")
-            conflict = _shared_with(cluster, clusters, source, where)
+            conflict = _shared_with(cluster, clusters, source, where) or _pool_conflict(cluster, clusters, source, where)
             if conflict:
                 raise conflict
+            cluster = _spread(cluster, fleet=len(entries) > FLEET_SIZE)
         except ConfigError as exc:
             if strict:
                 raise
