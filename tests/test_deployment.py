@@ -34,7 +34,7 @@ def test_compose_has_every_airflow_3_service_with_celery(compose):
             "airflow-dag-processor", "airflow-triggerer", "airflow-worker"} <= set(services)
     commands = {name: s.get("command") for name, s in services.items()}
     assert commands["airflow-apiserver"] == ["airflow", "api-server"] and commands["airflow-worker"] == ["worker", "default"]
-    assert commands["airflow-dag-processor"] == ["airflow", "dag-processor"]
+    assert commands["airflow-dag-processor"] == ["dag-processor"]  # with the cluster-file watcher
     assert commands["airflow-triggerer"] == ["airflow", "triggerer"]
     for name in ("airflow-apiserver", "airflow-scheduler", "airflow-worker", "airflow-init"):
         env = services[name]["environment"]

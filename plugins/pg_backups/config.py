@@ -436,30 +436,31 @@ def _resources(c: Cluster) -> list[tuple[str, str, object]]:
     return found
 
 
-def _shared_with(cluster: Cluster, kept: list[Cluster], source: str, where: str) -> ConfigError | None:
-    """The first resource ``cluster`` would share with an already accepted cluster, as an error naming both."""
-    for other in kept:
-        theirs = {(what, value): key for what, key, value in _resources(other)}
-        for what, key, value in _resources(cluster):
-            if (what, value) in theirs:
-                shown = value[1] if isinstance(value, tuple) else value
-                return ConfigError(source, f"{where}.{key}",
-                                   f"cluster {cluster.name!r} would share its {what} ({shown}) with cluster "
-                                   f"{other.name!r}; the two would break each other",
-                                   f"give cluster {cluster.name!r} a {key} of its own")
+def _shared_with(cluster: Cluster, taken: dict, source: str, where: str) -> ConfigError | None:
+    """The first resource ``cluster`` would share with an already accepted cluster, as an error naming
+    both. ``taken``: (what, value) -> the accepted cluster's name (a dict: 1,000 clusters compared
+    pairwise took minutes, past the dag-processor's import timeout)."""
+    for what, key, value in _resources(cluster):
+        other = taken.get((what, value))
+        if other is not None:
+            shown = value[1] if isinstance(value, tuple) else value
+            return ConfigError(source, f"{where}.{key}",
+                               f"cluster {cluster.name!r} would share its {what} ({shown}) with cluster "
+                               f"{other!r}; the two would break each other",
+                               f"give cluster {cluster.name!r} a {key} of its own")
     return None
 
 
-def _pool_conflict(cluster: Cluster, kept: list[Cluster], source: str, where: str) -> ConfigError | None:
-    """A pool that an accepted cluster declares with another number of slots (one host, one limit)."""
-    for other in kept:
-        theirs = {pool.name: pool.slots for pool in other.pools}
-        for pool in cluster.pools:
-            if theirs.get(pool.name, pool.slots) != pool.slots:
-                return ConfigError(source, f"{where}.database_host_slots",
-                                   f"cluster {cluster.name!r} gives pool {pool.name} {pool.slots} slots, cluster "
-                                   f"{other.name!r} {theirs[pool.name]}; a host has one limit",
-                                   f"give every cluster on host {cluster.host} the same database_host_slots")
+def _pool_conflict(cluster: Cluster, pools: dict, source: str, where: str) -> ConfigError | None:
+    """A pool that an accepted cluster declares with another number of slots (one host, one limit);
+    ``pools``: name -> (slots, the accepted cluster's name)."""
+    for pool in cluster.pools:
+        slots, other = pools.get(pool.name, (pool.slots, None))
+        if slots != pool.slots:
+            return ConfigError(source, f"{where}.database_host_slots",
+                               f"cluster {cluster.name!r} gives pool {pool.name} {pool.slots} slots, cluster "
+                               f"{other!r} {slots}; a host has one limit",
+                               f"give every cluster on host {cluster.host} the same database_host_slots")
     return None
 
 
@@ -543,6 +544,9 @@ def parse_config(data: Any, source: str = "<config>", *, strict: bool = True) ->
     clusters: list[Cluster] = []
     errors: list[ConfigError] = []
     refused: dict[str, ConfigError] = {}
+    names: set[str] = set()
+    taken: dict = {}  # what the accepted clusters hold, for _shared_with
+    pools: dict = {}
     for index, entry in enumerate(entries):
         where = f"clusters[{index}]"
         name = entry.get("name") if isinstance(entry, dict) else None
@@ -550,10 +554,10 @@ def parse_config(data: Any, source: str = "<config>", *, strict: bool = True) ->
             if not isinstance(entry, dict):
                 raise ConfigError(source, where, "must be a mapping", "write each cluster as '- name: <stanza>'")
             cluster = build_cluster(_merge(defaults, entry), source, where)
-            if any(c.name == cluster.name for c in clusters) or cluster.name in refused:
+            if cluster.name in names or cluster.name in refused:
                 raise ConfigError(source, f"{where}.name", f"duplicate cluster name {cluster.name!r}",
                                   "give each cluster its own name (it is also the pgBackRest stanza)")
-            conflict = _shared_with(cluster, clusters, source, where) or _pool_conflict(cluster, clusters, source, where)
+            conflict = _shared_with(cluster, taken, source, where) or _pool_conflict(cluster, pools, source, where)
             if conflict:
                 raise conflict
             cluster = _spread(cluster, fleet=len(entries) > FLEET_SIZE)
@@ -561,10 +565,13 @@ def parse_config(data: Any, source: str = "<config>", *, strict: bool = True) ->
             if strict:
                 raise
             errors.append(exc)
-            if isinstance(name, str) and name not in refused and not any(c.name == name for c in clusters):
+            if isinstance(name, str) and name not in refused and name not in names:
                 refused[name] = exc
             continue
         clusters.append(cluster)
+        names.add(cluster.name)
+        taken.update({(what, value): cluster.name for what, _, value in _resources(cluster)})
+        pools.update({pool.name: (pool.slots, cluster.name) for pool in cluster.pools})
     return Config(source, clusters, errors, refused)
 
 
