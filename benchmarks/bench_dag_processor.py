@@ -5,7 +5,7 @@ A real ``airflow dag-processor`` (Airflow 3.3, SQLite metadata database of its o
 DAG folder) runs for ``--minutes`` with ``--clusters`` clusters:
 
 - ``before``: Airflow's defaults (``min_file_process_interval`` 30 s, ...), as docker-compose.yaml had;
-- ``after``: the ``AIRFLOW__DAG_PROCESSOR__*`` settings of docker-compose.yaml's Airflow services (read
+- ``after``: the ``AIRFLOW__DAG_PROCESSOR__*`` settings (and the import timeout) of docker-compose.yaml's Airflow services (read
   from that file: one source), plus the cluster-file watcher the compose dag-processor runs
   (``python -m pg_backups.airflow.reparse``).
 
@@ -42,7 +42,7 @@ DAG_FILES_PER_CLUSTER = 5  # bucket, pgBackRest, WAL-G, restore test, freshness
 
 def compose_settings() -> dict:
     env = yaml.safe_load((REPO / "docker-compose.yaml").read_text())["x-airflow-common"]["environment"]
-    return {k: str(v) for k, v in env.items() if k.startswith("AIRFLOW__DAG_PROCESSOR__")}
+    return {k: str(v) for k, v in env.items() if k.startswith("AIRFLOW__DAG_PROCESSOR__") or k == "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT"}
 
 
 def tree_cpu(root: int) -> float:
