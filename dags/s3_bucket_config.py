@@ -18,7 +18,7 @@ logical date (a backfill run checks the bucket as it is now).
 for cluster in load_config(strict=False).clusters:
     with DAG(
         dag_id=f"s3_bucket_config_{cluster.name}",
-        schedule="@daily",
+        schedule=cluster.daily_schedule,
         **dag_args(cluster, "s3"),
         doc_md=DOC.format(name=cluster.name, bucket=cluster.s3.bucket, region=cluster.s3.region),
     ):

@@ -123,6 +123,7 @@ def test_up_to_a_fleet_size_of_clusters_keep_the_runbooks_exact_times():
     assert {(c.pgbackrest.schedule, c.walg.schedule, c.restore_test.schedule) for c in config.clusters} == {
         ("15 2 * * *", "45 2 * * *", "0 2 * 1,4,7,10 0#1")}
     assert not any(c.schedule_spread.enabled for c in config.clusters)
+    assert {(c.hourly_schedule, c.daily_schedule) for c in config.clusters} == {("@hourly", "@daily")}
 
 
 def test_a_fleet_is_spread_over_the_window_deterministically_from_the_names():
@@ -138,6 +139,7 @@ def test_a_fleet_is_spread_over_the_window_deterministically_from_the_names():
         assert (h2 * 60 + m2) - (h1 * 60 + m1) == 30, "a cluster's WAL-G backup stays 30 min after its pgBackRest one"
         assert h1 * 60 + m1 == 2 * 60 + 15 + c.spread_minutes
         assert c.restore_test.schedule.split()[2:] == ["*", "1,4,7,10", "0#1"]  # the first Sunday stays
+        assert c.hourly_schedule == f"{c.spread_minutes % 60} * * * *"  # the hourly check at its own minute
     # Pinned: the offset comes from the name alone (sha256), the same at every parse on every
     # machine; a change here would move every fleet's night.
     assert {c.name: c.spread_minutes for c in first.clusters[:3]} == {"cluster0000": 100, "cluster0001": 110,

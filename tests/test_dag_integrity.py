@@ -170,5 +170,7 @@ def test_a_fleets_dags_carry_the_spread_slots_and_their_hosts_pool(tmp_path):
         assert bag["dags"][f"pgbackrest_backup_{c.name}"]["schedule"] == c.pgbackrest.schedule != "15 2 * * *"
         assert bag["dags"][f"walg_backup_{c.name}"]["schedule"] == c.walg.schedule
         assert bag["dags"][f"restore_test_{c.name}"]["schedule"] == c.restore_test.schedule
+        assert bag["dags"][f"backup_freshness_{c.name}"]["schedule"] == f"{c.spread_minutes % 60} * * * *"
+        assert bag["dags"][f"s3_bucket_config_{c.name}"]["schedule"] == c.daily_schedule != "@daily"
         backup_pools = {t["pool"] for t in bag["dags"][f"pgbackrest_backup_{c.name}"]["tasks"] if t["task_id"] == "backup"}
         assert backup_pools == {f"backups_host_db{int(c.name[1:]) % 3}_internal"}

@@ -349,6 +349,17 @@ class Cluster(Settings):
                      f"at most {self.database_host_slots} backups at a time on database host {self.host}")]
 
     @property
+    def hourly_schedule(self) -> str:
+        """The freshness check's: ``@hourly`` (minute 0), or at the cluster's own minute when spread
+        (1,000 clusters' checks in the same minute of every hour otherwise)."""
+        return f"{self.spread_minutes % 60} * * * *" if self.spread_minutes else "@hourly"
+
+    @property
+    def daily_schedule(self) -> str:
+        """The bucket check's: ``@daily`` (00:00), or moved by the cluster's offset when spread."""
+        return shifted("0 0 * * *", self.spread_minutes) if self.spread_minutes else "@daily"
+
+    @property
     def spread_minutes(self) -> int:
         """How much later than configured this cluster's nightly slots fire (0 when not spread)."""
         if not self.schedule_spread.enabled:
