@@ -85,7 +85,7 @@ case $role in
     write_passwords
     exec airflow "$@";;
   dag-processor)
-    # The dag-processor re-parses an unchanged DAG file only hourly (min_file_process_interval in
+    # The dag-processor re-parses an unchanged DAG file only every 6 h (min_file_process_interval in
     # docker-compose.yaml); this watcher asks for a re-parse as soon as the cluster file changes.
     python -m pg_backups.airflow.reparse &
     exec airflow dag-processor "$@";;

@@ -75,7 +75,7 @@ def watch(path: Path, interval: float) -> None:
             try:
                 log.info("%s changed: %d DAG files asked to re-parse", path, request_reparse())
             except Exception:  # noqa: BLE001 - a database blip must not end the watch; the next change retries
-                log.exception("could not ask for a re-parse (the hourly parse will pick the change up)")
+                log.exception("could not ask for a re-parse (the periodic parse will pick the change up)")
                 seen = None
 
 
