@@ -115,3 +115,44 @@ def test_cron_scripts_have_usage_and_refuse_stray_arguments(script):
     if script.name != "pg_backups_cli.sh":
         bad = subprocess.run([str(script), "--bogus"], capture_output=True, text=True)
         assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_the_cluster_file_watcher_asks_for_one_reparse_per_change(tmp_path, monkeypatch):
+    """pg_backups.airflow.reparse: nothing while the file stays, one request per change (an edit in
+    place or a replacement by rename), and a failed request is tried again at the next look."""
+    from pg_backups.airflow import reparse
+
+    config = tmp_path / "clusters.yaml"
+    config.write_text("clusters: [{name: asso}]\n")
+
+    def replace():  # as an editor or a ConfigMap does: a new file renamed over the old one
+        (tmp_path / "new.yaml").write_text("clusters: [{name: asso}]\n")
+        (tmp_path / "new.yaml").rename(config)
+
+    steps = iter([
+        lambda: None,                                                      # unchanged
+        lambda: config.write_text("clusters: [{name: asso}, {name: b}]\n"),  # edited
+        lambda: None,                                                      # unchanged
+        replace,
+        lambda: None,                                                      # the request failed: again
+    ])
+    requests, outcomes = [], iter([3, RuntimeError("database is locked"), 3])
+
+    def sleep(_seconds):
+        try:
+            next(steps)()
+        except StopIteration:
+            raise KeyboardInterrupt from None
+
+    def request():
+        requests.append(1)
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(reparse.time, "sleep", sleep)
+    monkeypatch.setattr(reparse, "request_reparse", request)
+    with pytest.raises(KeyboardInterrupt):
+        reparse.watch(config, 15)
+    assert len(requests) == 3  # the edit, the replacement, and the retry after its failure
