@@ -25,7 +25,7 @@ now too (the past state of a repository cannot be read back).
 for cluster in load_config(strict=False).clusters:
     with DAG(
         dag_id=cluster.dag_id("freshness"),
-        schedule="@hourly",
+        schedule=cluster.hourly_schedule,
         **dag_args(cluster, "monitoring", queue=cluster.database_queue),
         doc_md=DOC.format(name=cluster.name, tools=", ".join(cluster.tools), hours=cluster.alerts.max_backup_age_hours,
                           conn=cluster.pg_conn_id, bucket=cluster.s3.bucket),

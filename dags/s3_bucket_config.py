@@ -18,7 +18,7 @@ logical date (a backfill run checks the bucket as it is now).
 for cluster in load_config(strict=False).clusters:
     with DAG(
         dag_id=cluster.dag_id("s3_bucket"),
-        schedule="@daily",
+        schedule=cluster.daily_schedule,
         **dag_args(cluster, "s3"),
         doc_md=DOC.format(name=cluster.name, bucket=cluster.s3.bucket, region=cluster.s3.region),
     ):

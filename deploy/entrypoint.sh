@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The image's entrypoint: one image, one role per service (docker-compose.yaml and its sandbox overlay).
-#   airflow ARGS...        Airflow itself (api-server, scheduler, dag-processor, triggerer, celery worker, ...)
+#   airflow ARGS...        Airflow itself (api-server, scheduler, triggerer, celery worker, ...)
+#   dag-processor          Airflow's dag-processor, with the cluster-file watcher (pg_backups.airflow.reparse)
 #   worker QUEUE           a Celery worker serving QUEUE, restarted when it dies (as systemd's Restart=always would)
 #   database-host QUEUE    a database host: its PostgreSQL 15 cluster (WAL archived by the project's tools)
 #                          and a Celery worker on QUEUE, the host's queue (db-<cluster>)
@@ -83,6 +84,11 @@ case $role in
   airflow)
     write_passwords
     exec airflow "$@";;
+  dag-processor)
+    # The dag-processor re-parses an unchanged DAG file only every 6 h (min_file_process_interval in
+    # docker-compose.yaml); this watcher asks for a re-parse as soon as the cluster file changes.
+    python -m pg_backups.airflow.reparse &
+    exec airflow dag-processor "$@";;
   worker)
     worker_loop "${1:?worker QUEUE}";;
   database-host)

@@ -73,7 +73,8 @@ def _timed(started: float, response):
 
 
 @app.get("/", response_class=HTMLResponse, dependencies=allowed, summary="The inventory page")
-def page(request: Request, cluster: str | None = Query(None, description="cluster whose trends are charted")):
+def page(request: Request, cluster: str | None = Query(None, description="cluster whose trends are charted"),
+         page: int = Query(1, ge=1, description="page of the table, red rows first (inventory_page.PAGE_ROWS a page)")):
     if not request.url.path.endswith("/"):  # the page's links are relative to .../backup-inventory/
         query = f"?{request.url.query}" if request.url.query else ""
         return RedirectResponse(f"{request.url.path}/{query}", status_code=307)
@@ -81,20 +82,24 @@ def page(request: Request, cluster: str | None = Query(None, description="cluste
     clusters = _clusters()
     with create_session() as session:
         store = MetadataStore(session)
-        data = inventory.build(clusters, store, at, s3_endpoints=_s3_endpoints(clusters))
-        chosen = cluster or next((r["name"] for colour in ("red", "amber", "green") for r in data["clusters"]
-                                  if r["status"]["colour"] == colour), None)
+        rows = inventory_page.PAGE_ROWS
+        data = inventory.build(clusters, store, at, s3_endpoints=_s3_endpoints(clusters), offset=(page - 1) * rows,
+                               limit=rows)
+        chosen = cluster or next((r["name"] for r in data["clusters"]), None)  # the worst one: rows are worst first
         hist = inventory.history(_cluster(chosen), store, at) if chosen else None
     return _timed(started, HTMLResponse(inventory_page.render(data, hist, at)))
 
 
 @app.get("/api/inventory", dependencies=allowed, summary="Every cluster's row, with its 30-day timeline")
-def api_inventory(days: int = Query(inventory.TIMELINE_DAYS, ge=1, le=366)):
+def api_inventory(days: int = Query(inventory.TIMELINE_DAYS, ge=1, le=366),
+                  limit: int | None = Query(None, ge=1, description="one page of rows, red first, then amber, green "
+                                                                     "(adds total, offset, limit); none: every row"),
+                  offset: int = Query(0, ge=0)):
     started = time.perf_counter()
     clusters = _clusters()
     with create_session() as session:
         data = inventory.build(clusters, MetadataStore(session), timeline_days=days,
-                               s3_endpoints=_s3_endpoints(clusters))
+                               s3_endpoints=_s3_endpoints(clusters), offset=offset, limit=limit)
     return _timed(started, JSONResponse(data))
 
 

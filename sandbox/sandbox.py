@@ -558,8 +558,8 @@ def setup_airflow(L: Layout, env: dict) -> None:
     if not (L.airflow_home / "airflow.db").exists():
         log("airflow db migrate (first start only)")
         subprocess.run([airflow, "db", "migrate"], env=full_env, check=True, capture_output=True, text=True)
-    for cluster in load_config(L.clusters_file).clusters:
-        subprocess.run([airflow, "pools", "set", cluster.pool, "1", f"one backup at a time on cluster {cluster.name}"],
+    for pool in {pool for cluster in load_config(L.clusters_file).clusters for pool in cluster.pools}:
+        subprocess.run([airflow, "pools", "set", pool.name, str(pool.slots), pool.description],
                        env=full_env, check=True, capture_output=True, text=True)
 
 

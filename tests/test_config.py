@@ -103,3 +103,102 @@ def test_missing_and_unreadable_files_name_the_setting(tmp_path):
     bad.write_text("clusters: [name: {")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# A fleet's night: schedule_spread and the database host's pool
+
+
+def fleet(n: int, **common) -> dict:
+    """``n`` clusters that share nothing (each its own host, port, WAL-G prefix and staging port)."""
+    return {"defaults": common, "clusters": [
+        {"name": f"cluster{i:04d}", "host": f"db{i:04d}.internal", "walg": {"prefix": f"postgres/cluster{i:04d}"},
+         "restore_test": {"staging_port": 10000 + i}} for i in range(n)]}
+
+
+def test_up_to_a_fleet_size_of_clusters_keep_the_runbooks_exact_times():
+    from pg_backups.config import FLEET_SIZE
+
+    config = parse_config(fleet(FLEET_SIZE))
+    assert {(c.pgbackrest.schedule, c.walg.schedule, c.restore_test.schedule) for c in config.clusters} == {
+        ("15 2 * * *", "45 2 * * *", "0 2 * 1,4,7,10 0#1")}
+    assert not any(c.schedule_spread.enabled for c in config.clusters)
+    assert {(c.hourly_schedule, c.daily_schedule) for c in config.clusters} == {("@hourly", "@daily")}
+
+
+def test_a_fleet_is_spread_over_the_window_deterministically_from_the_names():
+    from pg_backups.config import FLEET_SIZE
+    from pg_backups.times import fixed_time
+
+    first, again = parse_config(fleet(FLEET_SIZE + 1)), parse_config(fleet(FLEET_SIZE + 1))
+    assert [c.pgbackrest.schedule for c in first.clusters] == [c.pgbackrest.schedule for c in again.clusters]
+    assert len({c.pgbackrest.schedule for c in first.clusters}) > 5, "the slots must differ between clusters"
+    for c in first.clusters:
+        assert c.schedule_spread.enabled and 0 <= c.spread_minutes < 180
+        (h1, m1), (h2, m2) = fixed_time(c.pgbackrest.schedule), fixed_time(c.walg.schedule)
+        assert (h2 * 60 + m2) - (h1 * 60 + m1) == 30, "a cluster's WAL-G backup stays 30 min after its pgBackRest one"
+        assert h1 * 60 + m1 == 2 * 60 + 15 + c.spread_minutes
+        assert c.restore_test.schedule.split()[2:] == ["*", "1,4,7,10", "0#1"]  # the first Sunday stays
+        assert c.hourly_schedule == f"{c.spread_minutes % 60} * * * *"  # the hourly check at its own minute
+    # Pinned: the offset comes from the name alone (sha256), the same at every parse on every
+    # machine; a change here would move every fleet's night.
+    assert {c.name: c.spread_minutes for c in first.clusters[:3]} == {"cluster0000": 100, "cluster0001": 110,
+                                                                       "cluster0002": 75}
+
+
+def test_spreading_is_chosen_per_cluster_both_ways():
+    config = parse_config({"clusters": [{"name": "asso", "schedule_spread": {"enabled": True, "window_minutes": 60}}]})
+    (asso,) = config.clusters
+    assert asso.pgbackrest.schedule != "15 2 * * *" and 0 <= asso.spread_minutes < 60
+    data = fleet(20)
+    data["clusters"][3]["schedule_spread"] = {"enabled": False}
+    pinned = parse_config(data).clusters[3]
+    assert (pinned.pgbackrest.schedule, pinned.walg.schedule) == ("15 2 * * *", "45 2 * * *")
+
+
+def test_only_a_fixed_time_moves_and_a_daily_one_may_wrap_past_midnight():
+    from pg_backups.times import shifted
+
+    assert shifted("*/5 * * * *", 77) == "*/5 * * * *"
+    assert shifted("15 2 * * *", 0) == "15 2 * * *"
+    assert shifted("15 2 * * *", 100) == "55 3 * * *"
+    assert shifted("50 23 * * *", 20) == "10 0 * * *"
+    c = parse_config(fleet(11, pgbackrest={"schedule": "0 */6 * * *"})).clusters[0]
+    assert c.pgbackrest.schedule == "0 */6 * * *" and c.walg.schedule != "45 2 * * *"
+
+
+def test_a_window_that_would_move_a_restore_test_to_another_day_is_refused():
+    with pytest.raises(ConfigError) as err:
+        parse_config(cfg(schedule_spread={"enabled": True, "window_minutes": 1400}))
+    assert err.value.setting == "clusters[0].schedule_spread.window_minutes"
+    assert "restore_test.schedule" in str(err.value) and "past midnight" in str(err.value)
+    assert "1320 minutes or less" in str(err.value)
+
+
+def test_clusters_on_one_database_host_share_its_pool_with_one_limit():
+    config = parse_config({"defaults": {"database_host_slots": 2}, "clusters": [
+        {"name": "a", "host": "db1.internal", "walg": {"prefix": "a"}},
+        {"name": "b", "host": "db1.internal", "port": 5433, "walg": {"prefix": "b"}, "restore_test": {"staging_port": 5434}}]})
+    a, b = config.clusters
+    assert a.pool == b.pool == "backups_host_db1_internal"
+    assert a.pools[0].slots == 2
+    assert parse_config(cfg()).clusters[0].pool == "backups_asso"  # unset: the cluster's own pool, as before
+    with pytest.raises(ConfigError) as err:
+        parse_config({"clusters": [
+            {"name": "a", "host": "db1.internal", "walg": {"prefix": "a"}, "database_host_slots": 2},
+            {"name": "b", "host": "db1.internal", "port": 5433, "walg": {"prefix": "b"},
+             "restore_test": {"staging_port": 5434}, "database_host_slots": 3}]})
+    assert err.value.setting == "clusters[1].database_host_slots" and "same database_host_slots" in str(err.value)
+
+
+def test_loading_compares_each_cluster_once_not_with_every_other(monkeypatch):
+    """A cluster's resources are read a bounded number of times, not once per other cluster: compared
+    pairwise, 1,000 clusters took ~25 s of CPU per DAG file (each past the 30 s import timeout on a
+    busy machine)."""
+    from pg_backups import config as config_module
+
+    calls = []
+    real = config_module._resources
+    monkeypatch.setattr(config_module, "_resources", lambda c: calls.append(c.name) or real(c))
+    assert len(parse_config(fleet(60)).clusters) == 60
+    assert len(calls) <= 2 * 60, f"{len(calls)} reads of the clusters' resources for 60 clusters"

@@ -153,3 +153,26 @@ def test_tasks_run_on_the_queue_of_the_host_that_owns_the_data(tmp_path):
     assert queues["backup_freshness_asso"] == ["db-asso"]
     assert queues["restore_test_asso"] == ["staging-asso"]
     assert queues["s3_bucket_config_asso"] == ["default"]
+
+
+def test_a_fleets_dags_carry_the_spread_slots_and_their_hosts_pool(tmp_path):
+    """A file of 12 clusters on 3 database hosts: each DAG's schedule is the cluster's spread slot
+    (as the configuration computes it) and the backup tasks take the host's pool."""
+    from pg_backups.config import load_config
+
+    config = tmp_path / "clusters.yaml"
+    config.write_text("defaults: {database_host_slots: 2}\nclusters:\n" + "".join(
+        f"  - {{name: c{i:02d}, host: db{i % 3}.internal, port: {5432 + i}, walg: {{prefix: c{i:02d}}}, "
+        f"restore_test: {{staging_port: {6000 + i}}}}}\n" for i in range(12)))
+    bag = load_dagbag(config)
+    assert bag["errors"] == {}
+    clusters = load_config(config).clusters
+    assert len({c.pgbackrest.schedule for c in clusters}) > 3
+    for c in clusters:
+        assert bag["dags"][f"pgbackrest_backup_{c.name}"]["schedule"] == c.pgbackrest.schedule != "15 2 * * *"
+        assert bag["dags"][f"walg_backup_{c.name}"]["schedule"] == c.walg.schedule
+        assert bag["dags"][f"restore_test_{c.name}"]["schedule"] == c.restore_test.schedule
+        assert bag["dags"][f"backup_freshness_{c.name}"]["schedule"] == f"{c.spread_minutes % 60} * * * *"
+        assert bag["dags"][f"s3_bucket_config_{c.name}"]["schedule"] == c.daily_schedule != "@daily"
+        backup_pools = {t["pool"] for t in bag["dags"][f"pgbackrest_backup_{c.name}"]["tasks"] if t["task_id"] == "backup"}
+        assert backup_pools == {f"backups_host_db{int(c.name[1:]) % 3}_internal"}

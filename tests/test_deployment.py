@@ -39,7 +39,7 @@ def test_compose_has_every_airflow_3_service_with_celery(compose):
             "airflow-dag-processor", "airflow-triggerer", "airflow-worker"} <= set(services)
     commands = {name: s.get("command") for name, s in services.items()}
     assert commands["airflow-apiserver"] == ["airflow", "api-server"] and commands["airflow-worker"] == ["worker", "default"]
-    assert commands["airflow-dag-processor"] == ["airflow", "dag-processor"]
+    assert commands["airflow-dag-processor"] == ["dag-processor"]  # with the cluster-file watcher
     assert commands["airflow-triggerer"] == ["airflow", "triggerer"]
     for name in ("airflow-apiserver", "airflow-scheduler", "airflow-worker", "airflow-init"):
         env = services[name]["environment"]
@@ -77,7 +77,21 @@ def test_compose_init_creates_the_pools_the_dags_use(compose):
     assert "airflow db migrate" in init and "pg_backups.cli list-pools" in init and "airflow pools set" in init
     listed = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "pg_backups.cli", "list-pools"], text=True,
                             capture_output=True, env={"PYTHONPATH": str(REPO / "plugins")}, check=True)
-    assert listed.stdout.split() == ["backups_asso"]
+    assert listed.stdout.splitlines() == ["backups_asso 1 one backup at a time on cluster asso (pgBackRest and WAL-G)"]
+
+
+def test_list_pools_gives_a_shared_database_host_one_pool(tmp_path):
+    """Clusters on one database host with database_host_slots share one pool, listed once with its slots."""
+    config = tmp_path / "clusters.yaml"
+    config.write_text("defaults: {database_host_slots: 2}\nclusters:\n"
+                      "  - {name: a, host: db1.internal, walg: {prefix: a}}\n"
+                      "  - {name: b, host: db1.internal, port: 5433, walg: {prefix: b}, restore_test: {staging_port: 5434}}\n"
+                      "  - {name: c, host: db2.internal, walg: {prefix: c}, restore_test: {staging_port: 5435}}\n")
+    listed = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "pg_backups.cli", "list-pools"], text=True,
+                            capture_output=True, check=True,
+                            env={"PYTHONPATH": str(REPO / "plugins"), "PG_BACKUPS_CONFIG": str(config)})
+    assert [line.split()[:2] for line in listed.stdout.splitlines()] == [
+        ["backups_host_db1_internal", "2"], ["backups_host_db2_internal", "2"]]
 
 
 def test_image_builds_from_debian_with_airflow_under_the_constraints():
@@ -133,3 +147,44 @@ def test_env_files_read_back_as_written(tmp_path):
     env = {"PLAIN": "value", "QUOTED": "it's \"x\" y", "EMPTY": "", "JSON": '{"a": [1, 2]}'}
     sandbox.write_env_file(layout, env)
     assert sandbox.read_env_file(layout.env_file) == env
+
+
+def test_the_cluster_file_watcher_asks_for_one_reparse_per_change(tmp_path, monkeypatch):
+    """pg_backups.airflow.reparse: nothing while the file stays, one request per change (an edit in
+    place or a replacement by rename), and a failed request is tried again at the next look."""
+    from pg_backups.airflow import reparse
+
+    config = tmp_path / "clusters.yaml"
+    config.write_text("clusters: [{name: asso}]\n")
+
+    def replace():  # as an editor or a ConfigMap does: a new file renamed over the old one
+        (tmp_path / "new.yaml").write_text("clusters: [{name: asso}]\n")
+        (tmp_path / "new.yaml").rename(config)
+
+    steps = iter([
+        lambda: None,                                                      # unchanged
+        lambda: config.write_text("clusters: [{name: asso}, {name: b}]\n"),  # edited
+        lambda: None,                                                      # unchanged
+        replace,
+        lambda: None,                                                      # the request failed: again
+    ])
+    requests, outcomes = [], iter([3, RuntimeError("database is locked"), 3])
+
+    def sleep(_seconds):
+        try:
+            next(steps)()
+        except StopIteration:
+            raise KeyboardInterrupt from None
+
+    def request():
+        requests.append(1)
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(reparse.time, "sleep", sleep)
+    monkeypatch.setattr(reparse, "request_reparse", request)
+    with pytest.raises(KeyboardInterrupt):
+        reparse.watch(config, 15)
+    assert len(requests) == 3  # the edit, the replacement, and the retry after its failure

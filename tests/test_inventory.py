@@ -340,3 +340,30 @@ def test_an_old_wal_measurement_is_not_the_current_state(tmp_path):
     assert row["wal"]["state"] == "unknown"
     assert row["status"] == {"colour": "amber", "reasons": [row["wal"]["text"]], "text": row["wal"]["text"]}
     assert row["wal"]["text"].startswith("WAL archiving not measured since 2026-11-22")
+
+
+def test_a_fleet_is_paged_red_first_then_amber_then_green_with_every_count(tmp_path):
+    """One page of a fleet: the worst rows first, counts over every cluster, timelines for the page only."""
+    names = ["a-green", "b-red", "c-amber", "d-green", "e-red"]
+    clusters = [make_cluster(tmp_path, name) for name in names]
+    events, runs = [], []
+    for c in clusters:
+        healthy(tmp_path, c)
+        if "red" not in c.name:
+            rec = record(f"{c.name}-F", "full", AT - timedelta(hours=6), cluster=c.name, run_id=f"scheduled__{c.name}")
+            events.append(event(rec))
+    runs.append(run("pgbackrest_backup_c-amber", "manual__bad", "failed", AT - timedelta(hours=1)))
+    store = FakeStore(events, runs)
+    whole = inventory.build(clusters, store, AT)
+    assert [r["name"] for r in whole["clusters"]] == names and "total" not in whole  # as before: every row, in order
+    first = inventory.build(clusters, store, AT, offset=0, limit=3)
+    assert [(r["name"], r["status"]["colour"]) for r in first["clusters"]] == [
+        ("b-red", "red"), ("e-red", "red"), ("c-amber", "amber")]
+    assert first["counts"] == whole["counts"] == {"green": 2, "amber": 1, "red": 2}
+    assert (first["total"], first["offset"], first["limit"]) == (5, 0, 3)
+    second = inventory.build(clusters, store, AT, offset=3, limit=3)
+    assert [r["name"] for r in second["clusters"]] == ["a-green", "d-green"]
+    assert all(isinstance(r["timeline"], list) and r["timeline"] for r in second["clusters"])
+    html = inventory_page.render(first, None, AT)
+    assert "rows 1-3 of 5" in html and 'href="?page=2"' in html and "5 clusters" in html
+    assert html.index('data-cluster="b-red"') < html.index('data-cluster="c-amber"')

@@ -6,7 +6,7 @@ operations as the DAGs out.
     python -m pg_backups.cli walg-backup         # PGHOST, PGPORT, PGUSER, PGDATA, WALG_S3_PREFIX
     python -m pg_backups.cli archive-command     # the archive_command to put in postgresql.conf
     python -m pg_backups.cli write-configs       # pgbackrest.conf + walg.json for the database host
-    python -m pg_backups.cli list-pools          # the Airflow pools to create (one per cluster)
+    python -m pg_backups.cli list-pools          # the Airflow pools to create: name, slots, description
     python -m pg_backups.cli check-config [FILE] # every problem of the file (pre-commit, CI); exit 0 or 2
     python -m pg_backups.cli restore-test        # RESTORE_TOOL, STAGING_PGDATA, STAGING_CONNECTION_URI,
                                                  # PG_BACKREST_STANZA, PG_BACKREST_CONFIG (runbook 3)
@@ -200,9 +200,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     run_id = "cron__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     cluster = None
-    if args.command == "list-pools":  # for deployment: `airflow pools set` each (docker-compose init)
+    if args.command == "list-pools":  # for deployment: `airflow pools set NAME SLOTS DESCRIPTION` each line
+        seen = set()
         for configured in running_config().clusters:
-            print(configured.pool)
+            for pool in configured.pools:
+                if pool.name not in seen:  # clusters on one database host share its pool
+                    seen.add(pool.name)
+                    print(f"{pool.name} {pool.slots} {pool.description}")
         return 0
     try:
         cluster = resolve_cluster(args.cluster)

@@ -34,12 +34,13 @@ from typing import Any
 import yaml
 
 from pg_backups.errors import BucketSettingsError, ConfigError, config_problem
-from pg_backups.times import WEEKDAYS
+from pg_backups.times import WEEKDAYS, fixed_time, shifted
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConfigError", "Config", "Cluster", "TOOLS", "DAG_KINDS", "dag_kind", "load_config", "parse_config",
-           "build_cluster", "with_overrides", "config_path", "check_file", "alert_for"]
+__all__ = ["ConfigError", "Config", "Cluster", "Pool", "TOOLS", "DAG_KINDS", "dag_kind", "load_config", "parse_config",
+           "build_cluster", "with_overrides", "config_path", "check_file", "alert_for", "FLEET_SIZE",
+           "SPREAD_SCHEDULES"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "include" / "config" / "clusters.yaml"
@@ -296,6 +297,38 @@ class MetricsSettings(Settings):
     pushgateway_url: str | None = None
 
 
+# A fleet: a cluster file with more than this many entries. Its nightly slots are spread by default
+# (schedule_spread.enabled unset): 1,000 clusters at 02:15 are 1,000 DAG runs in one minute on one
+# scheduler, all reading S3 at once. Up to this many, the configured times stay exact (the
+# runbook's 02:15 and 02:45 for `asso`): a small install's Ops know their times, and ten runs in
+# one minute cost a scheduler nothing.
+FLEET_SIZE = 10
+# The schedules schedule_spread moves (section.field of Cluster): every nightly slot of a cluster,
+# moved by the same offset, so that their order and gaps stay (pgBackRest 30 min before WAL-G).
+# A new nightly DAG (a daily verification drill) adds its schedule here.
+SPREAD_SCHEDULES = ("pgbackrest.schedule", "walg.schedule", "restore_test.schedule")
+
+
+@dataclass(frozen=True)
+class ScheduleSpread(Settings):
+    """Each cluster's nightly slots moved later by an offset drawn from its name (a hash: the same
+    at every parse, on every machine), between 0 and ``window_minutes`` - 1. Only a schedule at one
+    fixed time of day moves (``15 2 * * *``); one with a step or a list (``*/5 * * * *``) stays."""
+
+    # null: on when the file declares more than FLEET_SIZE clusters, off otherwise; true/false: as said.
+    enabled: bool | None = None
+    window_minutes: int = setting(180, minimum=1, maximum=1440, fix="use 1 to 1440 minutes (default 180: "
+                                                                       "02:15 to 05:14 for pgBackRest)")
+
+
+class Pool(typing.NamedTuple):
+    """An Airflow pool the DAGs use (``python -m pg_backups.cli list-pools`` prints them for deployment)."""
+
+    name: str
+    slots: int
+    description: str
+
+
 @dataclass(frozen=True)
 class Cluster(Settings):
     name: str = setting(fix="name the cluster; the name is also its pgBackRest stanza, e.g. 'name: asso'")
@@ -333,6 +366,11 @@ class Cluster(Settings):
     # Task retries (the failure alert goes out after the last one).
     retries: int = setting(2, minimum=0)
     retry_delay_seconds: int = setting(300, minimum=0)
+    schedule_spread: ScheduleSpread = setting(factory=ScheduleSpread)
+    # null: the backups take the cluster's own pool (1 slot: its two tools never at once). A number:
+    # they take the pool of the database host (`host`) instead, with that many slots, shared by every
+    # cluster on the host (each must give the same number): the host's limit, whatever the cluster count.
+    database_host_slots: int | None = setting(None, minimum=1, fix="give the host 1 or more backup slots")
 
     def validate(self, fail) -> None:
         if not self.tools or len(set(self.tools)) != len(self.tools):
@@ -355,6 +393,23 @@ class Cluster(Settings):
         if rt.staging_port == self.port and self.host in ("localhost", "127.0.0.1") and not rt.staging_socket_directory:
             fail("restore_test.staging_port", f"staging would listen on production's port {self.port}",
                  "give staging a port of its own")
+        if self.schedule_spread.enabled is not False:  # on, or on once the file is a fleet
+            window = self.schedule_spread.window_minutes
+            for key in SPREAD_SCHEDULES:
+                schedule = self.value_of(key)
+                at = fixed_time(schedule)
+                # A line for some days only (the quarterly restore test) must stay on its day.
+                if at and schedule.split()[2:] != ["*", "*", "*"] and at[0] * 60 + at[1] + window > 1440:
+                    fail("schedule_spread.window_minutes",
+                         f"{key} {schedule!r} spread over {window} minutes could move past midnight, to another day",
+                         f"shorten the window to {1440 - at[0] * 60 - at[1]} minutes or less, or start {key} earlier")
+
+    def value_of(self, key: str):
+        """A setting by its dotted key (``pgbackrest.schedule``)."""
+        value = self
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
 
     # Derived names, so that every DAG and script agrees on them.
     @property
@@ -363,8 +418,38 @@ class Cluster(Settings):
 
     @property
     def pool(self) -> str:
-        """One slot per cluster: its pgBackRest and WAL-G backups never run at once."""
-        return f"backups_{self.name}"
+        """The backups' pool: the cluster's own (1 slot: its pgBackRest and WAL-G backups never run at
+        once), or its database host's when ``database_host_slots`` is set (the host's limit)."""
+        if self.database_host_slots is None:
+            return f"backups_{self.name}"
+        return f"backups_host_{re.sub(r'[^A-Za-z0-9_-]', '_', self.host)}"
+
+    @property
+    def pools(self) -> list[Pool]:
+        """The pools this cluster's DAGs use (a verification host's pool is added here)."""
+        if self.database_host_slots is None:
+            return [Pool(self.pool, 1, f"one backup at a time on cluster {self.name} (pgBackRest and WAL-G)")]
+        return [Pool(self.pool, self.database_host_slots,
+                     f"at most {self.database_host_slots} backups at a time on database host {self.host}")]
+
+    @property
+    def hourly_schedule(self) -> str:
+        """The freshness check's: ``@hourly`` (minute 0), or at the cluster's own minute when spread
+        (1,000 clusters' checks in the same minute of every hour otherwise)."""
+        return f"{self.spread_minutes % 60} * * * *" if self.spread_minutes else "@hourly"
+
+    @property
+    def daily_schedule(self) -> str:
+        """The bucket check's: ``@daily`` (00:00), or moved by the cluster's offset when spread."""
+        return shifted("0 0 * * *", self.spread_minutes) if self.spread_minutes else "@daily"
+
+    @property
+    def spread_minutes(self) -> int:
+        """How much later than configured this cluster's nightly slots fire (0 when not spread)."""
+        if not self.schedule_spread.enabled:
+            return 0
+        digest = hashlib.sha256(self.name.encode()).digest()  # not hash(): Python salts it per process
+        return int.from_bytes(digest[:8], "big") % self.schedule_spread.window_minutes
 
     def dag_id(self, kind: str) -> str:
         """The id of this cluster's DAG of ``kind`` (a key of DAG_KINDS; a backup DAG's is its tool)."""
@@ -484,18 +569,48 @@ def _resources(c: Cluster) -> list[tuple[str, str, object]]:
     return found
 
 
-def _shared_with(cluster: Cluster, kept: list[Cluster], source: str, where: str) -> ConfigError | None:
-    """The first resource ``cluster`` would share with an already accepted cluster, as an error naming both."""
-    for other in kept:
-        theirs = {(what, value): key for what, key, value in _resources(other)}
-        for what, key, value in _resources(cluster):
-            if (what, value) in theirs:
-                shown = value[1] if isinstance(value, tuple) else value
-                return ConfigError(source, f"{where}.{key}",
-                                   f"cluster {cluster.name!r} would share its {what} ({shown}) with cluster "
-                                   f"{other.name!r}; the two would break each other",
-                                   f"give cluster {cluster.name!r} a {key} of its own")
+def _shared_with(cluster: Cluster, taken: dict, source: str, where: str) -> ConfigError | None:
+    """The first resource ``cluster`` would share with an already accepted cluster, as an error naming
+    both. ``taken``: (what, value) -> the accepted cluster's name (a dict: 1,000 clusters compared
+    pairwise took minutes, past the dag-processor's import timeout)."""
+    for what, key, value in _resources(cluster):
+        other = taken.get((what, value))
+        if other is not None:
+            shown = value[1] if isinstance(value, tuple) else value
+            return ConfigError(source, f"{where}.{key}",
+                               f"cluster {cluster.name!r} would share its {what} ({shown}) with cluster "
+                               f"{other!r}; the two would break each other",
+                               f"give cluster {cluster.name!r} a {key} of its own")
     return None
+
+
+def _pool_conflict(cluster: Cluster, pools: dict, source: str, where: str) -> ConfigError | None:
+    """A pool that an accepted cluster declares with another number of slots (one host, one limit);
+    ``pools``: name -> (slots, the accepted cluster's name)."""
+    for pool in cluster.pools:
+        slots, other = pools.get(pool.name, (pool.slots, None))
+        if slots != pool.slots:
+            return ConfigError(source, f"{where}.database_host_slots",
+                               f"cluster {cluster.name!r} gives pool {pool.name} {pool.slots} slots, cluster "
+                               f"{other!r} {slots}; a host has one limit",
+                               f"give every cluster on host {cluster.host} the same database_host_slots")
+    return None
+
+
+def _spread(cluster: Cluster, fleet: bool) -> Cluster:
+    """``cluster`` with schedule_spread.enabled decided (unset: ``fleet``) and its nightly slots moved."""
+    spread = cluster.schedule_spread
+    if spread.enabled is None:
+        cluster = dataclasses.replace(cluster, schedule_spread=dataclasses.replace(spread, enabled=fleet))
+    minutes = cluster.spread_minutes
+    if not minutes:
+        return cluster
+    for key in SPREAD_SCHEDULES:
+        section, name = key.split(".")
+        settings = getattr(cluster, section)
+        cluster = dataclasses.replace(cluster, **{section: dataclasses.replace(
+            settings, **{name: shifted(getattr(settings, name), minutes)})})
+    return cluster
 
 
 # --------------------------------------------------------------------------------------------
@@ -645,7 +760,8 @@ def _with_last_good(config: Config, path: Path) -> Config:
             whole = len(good.clusters) == len(good.entry_names)  # positions match only if every entry loaded
             old = good.clusters[index] if whole and index < len(good.entry_names) \
                 and good.entry_names[index] not in in_use else None
-        if old is None or any(c.name == old.name for c in clusters) or _shared_with(old, clusters, str(path), ""):
+        taken = {(what, value): c.name for c in clusters for what, _, value in _resources(c)}
+        if old is None or any(c.name == old.name for c in clusters) or _shared_with(old, taken, str(path), ""):
             continue
         clusters.append(old)
         fallen[f"clusters[{index}]"] = old.name
@@ -700,6 +816,9 @@ def _parse_entries(entries: list, defaults: dict, source: str) -> Config:
     refused: dict[str, ConfigError] = {}
     refused_entries = []
     names = []
+    accepted: set[str] = set()
+    taken: dict = {}  # what the accepted clusters hold, for _shared_with
+    pools: dict = {}
     for index, entry in enumerate(entries):
         where = f"clusters[{index}]"
         name = entry.get("name") if isinstance(entry, dict) else None
@@ -711,21 +830,25 @@ def _parse_entries(entries: list, defaults: dict, source: str) -> Config:
         else:
             cluster = _build_cluster(_merge(defaults, entry), source, where, problems)
         if cluster is not None:
-            if any(c.name == cluster.name for c in clusters) or cluster.name in refused:
+            if cluster.name in accepted or cluster.name in refused:
                 problems.append(ConfigError(source, f"{where}.name", f"duplicate cluster name {cluster.name!r}",
                                             "give each cluster its own name (it is also the pgBackRest stanza)"))
             else:
-                conflict = _shared_with(cluster, clusters, source, where)
+                conflict = _shared_with(cluster, taken, source, where) or _pool_conflict(cluster, pools, source, where)
                 if conflict:
                     problems.append(conflict)
         if problems:
             errors.extend(problems)
             problem = config_problem(problems)
             refused_entries.append((index, names[-1], problem))
-            if isinstance(name, str) and name not in refused and not any(c.name == name for c in clusters):
+            if isinstance(name, str) and name not in refused and name not in accepted:
                 refused[name] = problem
             continue
+        cluster = _spread(cluster, fleet=len(entries) > FLEET_SIZE)
         clusters.append(cluster)
+        accepted.add(cluster.name)
+        taken.update({(what, value): cluster.name for what, _, value in _resources(cluster)})
+        pools.update({pool.name: (pool.slots, cluster.name) for pool in cluster.pools})
     return Config(source, clusters, errors, refused, entry_names=tuple(names), refused_entries=tuple(refused_entries))
 
 

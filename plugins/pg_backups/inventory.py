@@ -419,10 +419,18 @@ def cluster_dag_ids(cluster) -> dict[str, str]:
     return {kind: cluster.dag_id(kind) for kind in (*cluster.tools, "freshness")}
 
 
+WORST_FIRST = {RED: 0, AMBER: 1, GREEN: 2}
+
+
 def build(clusters: list, store: Store, at: datetime | None = None, timeline_days: int = TIMELINE_DAYS,
-          s3_endpoints: dict[str, str | None] | None = None) -> dict:
+          s3_endpoints: dict[str, str | None] | None = None, offset: int = 0, limit: int | None = None) -> dict:
     """The inventory of every cluster: what the page and ``/api/inventory`` show. ``s3_endpoints``:
-    the endpoint of each AWS connection id (for the audit objects' links; none: AWS itself)."""
+    the endpoint of each AWS connection id (for the audit objects' links; none: AWS itself).
+
+    ``limit``: one page of a fleet, the red rows first, then amber, then green (by name within a
+    colour), from ``offset``; ``counts`` still count every cluster and ``total`` says how many there
+    are. Only the page's rows get their timeline (the costliest part of a row). Without ``limit``,
+    every row in the configuration's order."""
     s3_endpoints = s3_endpoints or {}
     at = at or now()
     since = at - timedelta(days=timeline_days)
@@ -475,11 +483,20 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
             "bucket": bucket,
             "restore_test": restore,
             "last_successful_restore_test": iso(last_success.get("time")) if last_success else None,
-            "timeline": _timeline(c, events_by_cluster.get(c.name, []), failed_by_cluster.get(c.name, []), lines,
-                                  since),
+            "timeline": (c, lines),  # made below, for the rows shown only
         })
     counts = {colour: sum(1 for r in rows if r["status"]["colour"] == colour) for colour in (GREEN, AMBER, RED)}
-    return {"generated_at": iso(at), "timeline_days": timeline_days, "counts": counts, "clusters": rows}
+    total = len(rows)
+    if limit is not None:
+        rows = sorted(rows, key=lambda r: (WORST_FIRST[r["status"]["colour"]], r["name"]))[offset:offset + limit]
+    for row in rows:
+        c, lines = row["timeline"]
+        row["timeline"] = _timeline(c, events_by_cluster.get(c.name, []), failed_by_cluster.get(c.name, []), lines,
+                                    since)
+    out = {"generated_at": iso(at), "timeline_days": timeline_days, "counts": counts, "clusters": rows}
+    if limit is not None:
+        out.update(total=total, offset=offset, limit=limit)
+    return out
 
 
 def history(cluster, store: Store, at: datetime | None = None, days: int = HISTORY_DAYS) -> dict:

@@ -259,6 +259,22 @@ def charts(hist: dict, at: datetime) -> str:
             + _series_svg("Restore test RTO", rto, "s", start, at, secs))
 
 
+# Rows a page: a fleet of 1,000 clusters is 20 pages, the red and amber ones on the first.
+PAGE_ROWS = 50
+
+
+def _pages(inventory: dict) -> str:
+    """Where this page's rows sit among every cluster's, and the links to the others."""
+    total, offset, limit = inventory.get("total"), inventory.get("offset", 0), inventory.get("limit")
+    if not limit or total is None or total <= limit:
+        return ""
+    page, last = offset // limit + 1, (total + limit - 1) // limit
+    links = [f'<a href="?page={page - 1}">previous</a>'] if page > 1 else []
+    links += [f'<a href="?page={page + 1}">next</a>'] if page < last else []
+    return (f'<p class="pages">rows {offset + 1}-{min(offset + limit, total)} of {total} (red first, then amber, '
+            f'green), page {page} of {last} · {" · ".join(links)}</p>')
+
+
 def render(inventory: dict, hist: dict | None, at: datetime) -> str:
     counts = inventory["counts"]
     rows = []
@@ -289,7 +305,7 @@ def render(inventory: dict, hist: dict | None, at: datetime) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body>
 <h1>Backup inventory</h1>
-<p class="summary">{len(inventory["clusters"])} clusters: <b style="color:{COLOURS["green"]}">{counts["green"]} green</b>,
+<p class="summary">{inventory.get("total", len(inventory["clusters"]))} clusters: <b style="color:{COLOURS["green"]}">{counts["green"]} green</b>,
 <b style="color:{COLOURS["amber"]}">{counts["amber"]} amber</b>, <b style="color:{COLOURS["red"]}">{counts["red"]} red</b>
 · generated {escape(_when(inventory["generated_at"]))} from what the DAGs published (asset events, XComs, the
 restore audit logs, the metrics files) · JSON: <a href="api/inventory">api/inventory</a></p>
@@ -299,6 +315,7 @@ restore audit logs, the metrics files) · JSON: <a href="api/inventory">api/inve
 <table id="inventory"><thead><tr><th>Status</th><th>Cluster</th><th>Newest good backups</th><th>WAL archiving</th>
 <th>Bucket</th><th>Monthly S3 cost (est.)</th><th>Last restore test</th><th>Last {inventory["timeline_days"]} days</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
+{_pages(inventory)}
 {chart}
 </body></html>"""
 

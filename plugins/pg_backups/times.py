@@ -59,3 +59,22 @@ def last_slot(schedule: str, at: datetime | None = None) -> datetime:
     if croniter.match(schedule, at):
         return at.replace(second=0, microsecond=0)
     return utc(croniter(schedule, at).get_prev(datetime))
+
+
+def fixed_time(schedule: str) -> tuple[int, int] | None:
+    """(hour, minute) of a cron line that fires at one fixed time of day (``15 2 * * *``,
+    ``0 2 * 1,4,7,10 0#1``); None when its minute or hour is a list, range or step."""
+    fields = schedule.split()
+    if len(fields) != 5 or not (fields[0].isdigit() and fields[1].isdigit()):
+        return None
+    return int(fields[1]), int(fields[0])
+
+
+def shifted(schedule: str, minutes: int) -> str:
+    """``schedule`` fired ``minutes`` later, the same days (the caller keeps a restricted-day line
+    before midnight: :func:`fixed_time` + the shift < 24 h); a line with no fixed time is returned as is."""
+    at = fixed_time(schedule)
+    if at is None or not minutes:
+        return schedule
+    total = (at[0] * 60 + at[1] + minutes) % 1440
+    return " ".join([str(total % 60), str(total // 60), *schedule.split()[2:]])

@@ -124,16 +124,17 @@ class MetadataStore:
         XComs); only the newest value of each DAG is read and decoded."""
         wanted = set(dag_ids)
         run_pks = [row.id for row in self._recent_runs(since) if row.dag_id in wanted]
-        newest: dict[str, tuple] = {}
+        newest: dict[str, int] = {}
         for chunk in _chunks(run_pks):
-            query = select(XComModel.dag_id, XComModel.dag_run_id, XComModel.timestamp).where(
+            # The newest run of each DAG that has one (run ids grow with time), picked by the database:
+            # 48 hourly XComs a cluster no longer come back to Python to be compared.
+            query = select(XComModel.dag_id, func.max(XComModel.dag_run_id)).where(
                 XComModel.dag_run_id.in_(chunk), XComModel.task_id == task_id, XComModel.key == key,
-                XComModel.map_index == -1)
-            for row in self.session.execute(query):
-                if row.dag_id not in newest or newest[row.dag_id][1] < row.timestamp:
-                    newest[row.dag_id] = (row.dag_run_id, row.timestamp)
+                XComModel.map_index == -1).group_by(XComModel.dag_id)
+            for dag_id, pk in self.session.execute(query):
+                newest[dag_id] = max(pk, newest.get(dag_id, pk))
         out: dict[str, dict] = {}
-        for chunk in _chunks([pk for pk, _ in newest.values()]):
+        for chunk in _chunks(list(newest.values())):
             query = select(XComModel.dag_id, XComModel.run_id, XComModel.value, XComModel.timestamp).where(
                 XComModel.dag_run_id.in_(chunk), XComModel.task_id == task_id, XComModel.key == key,
                 XComModel.map_index == -1)
