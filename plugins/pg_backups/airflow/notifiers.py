@@ -95,6 +95,9 @@ class OpsSlackNotifier(SlackWebhookNotifier):
         super().render_template_fields(context, jinja_env)
 
     def notify(self, context):
+        if getattr(context.get("exception"), "already_reported", False):
+            log.info("no Slack alert: this failure was reported already (%s)", context.get("exception"))
+            return
         try:
             super().notify(context)
         except Exception as exc:  # noqa: BLE001 - an alert must never replace the failure
