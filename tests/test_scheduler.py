@@ -328,7 +328,7 @@ def assert_cancelled_drill(stack, sandbox, dag_id: str, run_id: str, slack_befor
     return line
 
 
-def test_a_restore_test_marked_failed_while_qa_signs_off_stays_failed_with_its_evidence(stack, sandbox):
+def test_a_restore_test_marked_failed_while_qa_signs_off_stays_failed_with_its_evidence(first_backup, stack, sandbox):
     """Mark run as failed while qa_signoff waits: Airflow fails the waiting task, skips the audit and
     runs the teardown, then judges the run by its leaves (it used to end success, no audit line,
     no Slack). The teardown decides: failed, audit line ``cancelled``, staging stopped, one alert.
@@ -345,7 +345,7 @@ def test_a_restore_test_marked_failed_while_qa_signs_off_stays_failed_with_its_e
     assert [e["owner"] for e in events["event_logs"]] == ["ops"], events
 
 
-def test_a_restore_test_marked_failed_during_the_restore_stops_the_restore(stack, sandbox):
+def test_a_restore_test_marked_failed_during_the_restore_stops_the_restore(first_backup, stack, sandbox):
     """Marked failed while pgbackrest restore writes staging (kept running by stalling S3 under
     it): the restore process is gone, staging stopped and released, the run failed and audited."""
     dag_id = "restore_test_asso"
@@ -363,7 +363,7 @@ def test_a_restore_test_marked_failed_during_the_restore_stops_the_restore(stack
     assert not tool_processes(stanza)
 
 
-def test_a_backup_marked_failed_during_the_backup_leaves_nothing_behind(stack, sandbox):
+def test_a_backup_marked_failed_during_the_backup_leaves_nothing_behind(first_backup, stack, sandbox):
     """Marked failed while pgbackrest backup runs (kept running by stalling S3 under it): the run is
     failed, the tool gone, the cluster's lock free, and the next run backs up."""
     import fcntl

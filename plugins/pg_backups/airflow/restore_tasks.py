@@ -247,12 +247,14 @@ def stop_staging_after(cluster_name: str) -> str:
     ``cancelled``) and one Slack alert here."""
     cluster = cluster_named(cluster_name)
     ctx = context()
-    with operations.restore_lock(cluster, timeout=900):  # a killed restore's process is gone
-        holder = staging.claim_holder(cluster)
-        if holder not in (None, _owner(ctx)):
-            log.info("staging is held by %s: left as it is", holder)
-            state = f"held by {holder}"
-        else:
+    holder = staging.claim_holder(cluster)
+    if holder not in (None, _owner(ctx)):
+        log.info("staging is held by %s: left as it is", holder)
+        state = f"held by {holder}"
+    else:
+        # Staging is this run's: any restore writing it is this run's, killed when the run was marked
+        # failed; Airflow gives a killed task a few seconds to end, the lock says when it has.
+        with operations.restore_lock(cluster, timeout=900):
             state = operations.restore_stop_staging(cluster, staging_connection(cluster))
             staging.release(cluster, _owner(ctx))
     ti, run_id = ctx["ti"], ctx["run_id"]
