@@ -36,6 +36,8 @@ WAL_READY_LIMIT = 10  # as freshness.archiver_problems and PgWalArchivingLagging
 FRESHNESS_DAG = "backup_freshness_{cluster}"
 RESTORE_DAG = "restore_test_{cluster}"
 AUDIT_XCOM = ("audit_and_archive", "audit")  # pg_backups.airflow.restore_tasks.AUDIT_XCOM_KEY
+# A cancelled drill's line is left by its teardown (audit_and_archive never ran).
+CANCELLED_AUDIT_XCOM = ("stop_staging_after", "audit")
 BACKUP_DAG = {"pgbackrest": "pgbackrest_backup_{cluster}", "walg": "walg_backup_{cluster}"}
 OTHER_DAGS = (RESTORE_DAG, "s3_bucket_config_{cluster}", FRESHNESS_DAG)
 GREEN, AMBER, RED = "green", "amber", "red"
@@ -147,8 +149,8 @@ def _parse_audit(text: str) -> list[dict]:
 
 def audit_lines(cluster, xcom_lines: list[dict] = ()) -> list[dict]:
     """The cluster's restore-test audit lines, oldest first: the audit log file (which may be shared
-    by clusters, or out of this machine's reach) and the lines ``audit_and_archive`` also left as
-    XComs, once per run."""
+    by clusters, or out of this machine's reach) and the lines ``audit_and_archive`` (or, for a
+    cancelled drill, its teardown) also left as XComs, once per run."""
     lines = _cached_read(cluster.restore_test.audit_log, _parse_audit) or []
     merged = {}
     for line in [*xcom_lines, *lines]:
@@ -160,9 +162,10 @@ def audit_lines(cluster, xcom_lines: list[dict] = ()) -> list[dict]:
 def _audit_xcoms(clusters: list, store: Store) -> dict[str, list[dict]]:
     dags = {RESTORE_DAG.format(cluster=c.name): c.name for c in clusters}
     out: dict[str, list[dict]] = {}
-    for row in store.all_xcoms(list(dags), *AUDIT_XCOM):
-        if isinstance(row.get("value"), dict):
-            out.setdefault(dags[row["dag_id"]], []).append(row["value"])
+    for task_key in (AUDIT_XCOM, CANCELLED_AUDIT_XCOM):
+        for row in store.all_xcoms(list(dags), *task_key):
+            if isinstance(row.get("value"), dict):
+                out.setdefault(dags[row["dag_id"]], []).append(row["value"])
     return out
 
 
