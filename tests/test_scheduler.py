@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -341,7 +342,8 @@ def test_a_restore_test_marked_failed_while_qa_signs_off_stays_failed_with_its_e
     mark_failed(stack, dag_id, run_id)
     line = assert_cancelled_drill(stack, sandbox, dag_id, run_id, slack_before, "qa_signoff")
     assert line["cancelled"]["steps"]["data_checks"] == "success" and line["backup_label"], line
-    events = stack.request("GET", f"/api/v2/eventLogs?dag_id={dag_id}&run_id={run_id}&event=patch_dag_run")
+    query = urllib.parse.urlencode({"dag_id": dag_id, "run_id": run_id, "event": "patch_dag_run"})
+    events = stack.request("GET", f"/api/v2/eventLogs?{query}")
     assert [e["owner"] for e in events["event_logs"]] == ["ops"], events
 
 
