@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -287,6 +288,17 @@ def mark_failed(stack, dag_id: str, run_id: str) -> None:
     stack.request("PATCH", stack.run_path(dag_id, run_id), {"state": "failed"})
 
 
+def polled(read):
+    """``read()``, or None while the API does not answer in time: under load the sandbox's SQLite
+    metadata database can keep a request waiting past the client's timeout (an HTTP error stands)."""
+    try:
+        return read()
+    except urllib.error.HTTPError:
+        raise
+    except OSError:  # URLError, TimeoutError: not yet
+        return None
+
+
 def wait_task(stack, dag_id: str, run_id: str, task_id: str, *states: str, seconds: float = 900) -> None:
     """Until ``task_id`` of the run is in one of ``states``; meanwhile QA approves the DAG's other
     runs that wait for it (unpausing started one, and it holds staging), once each: the task stays
@@ -294,17 +306,17 @@ def wait_task(stack, dag_id: str, run_id: str, task_id: str, *states: str, secon
     answered = {run_id}
 
     def there():
-        for other in stack.waiting_signoffs(dag_id) if dag_id.startswith("restore_test_") else []:
+        for other in (polled(lambda: stack.waiting_signoffs(dag_id)) or []) if dag_id.startswith("restore_test_") else []:
             if other not in answered:
                 stack.api.answer(dag_id, other, "qa", "Approve", "approved by the test suite as QA")
                 answered.add(other)
-        return (stack.tasks(dag_id, run_id).get(task_id) or {}).get("state") in states
+        return ((polled(lambda: stack.tasks(dag_id, run_id)) or {}).get(task_id) or {}).get("state") in states
     wait_for(there, seconds, every=1, what=f"{task_id} of {dag_id} {run_id} in {states}")
 
 
 def ended(stack, dag_id: str, run_id: str) -> dict:
-    return wait_for(lambda: (lambda r: r if r["state"] in ("success", "failed") else None)(stack.run(dag_id, run_id)),
-                    600, every=3, what=f"{dag_id} {run_id} to end")
+    return wait_for(lambda: (lambda r: r if r and r["state"] in ("success", "failed") else None)(
+        polled(lambda: stack.run(dag_id, run_id))), 600, every=3, what=f"{dag_id} {run_id} to end")
 
 
 def audit_line(sandbox, run_id: str) -> dict | None:
