@@ -301,15 +301,16 @@ def polled(read):
 
 def wait_task(stack, dag_id: str, run_id: str, task_id: str, *states: str, seconds: float = 900) -> None:
     """Until ``task_id`` of the run is in one of ``states``; meanwhile QA approves the DAG's other
-    runs that wait for it (unpausing started one, and it holds staging), once each: the task stays
-    awaiting_input until the triggerer has read the answer."""
-    answered = {run_id}
+    runs that wait for it (unpausing started one, and it holds staging), once per try: the task stays
+    awaiting_input until the triggerer has read the answer, and a retry asks again."""
+    answered = set()
 
     def there():
         for other in (polled(lambda: stack.waiting_signoffs(dag_id)) or []) if dag_id.startswith("restore_test_") else []:
-            if other not in answered:
+            signoff = (polled(lambda other=other: stack.tasks(dag_id, other)) or {}).get("qa_signoff") or {}
+            if other != run_id and signoff and (other, signoff.get("try_number")) not in answered:
                 stack.api.answer(dag_id, other, "qa", "Approve", "approved by the test suite as QA")
-                answered.add(other)
+                answered.add((other, signoff.get("try_number")))
         return ((polled(lambda: stack.tasks(dag_id, run_id)) or {}).get(task_id) or {}).get("state") in states
     wait_for(there, seconds, every=1, what=f"{task_id} of {dag_id} {run_id} in {states}")
 
