@@ -108,7 +108,7 @@ def cancelled_text(cluster, line: dict) -> str:
     stopped = [task for task, state in steps.items() if state == "failed"]
     ran = [task for task, state in steps.items() if state == "success"]
     return (f":no_entry: *Restore test cancelled* - cluster `{cluster.name}` ({line['tool']})\n"
-            f"*Run:* `{line['run_id']}` marked failed by hand (by {line['cancelled'].get('by') or 'see Airflow audit log'},"
-            f" seen {line['cancelled']['at']})\n"
+            f"*Run:* `{line['run_id']}` marked failed by hand, seen {line['cancelled']['at']} (who: "
+            f"{line['cancelled'].get('by') or 'Airflow audit log, event patch_dag_run'})\n"
             f"*Stopped in:* {', '.join(stopped) or '-'}  *Done before:* {', '.join(ran) or 'nothing'}\n"
             f"*Backup:* `{line['backup_label'] or '-'}`; staging stopped and released; not a passed drill")

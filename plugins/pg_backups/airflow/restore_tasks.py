@@ -184,8 +184,11 @@ def _audit_line(cluster, ctx, cancelled: dict | None = None) -> tuple[dict, list
     signoff = _xcom(ti, "qa_signoff", SIGNOFF_XCOM_KEY)
     errors = []
     states = _states(ti, run_id)
-    for task_id in TASK_ORDER:  # each failed step with its cause, as its task recorded it
-        if states.get(task_id) not in ("success", None):
+    # Each failed step with its cause, as its task recorded it; a cancelled run's skipped steps are
+    # what the cancellation skipped, listed in its "cancelled" steps, not errors.
+    ignored = ("success", None, "skipped") if cancelled else ("success", None)
+    for task_id in TASK_ORDER:
+        if states.get(task_id) not in ignored:
             cause = _xcom(ti, task_id, ERROR_XCOM_KEY)
             errors.append(f"{task_id}: {states[task_id]}" + (f": {cause}" if cause else ""))
     p = restore_params()
