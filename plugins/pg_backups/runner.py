@@ -86,6 +86,9 @@ def run(argv: list[str], *, env: dict | None = None, os_user: str | None = None,
     log.log(level, "running: %s", shown)
     started = time.monotonic()
     try:
+        # The tool stays in our process group (no start_new_session): Airflow puts each task in a group
+        # of its own and signals the whole group when the run is marked failed (SIGTERM, SIGKILL 5 s
+        # later), so a cancelled backup or restore stops with its task, never left running.
         proc = subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                                 stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL)
     except FileNotFoundError:
