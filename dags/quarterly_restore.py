@@ -33,7 +33,11 @@ the weekday; the text wins (a Sunday night keeps the restore off working hours),
 8. **audit_and_archive** (always runs): one JSON line in `{audit}` (backup, RTO, checks, sign-off,
    outcome), both logs archived to `s3://{bucket}/{prefix}/{name}/`; outcome `failed` fails the run.
    A success posts a summary to Slack.
-9. **stop_staging_after** (teardown, always runs): stops staging and releases it, if this run holds it.
+9. **stop_staging_after** (teardown, always runs, even when the run is marked failed by hand): waits
+   until no restore process is left, stops staging and releases it, if this run holds it; it decides
+   the run's state (fails unless the drill passed). A run **marked failed** from the UI or the API
+   (a cancelled drill) ends failed, with an audit line of outcome `cancelled` (each step's state;
+   who marked it is in Airflow's audit log) and one "Restore test cancelled" alert.
 
 **Time**: a scheduled or triggered run restores the latest state (end of the archived WAL), or
 `target_time` when given. **Backfill** proves the past: each backfill run restores the state as of
@@ -81,4 +85,7 @@ for cluster in load_config(strict=False).clusters:
             restore_tasks.audit_and_archive)(cluster.name)
         stop_after = task(task_id="stop_staging_after", trigger_rule="all_done", **alert_args(cluster, "restore-test"))(
             restore_tasks.stop_staging_after)(cluster.name)
-        claim >> guard >> stop >> purge >> restored >> start >> smoke >> checks >> signoff >> audit >> stop_after.as_teardown()
+        # The teardown runs even when the run is marked failed by hand (Airflow then skips audit_and_archive)
+        # and, with on_failure_fail_dagrun, it alone decides the run's state: it fails unless the drill passed.
+        claim >> guard >> stop >> purge >> restored >> start >> smoke >> checks >> signoff >> audit >> \
+            stop_after.as_teardown(on_failure_fail_dagrun=True)

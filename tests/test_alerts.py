@@ -192,3 +192,20 @@ def test_every_task_of_every_dag_alerts_through_the_configured_connection(tmp_pa
         expected = [["OpsSlackNotifier", "slack_elsewhere"]] if alerts else []
         assert on_failure == expected, (dag_id, task_id)
         assert on_retry == expected, (dag_id, task_id)
+
+
+def test_a_failure_already_reported_sends_no_second_alert():
+    """The restore test's teardown fails a cancelled or failed drill after its own alert (or the
+    audit's) went out: the notifier every task carries stays silent for it."""
+    import jinja2
+
+    from pg_backups.airflow.common import AlreadyReported
+
+    notifier = notifiers.failure_notifier(cluster(), "restore-test")
+    sent = []
+    notifier.__dict__["hook"] = SimpleNamespace(send=lambda **kw: sent.append(kw))
+    notifier.get_template_env = lambda dag=None: jinja2.Environment()
+    notifier(context(AlreadyReported("restore test of cluster asso cancelled")))
+    assert sent == []
+    assert render(notifier, context(RuntimeError("stopping staging failed"))).startswith(
+        ":red_circle: *Restore test failed*")

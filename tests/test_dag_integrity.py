@@ -29,7 +29,8 @@ def load_dagbag(config_path: str | Path):
         "for dag_id, dag in bag.dags.items():\n"
         "    tasks = [{'task_id': t.task_id, 'owner': t.owner, 'retries': t.retries,\n"
         "              'retry_delay': t.retry_delay.total_seconds(), 'pool': t.pool,\n"
-        "              'on_failure_callback': bool(t.on_failure_callback)} for t in dag.tasks]\n"
+        "              'on_failure_callback': bool(t.on_failure_callback), 'is_teardown': t.is_teardown,\n"
+        "              'on_failure_fail_dagrun': t.on_failure_fail_dagrun} for t in dag.tasks]\n"
         "    out['dags'][dag_id] = {'tags': sorted(dag.tags), 'catchup': dag.catchup,\n"
         "        'max_active_runs': dag.max_active_runs, 'doc_md': dag.doc_md or '',\n"
         "        'schedule': str(dag.schedule), 'tasks': tasks}\n"
@@ -67,6 +68,10 @@ def test_every_dag_follows_the_house_rules(dagbag):
             # The restore test alerts once per failed run, from its audit and its teardown.
             if dag_kind(dag_id) != "restore_test" or t["task_id"] in ("audit_and_archive", "stop_staging_after"):
                 assert t["on_failure_callback"], where
+            # A teardown decides its run's state: Airflow ignores a teardown's state otherwise, and a run
+            # marked failed by hand (its audit skipped, its teardown run) ended success.
+            if t["is_teardown"]:
+                assert t["on_failure_fail_dagrun"], where
 
 
 def test_schedules_are_the_runbooks(dagbag):

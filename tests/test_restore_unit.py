@@ -339,3 +339,44 @@ def test_pitr_restore_tests_success_message_names_the_target_time(tmp_path):
     assert "*Target:* 2026-11-20T02:00:00+00:00 (point in time)" in text and RECORD["label"] in text
     latest = audit.summary_text(c, audit.audit_record(c, **args))
     assert "*Target:* latest" in latest and "point in time" not in latest
+
+
+def test_a_cancelled_drill_is_audited_as_cancelled_whatever_passed(tmp_path):
+    """A run marked failed by hand: outcome ``cancelled`` even when every step so far passed, and its
+    Slack text says where it stopped and what ran."""
+    c = make_cluster(tmp_path)
+    steps = {"guard": "success", "restore_latest_backup": "success", "data_checks": "success", "qa_signoff": "failed"}
+    line = audit.audit_record(c, run_id="manual__x", tool="pgbackrest", record=RECORD, restore_seconds=3,
+                              smoke_result={"pg_tables": 3}, checks=CHECKS, signoff=None,
+                              cancelled={"at": "2026-12-02T06:00:00+00:00", "by": None, "steps": steps})
+    assert line["outcome"] == "cancelled" and line["cancelled"]["steps"] == steps
+    text = audit.cancelled_text(c, line)
+    assert text.startswith(":no_entry: *Restore test cancelled* - cluster `asso`") and "manual__x" in text
+    assert "*Stopped in:* qa_signoff" in text and "restore_latest_backup" in text
+    assert "cancelled" not in audit.audit_record(c, run_id="r", tool="pgbackrest", record=RECORD, restore_seconds=3,
+                                                 smoke_result={"pg_tables": 3}, checks=CHECKS,
+                                                 signoff={"status": "approved"})
+
+
+def test_the_restore_lock_is_held_while_the_restore_writes_staging(tmp_path, monkeypatch):
+    """The teardown of a cancelled run takes this lock before it releases staging: it is held for
+    exactly as long as the restore runs (and, an flock, dropped with the process that holds it)."""
+    import fcntl
+
+    c = make_cluster(tmp_path)
+    seen = {}
+
+    def restore(*args, **kwargs):
+        with open(Path(c.lock_directory) / "asso.restore.lock") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen["held"] = False
+            except BlockingIOError:
+                seen["held"] = True
+
+    monkeypatch.setattr(staging, "restore_into_staging", restore)
+    monkeypatch.setattr(staging, "guard", lambda *a, **k: {})
+    operations.restore_latest_backup(c, "pgbackrest", None, record=RECORD)
+    assert seen == {"held": True}
+    with operations.restore_lock(c, timeout=1):  # free again
+        pass

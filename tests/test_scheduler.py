@@ -9,8 +9,14 @@ These run last in the session (see conftest): the real scheduler would also pick
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -254,3 +260,148 @@ def test_a_bad_cluster_entry_leaves_the_others_running(stack, sandbox):
         assert {"pgbackrest_backup_asso", "restore_test_asso", "backup_freshness_asso"} <= dags
     finally:
         clusters_file.write_text(original)
+
+
+# A run marked failed from the UI (Mark run as failed) or the REST API, as Ops cancel it ---------
+
+# A pgBackRest backup or restore of the cluster's stanza, its local processes included; never the
+# archive-push that production's archive_command runs at any time.
+TOOL_PROCESS = r"pgbackrest .*--stanza={stanza} .*(backup|restore)(:local)?$"
+
+
+def tool_processes(stanza: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-a", "-f", TOOL_PROCESS.format(stanza=stanza)], capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+
+
+@contextmanager
+def s3_stalled(sandbox):
+    """S3 stops answering (moto's process group stopped, connections left open): a tool in the middle
+    of a transfer waits, as on a stalled network, until the block ends."""
+    pid = int((sandbox.layout.run_dir / "moto.pid").read_text())
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+
+
+def mark_failed(stack, dag_id: str, run_id: str) -> None:
+    """What the UI's "Mark run as failed" sends."""
+    stack.request("PATCH", stack.run_path(dag_id, run_id), {"state": "failed"})
+
+
+def polled(read):
+    """``read()``, or None while the API does not answer in time: under load the sandbox's SQLite
+    metadata database can keep a request waiting past the client's timeout (an HTTP error stands)."""
+    try:
+        return read()
+    except urllib.error.HTTPError:
+        raise
+    except OSError:  # URLError, TimeoutError: not yet
+        return None
+
+
+def wait_task(stack, dag_id: str, run_id: str, task_id: str, *states: str, seconds: float = 900) -> None:
+    """Until ``task_id`` of the run is in one of ``states``; meanwhile QA approves the DAG's other
+    runs that wait for it (unpausing started one, and it holds staging), once per try: the task stays
+    awaiting_input until the triggerer has read the answer, and a retry asks again."""
+    answered = set()
+
+    def there():
+        for other in (polled(lambda: stack.waiting_signoffs(dag_id)) or []) if dag_id.startswith("restore_test_") else []:
+            signoff = (polled(lambda other=other: stack.tasks(dag_id, other)) or {}).get("qa_signoff") or {}
+            if other != run_id and signoff and (other, signoff.get("try_number")) not in answered:
+                stack.api.answer(dag_id, other, "qa", "Approve", "approved by the test suite as QA")
+                answered.add((other, signoff.get("try_number")))
+        return ((polled(lambda: stack.tasks(dag_id, run_id)) or {}).get(task_id) or {}).get("state") in states
+    wait_for(there, seconds, every=1, what=f"{task_id} of {dag_id} {run_id} in {states}")
+
+
+def ended(stack, dag_id: str, run_id: str) -> dict:
+    return wait_for(lambda: (lambda r: r if r and r["state"] in ("success", "failed") else None)(
+        polled(lambda: stack.run(dag_id, run_id))), 600, every=3, what=f"{dag_id} {run_id} to end")
+
+
+def audit_line(sandbox, run_id: str) -> dict | None:
+    path = Path(sandbox.cluster().restore_test.audit_log)
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return next((line for line in lines if line["run_id"] == run_id), None)
+
+
+def assert_cancelled_drill(stack, sandbox, dag_id: str, run_id: str, slack_before: int, step: str) -> dict:
+    """Failed, its audit line says cancelled (which steps ran), staging stopped and released, one
+    "Restore test cancelled" on Slack."""
+    from pg_backups import staging
+
+    final = ended(stack, dag_id, run_id)
+    tasks = stack.tasks(dag_id, run_id)
+    assert final["state"] == "failed", {t: ti["state"] for t, ti in tasks.items()}
+    line = audit_line(sandbox, run_id)
+    assert line and line["outcome"] == "cancelled", line
+    assert line["cancelled"]["steps"][step] == "failed" and line["cancelled"]["at"], line
+    cluster = sandbox.cluster()
+    assert not staging.staging_running(cluster)
+    assert staging.claim_holder(cluster) != f"run:{dag_id}:{run_id}"
+    texts = [t for t in sandbox.slack_texts_since(slack_before) if run_id in t]
+    assert len([t for t in texts if "Restore test cancelled" in t]) == 1, texts
+    assert not [t for t in texts if "Restore test passed" in t or "Restore test failed" in t], texts
+    return line
+
+
+def test_a_restore_test_marked_failed_while_qa_signs_off_stays_failed_with_its_evidence(first_backup, stack, sandbox):
+    """Mark run as failed while qa_signoff waits: Airflow fails the waiting task, skips the audit and
+    runs the teardown, then judges the run by its leaves (it used to end success, no audit line,
+    no Slack). The teardown decides: failed, audit line ``cancelled``, staging stopped, one alert.
+    Airflow's own audit log names who marked it."""
+    dag_id = "restore_test_asso"
+    ready(stack, dag_id)
+    slack_before = len(sandbox.slack_messages())
+    run_id = stack.trigger(dag_id)
+    wait_task(stack, dag_id, run_id, "qa_signoff", "awaiting_input")
+    mark_failed(stack, dag_id, run_id)
+    line = assert_cancelled_drill(stack, sandbox, dag_id, run_id, slack_before, "qa_signoff")
+    assert line["cancelled"]["steps"]["data_checks"] == "success" and line["backup_label"], line
+    query = urllib.parse.urlencode({"dag_id": dag_id, "run_id": run_id, "event": "patch_dag_run"})
+    events = stack.request("GET", f"/api/v2/eventLogs?{query}")
+    assert [e["owner"] for e in events["event_logs"]] == ["ops"], events
+
+
+def test_a_restore_test_marked_failed_during_the_restore_stops_the_restore(first_backup, stack, sandbox):
+    """Marked failed while pgbackrest restore writes staging (kept running by stalling S3 under
+    it): the restore process is gone, staging stopped and released, the run failed and audited."""
+    dag_id = "restore_test_asso"
+    ready(stack, dag_id)
+    stanza = sandbox.cluster().stanza
+    slack_before = len(sandbox.slack_messages())
+    run_id = stack.trigger(dag_id)
+    wait_task(stack, dag_id, run_id, "restore_latest_backup", "running")
+    wait_for(lambda: [p for p in tool_processes(stanza) if p.endswith("restore")], 600, every=0.1,
+             what="pgbackrest restore running")
+    with s3_stalled(sandbox):  # the restore cannot finish now: it is running when the run is cancelled
+        mark_failed(stack, dag_id, run_id)
+        wait_for(lambda: not tool_processes(stanza), 300, every=1, what="no pgbackrest restore left")
+    assert_cancelled_drill(stack, sandbox, dag_id, run_id, slack_before, "restore_latest_backup")
+    assert not tool_processes(stanza)
+
+
+def test_a_backup_marked_failed_during_the_backup_leaves_nothing_behind(first_backup, stack, sandbox):
+    """Marked failed while pgbackrest backup runs (kept running by stalling S3 under it): the run is
+    failed, the tool gone, the cluster's lock free, and the next run backs up."""
+    import fcntl
+
+    dag_id = "pgbackrest_backup_asso"
+    ready(stack, dag_id)
+    cluster = sandbox.cluster()
+    run_id = stack.trigger(dag_id)
+    wait_task(stack, dag_id, run_id, "backup", "running")
+    wait_for(lambda: [p for p in tool_processes(cluster.stanza) if p.endswith("backup")], 600, every=0.1,
+             what="pgbackrest backup running")
+    with s3_stalled(sandbox):
+        mark_failed(stack, dag_id, run_id)
+        wait_for(lambda: not tool_processes(cluster.stanza), 300, every=1, what="no pgbackrest backup left")
+    assert ended(stack, dag_id, run_id)["state"] == "failed"
+    with open(Path(cluster.lock_directory) / f"{cluster.name}.backup.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: raises BlockingIOError while held
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    succeeded(stack, dag_id, stack.trigger(dag_id))

@@ -26,9 +26,12 @@ def backup_age_seconds(record: dict | None, at: datetime | None = None) -> float
 
 def audit_record(cluster, *, run_id: str, tool: str, record: dict | None, restore_seconds: float | None,
                  smoke_result: dict | None, checks: list[dict] | None, signoff: dict | None,
-                 errors: list[str] | None = None, target_time: str | None = None) -> dict:
+                 errors: list[str] | None = None, target_time: str | None = None,
+                 cancelled: dict | None = None) -> dict:
     """One audit line. Outcome ``success`` only when the restore happened, the smoke query and every
-    check passed, and QA approved (cron: the sign-off is ``pending``, which does not fail)."""
+    check passed, and QA approved (cron: the sign-off is ``pending``, which does not fail);
+    ``cancelled`` (when, by whom if known, each step's state): the run was stopped by hand (Mark run
+    as failed), outcome ``cancelled``, whatever had passed."""
     checks = list(checks or [])
     if smoke_result is not None:
         checks.insert(0, {"check": "smoke_query", "result": "ok", "detail": f"{smoke_result['pg_tables']} pg_tables"})
@@ -50,8 +53,10 @@ def audit_record(cluster, *, run_id: str, tool: str, record: dict | None, restor
         "checks": checks,
         "signoff": signoff,
         "errors": errors or [],
-        "outcome": "success" if ok else "failed",
+        "outcome": "cancelled" if cancelled else "success" if ok else "failed",
     }
+    if cancelled:
+        line["cancelled"] = cancelled
     return scrub(line)
 
 
@@ -104,3 +109,15 @@ def summary_text(cluster, line: dict) -> str:
             f"{recovery_text(line)}\n"
             f"*RTO:* {line['restore_duration_seconds']} s restore\n*Checks:* {checks}\n"
             f"*Sign-off:* {line['signoff'].get('status')} by {line['signoff'].get('by') or '-'}")
+
+
+def cancelled_text(cluster, line: dict) -> str:
+    """The one Slack message of a cancelled drill: which run, which step it stopped in, what ran."""
+    steps = line["cancelled"]["steps"]
+    stopped = [task for task, state in steps.items() if state == "failed"]
+    ran = [task for task, state in steps.items() if state == "success"]
+    return (f":no_entry: *Restore test cancelled* - cluster `{cluster.name}` ({line['tool']})\n"
+            f"*Run:* `{line['run_id']}` marked failed by hand, seen {line['cancelled']['at']} (who: "
+            f"{line['cancelled'].get('by') or 'Airflow audit log, event patch_dag_run'})\n"
+            f"*Stopped in:* {', '.join(stopped) or '-'}  *Done before:* {', '.join(ran) or 'nothing'}\n"
+            f"*Backup:* `{line['backup_label'] or '-'}`; staging stopped and released; not a passed drill")

@@ -33,6 +33,8 @@ HISTORY_DAYS = 365
 XCOM_WINDOW_DAYS = 2  # the hourly freshness DAG's results older than this are not "the current state"
 RESTORE_TEST_MAX_AGE_DAYS = 100  # as the PgRestoreTestTooOld alert
 AUDIT_XCOM = ("audit_and_archive", "audit")  # pg_backups.airflow.restore_tasks.AUDIT_XCOM_KEY
+# A cancelled drill's line is left by its teardown (audit_and_archive never ran).
+CANCELLED_AUDIT_XCOM = ("stop_staging_after", "audit")
 GREEN, AMBER, RED = "green", "amber", "red"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SAME_CHECK = timedelta(minutes=2)
@@ -138,8 +140,8 @@ def _parse_audit(text: str) -> list[dict]:
 
 def audit_lines(cluster, xcom_lines: list[dict] = ()) -> list[dict]:
     """The cluster's restore-test audit lines, oldest first: the audit log file (which may be shared
-    by clusters, or out of this machine's reach) and the lines ``audit_and_archive`` also left as
-    XComs, once per run."""
+    by clusters, or out of this machine's reach) and the lines ``audit_and_archive`` (or, for a
+    cancelled drill, its teardown) also left as XComs, once per run."""
     lines = _cached_read(cluster.restore_test.audit_log, _parse_audit) or []
     merged = {}
     for line in [*xcom_lines, *lines]:
@@ -151,9 +153,10 @@ def audit_lines(cluster, xcom_lines: list[dict] = ()) -> list[dict]:
 def _audit_xcoms(clusters: list, store: Store) -> dict[str, list[dict]]:
     dags = {c.dag_id("restore_test"): c.name for c in clusters}
     out: dict[str, list[dict]] = {}
-    for row in store.all_xcoms(list(dags), *AUDIT_XCOM):
-        if isinstance(row.get("value"), dict):
-            out.setdefault(dags[row["dag_id"]], []).append(row["value"])
+    for task_key in (AUDIT_XCOM, CANCELLED_AUDIT_XCOM):
+        for row in store.all_xcoms(list(dags), *task_key):
+            if isinstance(row.get("value"), dict):
+                out.setdefault(dags[row["dag_id"]], []).append(row["value"])
     return out
 
 

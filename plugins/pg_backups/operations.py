@@ -274,10 +274,17 @@ def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: st
     else:
         staging.guard(cluster, staging_conn)
     started = time.monotonic()
-    staging.restore_into_staging(cluster, tool, access, record["label"], target_time,
-                                 timeout=RESTORE_TIMEOUT_SECONDS)
+    with restore_lock(cluster):
+        staging.restore_into_staging(cluster, tool, access, record["label"], target_time,
+                                     timeout=RESTORE_TIMEOUT_SECONDS)
     return {"record": record, "restore_seconds": round(time.monotonic() - started, 2), "tool": tool,
             "target_time": target_time}
+
+
+def restore_lock(cluster, timeout: float = RESTORE_TIMEOUT_SECONDS):
+    """Held while a restore writes staging; whoever releases staging takes it first (a restore
+    killed with its run may take a moment to go)."""
+    return runner.cluster_lock(cluster.lock_directory, cluster.name, timeout=timeout, poll=1.0, kind="restore")
 
 
 def restore_start_staging(cluster) -> dict:

@@ -86,6 +86,9 @@ def run(argv: list[str], *, env: dict | None = None, os_user: str | None = None,
     log.log(level, "running: %s", shown)
     started = time.monotonic()
     try:
+        # The tool stays in our process group (no start_new_session): Airflow puts each task in a group
+        # of its own and signals the whole group when the run is marked failed (SIGTERM, SIGKILL 5 s
+        # later), so a cancelled backup or restore stops with its task, never left running.
         proc = subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                                 stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL)
     except FileNotFoundError:
@@ -242,13 +245,17 @@ def last_error_line(output: str) -> str:
 
 
 @contextmanager
-def cluster_lock(lock_dir: str | os.PathLike, cluster: str, timeout: float = 6 * 3600, poll: float = 5.0):
+def cluster_lock(lock_dir: str | os.PathLike, cluster: str, timeout: float = 6 * 3600, poll: float = 5.0,
+                 kind: str = "backup"):
     """One backup at a time per cluster, across DAGs and cron: a second caller waits, it does not fail.
 
     The Airflow pool keeps the slot in the scheduler; this lock also covers cron scripts and
-    runs that bypass the scheduler (``airflow dags test``).
+    runs that bypass the scheduler (``airflow dags test``). ``kind`` ``restore``: held while a
+    restore writes staging, so that the restore test's teardown waits until no restore process is
+    left before it releases staging. An flock: the kernel drops it with the process that holds
+    it, however it ends (a task killed by Airflow included).
     """
-    path = Path(lock_dir) / f"{cluster}.backup.lock"
+    path = Path(lock_dir) / f"{cluster}.{kind}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         deadline = time.monotonic() + timeout
@@ -259,9 +266,9 @@ def cluster_lock(lock_dir: str | os.PathLike, cluster: str, timeout: float = 6 *
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise ToolError(f"another backup of cluster {cluster} still holds {path} after {timeout:.0f} s") from None
+                    raise ToolError(f"another {kind} of cluster {cluster} still holds {path} after {timeout:.0f} s") from None
                 if not waited:
-                    log.info("another backup of cluster %s is running; waiting for %s", cluster, path)
+                    log.info("another %s of cluster %s is running; waiting for %s", kind, cluster, path)
                     waited = True
                 time.sleep(poll)
         try:

@@ -45,6 +45,14 @@ def task_body(fn):
     return wrapper
 
 
+class AlreadyReported(AirflowFailException):
+    """A failure whose alert and evidence were already sent (the restore test's audit, or its
+    cancellation): the task fails, without retry and without a second Slack alert (the notifier
+    reads ``already_reported``: it cannot import this module, which imports it)."""
+
+    already_reported = True
+
+
 ERROR_XCOM_KEY = "error"
 
 

@@ -131,6 +131,9 @@ class _OpsAlert:
         super().render_template_fields(context, jinja_env)
 
     def notify(self, context):
+        if getattr(context.get("exception"), "already_reported", False):
+            log.info("no Slack alert: this failure was reported already (%s)", context.get("exception"))
+            return
         try:
             self._deliver(context)
         except Exception as exc:  # noqa: BLE001 - an alert must never replace the failure

@@ -20,6 +20,7 @@ from pg_backups import audit, operations, staging
 from pg_backups.airflow import notifiers
 from pg_backups.airflow.common import (
     ERROR_XCOM_KEY,
+    AlreadyReported,
     cluster_named,
     context,
     is_backfill,
@@ -31,6 +32,7 @@ from pg_backups.airflow.common import (
 from pg_backups.airflow.notifiers import QA_REJECTED
 from pg_backups.airflow.operators import SIGNOFF_XCOM_KEY
 from pg_backups.errors import CheckFailed
+from pg_backups.times import now
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +174,8 @@ def _xcom(ti, task_id: str, key: str = "return_value"):
         return None
 
 
-@task_body
-def audit_and_archive(cluster_name: str) -> dict:
-    cluster = cluster_named(cluster_name)
-    ctx = context()
+def _audit_line(cluster, ctx, cancelled: dict | None = None) -> tuple[dict, list[str], dict | None]:
+    """The run's audit line from whatever its tasks left (XComs, states), its errors, QA's answer."""
     ti, run_id = ctx["ti"], ctx["run_id"]
     restored = _xcom(ti, "restore_latest_backup")
     started = _xcom(ti, "start_staging")
@@ -183,14 +183,14 @@ def audit_and_archive(cluster_name: str) -> dict:
     checks = _xcom(ti, "data_checks") or _xcom(ti, "data_checks", CHECKS_XCOM_KEY)
     signoff = _xcom(ti, "qa_signoff", SIGNOFF_XCOM_KEY)
     errors = []
-    try:
-        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id], task_ids=list(TASK_ORDER)).get(run_id, {})
-        for task_id in TASK_ORDER:  # each failed step with its cause, as its task recorded it
-            if states.get(task_id) not in ("success", None):
-                cause = _xcom(ti, task_id, ERROR_XCOM_KEY)
-                errors.append(f"{task_id}: {states[task_id]}" + (f": {cause}" if cause else ""))
-    except Exception as exc:  # the XComs alone already decide the outcome
-        log.warning("could not read the task states: %s", exc)
+    states = _states(ti, run_id)
+    # Each failed step with its cause, as its task recorded it; a cancelled run's skipped steps are
+    # what the cancellation skipped, listed in its "cancelled" steps, not errors.
+    ignored = ("success", None, "skipped") if cancelled else ("success", None)
+    for task_id in TASK_ORDER:
+        if states.get(task_id) not in ignored:
+            cause = _xcom(ti, task_id, ERROR_XCOM_KEY)
+            errors.append(f"{task_id}: {states[task_id]}" + (f": {cause}" if cause else ""))
     p = restore_params()
     seconds = None
     if restored and started:
@@ -199,7 +199,24 @@ def audit_and_archive(cluster_name: str) -> dict:
     line = audit.audit_record(cluster, run_id=run_id, tool=(restored or {}).get("tool") or p["tool"]
                               or cluster.restore_test.tool, record=record,
                               restore_seconds=seconds, smoke_result=smoke, checks=checks, signoff=signoff,
-                              errors=errors, target_time=p["target_time"])
+                              errors=errors, target_time=p["target_time"], cancelled=cancelled)
+    return line, errors, signoff
+
+
+def _states(ti, run_id: str) -> dict:
+    try:
+        return ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id], task_ids=list(TASK_ORDER)).get(run_id, {})
+    except Exception as exc:  # the XComs alone already decide the outcome
+        log.warning("could not read the task states: %s", exc)
+        return {}
+
+
+@task_body
+def audit_and_archive(cluster_name: str) -> dict:
+    cluster = cluster_named(cluster_name)
+    ctx = context()
+    ti = ctx["ti"]
+    line, errors, signoff = _audit_line(cluster, ctx)
     result = operations.restore_audit_and_archive(cluster, s3_client(cluster), line)
     ti.xcom_push(AUDIT_XCOM_KEY, line)  # for the backup inventory, where the audit log file is out of reach
     if line["outcome"] != "success":
@@ -217,16 +234,71 @@ def audit_and_archive(cluster_name: str) -> dict:
     return {**result, "audit": line}
 
 
+# Airflow records who marked a run failed in its own audit log (the REST API's event logs), which a
+# task cannot read (no metadata database access from tasks in Airflow 3): the line says where.
+CANCELLED_BY = "not given to tasks by Airflow: its audit log (Browse > Audit Log, event patch_dag_run) names the user"
+
+
 @task_body
 def stop_staging_after(cluster_name: str) -> str:
-    """Teardown: stop staging and give it back, only if this run holds it (a run that never got it
-    must not stop the one that has it)."""
+    """Teardown, and the run's verdict (``on_failure_fail_dagrun``: Airflow judges the run by this
+    task alone). It stops staging and gives it back, only if this run holds it (a run that never got
+    it must not stop the one that has it), once no restore of this cluster is left writing staging.
+    Then it fails when the drill did not pass: ``audit_and_archive`` failed (it wrote the line and
+    alerted), or never ran, which only happens when the run was marked failed (or success) by hand:
+    Airflow then skips it and runs this teardown. That cancelled drill gets its audit line (outcome
+    ``cancelled``) and one Slack alert here."""
     cluster = cluster_named(cluster_name)
     ctx = context()
     holder = staging.claim_holder(cluster)
     if holder not in (None, _owner(ctx)):
         log.info("staging is held by %s: left as it is", holder)
-        return f"held by {holder}"
-    state = operations.restore_stop_staging(cluster, staging_connection(cluster))
-    staging.release(cluster, _owner(ctx))
-    return state
+        state = f"held by {holder}"
+    else:
+        # Staging is this run's: any restore writing it is this run's, killed when the run was marked
+        # failed; Airflow gives a killed task a few seconds to end, the lock says when it has.
+        with operations.restore_lock(cluster, timeout=900):
+            state = operations.restore_stop_staging(cluster, staging_connection(cluster))
+            staging.release(cluster, _owner(ctx))
+    ti, run_id = ctx["ti"], ctx["run_id"]
+    audited = _audit_state(ti, run_id)
+    if audited == "success":
+        return state
+    if audited == "failed":
+        raise AlreadyReported(f"restore test of cluster {cluster.name} failed (audit_and_archive); staging {state}")
+    _report_cancelled(cluster, ctx)
+    raise AlreadyReported(f"restore test of cluster {cluster.name} cancelled (run marked failed by hand); "
+                          f"staging {state}")
+
+
+def _audit_state(ti, run_id: str) -> str | None:
+    try:
+        return ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id],
+                                  task_ids=["audit_and_archive"]).get(run_id, {}).get("audit_and_archive")
+    except Exception as exc:  # unknown: judged by the audit line it would have left
+        log.warning("could not read the state of audit_and_archive: %s", exc)
+        line = _xcom(ti, "audit_and_archive", AUDIT_XCOM_KEY)
+        return None if line is None else "success" if line.get("outcome") == "success" else "failed"
+
+
+def _report_cancelled(cluster, ctx) -> dict:
+    """The audit line of a cancelled drill (each step's state, when it was seen), archived, and one
+    "Restore test cancelled" on Slack; neither an S3 nor a Slack outage stops the other."""
+    ti, run_id = ctx["ti"], ctx["run_id"]
+    steps = {task_id: state for task_id, state in _states(ti, run_id).items() if task_id in TASK_ORDER}
+    note = getattr(ctx.get("dag_run"), "note", None)
+    cancelled = {"at": now().isoformat(timespec="seconds"), "by": None, "by_source": CANCELLED_BY,
+                 "note": note, "steps": {task_id: steps.get(task_id) for task_id in TASK_ORDER}}
+    line, _, _ = _audit_line(cluster, ctx, cancelled=cancelled)
+    try:
+        result = operations.restore_audit_and_archive(cluster, s3_client(cluster), line)
+    except Exception as exc:  # the line must exist even when S3 is down
+        log.warning("audit logs not archived to S3 (%s): %s", type(exc).__name__, exc)
+        result = {"audit_log": audit.append_audit(cluster, line), "archived": [], "outcome": line["outcome"]}
+    ti.xcom_push(AUDIT_XCOM_KEY, line)
+    try:
+        notifiers.post(cluster, audit.cancelled_text(cluster, line))
+    except Exception as exc:  # noqa: BLE001 - the line is written; the task's failure still stands
+        log.warning("could not post the cancellation to Slack: %s", type(exc).__name__)
+    log.info("cancelled drill audited: %s", result)
+    return line
