@@ -24,6 +24,8 @@ from pathlib import Path
 
 AIRFLOW = Path(sys.executable).parent / "airflow"
 LOCKED_ATTEMPTS = 6
+# How long a sign-off waits before the suite or the demo answers it as QA (Client.approve_waiting).
+SIGNOFF_SETTLE_SECONDS = 10
 
 
 def wait_for(predicate, seconds: float = 60, every: float = 1.0, what: str = "condition"):
@@ -91,6 +93,7 @@ class Client:
         self.layout = layout
         self.api = Api(f"http://127.0.0.1:{layout.api_port}", layout.airflow_home)
         self._token = None
+        self._waiting_since: dict[tuple[str, str], float] = {}  # (dag, run) -> first seen waiting for QA
 
     def request(self, method: str, path: str, body=None, user: str = "ops"):
         token = self._token if user == "ops" and self._token else self.api.token(user)
@@ -187,17 +190,24 @@ class Client:
         return [r for r in runs if (self.tasks(dag_id, r).get("qa_signoff") or {}).get("state") == "awaiting_input"]
 
     def approve_waiting(self, dag_id: str, comment: str = "approved by the test suite as QA", say=None) -> list[str]:
-        """Approve, as ``qa``, each run of a restore test DAG that waits for QA; ``say(run_id)`` first."""
+        """Approve, as ``qa``, each run of a restore test DAG that has waited for QA at least
+        SIGNOFF_SETTLE_SECONDS; ``say(run_id)`` first. Airflow 3.3 shows ``awaiting_input`` while the
+        task's process is still exiting: an answer in those seconds put the task back to run, then the
+        process's late "success" report failed it (404 Task Instance not found, try 2 asked again).
+        A person never answers that fast; the suite and the demo wait as long."""
         from pg_backups.config import dag_kind  # the callers (tests, demo) have plugins/ on the path
 
         if dag_kind(dag_id) != "restore_test":
             return []
+        now = time.monotonic()
         waiting = self.waiting_signoffs(dag_id)
-        for run_id in waiting:
+        settled = [r for r in waiting if now - self._waiting_since.setdefault((dag_id, r), now) >= SIGNOFF_SETTLE_SECONDS]
+        for run_id in settled:
             if say:
                 say(run_id)
             self.api.answer(dag_id, run_id, "qa", "Approve", comment)
-        return waiting
+            self._waiting_since.pop((dag_id, run_id), None)
+        return settled
 
 
 @contextmanager

@@ -84,3 +84,22 @@ def test_a_log_read_before_its_last_lines_are_written_is_read_again(server, monk
     assert "A backup cannot be taken of the past" in log and len(Answers.seen) == 3
     Answers.logs, Answers.seen = [header], []  # never written: the log as it is, for the caller's assertion
     assert client.log_with("d", "r", "backup", "never there", seconds=0.01) == "\n".join(json.dumps(e) for e in header)
+
+
+def test_qa_answers_a_signoff_only_once_it_has_waited_a_while(monkeypatch):
+    """Airflow 3.3 shows qa_signoff ``awaiting_input`` while the task's process is still exiting; an
+    answer in those seconds failed the approved task (seen with two sandboxes on a loaded machine).
+    The client answers a sign-off only once it has been seen waiting for SIGNOFF_SETTLE_SECONDS."""
+    client = airflow_api.Client.__new__(airflow_api.Client)
+    client._waiting_since = {}
+    answered, clock = [], [1000.0]
+    monkeypatch.setattr(airflow_api.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(client, "waiting_signoffs", lambda dag_id: ["manual__1"], raising=False)
+    client.api = type("FakeApi", (), {"answer": lambda self, *args: answered.append(args)})()
+
+    assert client.approve_waiting("restore_test_asso") == [] and answered == []  # first seen now
+    clock[0] += airflow_api.SIGNOFF_SETTLE_SECONDS - 1
+    assert client.approve_waiting("restore_test_asso") == [] and answered == []
+    clock[0] += 1
+    assert client.approve_waiting("restore_test_asso") == ["manual__1"]
+    assert [a[:4] for a in answered] == [("restore_test_asso", "manual__1", "qa", "Approve")]
