@@ -200,7 +200,7 @@ def test_stack_is_up_and_only_the_database_host_mounts_the_data_directory(stack)
     assert expected <= set(services), services.keys()
     for name in expected:
         assert services[name]["State"] == "running", (name, services[name]["State"])
-    data_dir = "/var/lib/postgresql/15/production"
+    data_dir = "/var/lib/postgresql/production"
     for name in expected:
         mounts = {m["Destination"]: m for m in stack.container(name)["Mounts"]}
         if name == DB_HOST:
