@@ -222,7 +222,9 @@ class Cluster(Settings):
     # Unix socket directory of a local cluster (pgBackRest pg1-socket-path, WAL-G PGHOST).
     socket_directory: str | None = None
     data_directory: str = setting("/var/lib/postgresql/data", absolute_path=True)
-    bin_directory: str = setting("/usr/lib/postgresql/15/bin", absolute_path=True)
+    # PostgreSQL's binaries; unset: Debian's /usr/lib/postgresql/<major>/bin of the major the server
+    # (or the restored data directory) runs, read by pg_backups.versions.
+    bin_directory: str | None = setting(None, absolute_path=True)
     # When the worker runs as root, tools run as this user (they must own what they write).
     os_user: str | None = None
     postgres_conn_id: str | None = None  # default: pg_<name>

@@ -49,6 +49,11 @@ class ConfigError(Refused):
         super().__init__(problem, fix, head=f"{source}: {key}: {problem}")
 
 
+class VersionMismatch(Refused):
+    """The server, its data directory or its binaries are of different PostgreSQL majors
+    (pg_backups.versions): refused before any tool runs."""
+
+
 class RestoreRefused(Refused):
     """The restore test's guard refused: nothing was stopped or deleted."""
 
