@@ -97,3 +97,53 @@ def test_binaries_of_another_major_than_the_server_are_refused():
 def test_a_data_directory_without_pg_version_is_refused():
     with pytest.raises(VersionMismatch, match="no readable PG_VERSION"):
         versions.judge(cluster(), RECORDED_SERVER_NUM_15, None, 15, "/usr/lib/postgresql/15/bin")
+
+
+# --------------------------------------------------------------------------------------------
+# What the newer pgBackRest gives, used where the version has it
+
+
+def access():
+    from pg_backups.s3_access import S3Access
+
+    return S3Access(region="eu-west-3", access_key="AKIAEXAMPLE", secret_key="not-written-here",
+                    endpoint_url="https://s3:443")
+
+
+def conf_lines(version, **pgbackrest):
+    from pg_backups import pgbackrest as pb
+
+    return pb.render_config(cluster(pgbackrest=pgbackrest), access(), version).splitlines()
+
+
+def test_block_incremental_is_on_by_default_from_2_46_with_bundling():
+    lines = conf_lines(versions.parse_pgbackrest_version(RECORDED_PGBACKREST_2551))
+    assert "repo1-block=y" in lines and "repo1-bundle=y" in lines
+    assert any("For pgBackRest 2.55.1; repo1-block:" in line for line in lines)
+    assert "repo1-block=y" in conf_lines((2, 46, 0))
+
+
+def test_block_incremental_is_left_out_on_2_45_without_bundling_or_when_turned_off():
+    on_245 = conf_lines(versions.parse_pgbackrest_version(RECORDED_PGBACKREST_245))
+    assert not any(line.startswith("repo1-block") for line in on_245)
+    assert any("pgBackRest 2.45 has no block incremental (needs 2.46+)" in line for line in on_245)
+    unbundled = conf_lines((2, 55, 1), bundle=False)
+    assert "repo1-block=y" not in unbundled and any("it needs repo1-bundle" in line for line in unbundled)
+    assert "repo1-block=y" not in conf_lines((2, 55, 1), block_incremental=False)
+
+
+def test_bundle_limit_is_written_only_when_set_and_bundling():
+    assert "repo1-bundle-limit=8KiB" in conf_lines((2, 55, 1), bundle_limit_kib=8)
+    assert not any(line.startswith("repo1-bundle-limit") for line in conf_lines((2, 55, 1)))
+    with pytest.raises(Refused, match="bundle_limit_kib"):
+        cluster(pgbackrest={"bundle_limit_kib": 4})
+
+
+def test_verify_of_one_backup_uses_set_from_2_55_and_the_whole_repository_before():
+    from pg_backups import pgbackrest as pb
+
+    label = "20261202-061502F_20261203-061503D"
+    assert pb.verify_scope(label, versions.parse_pgbackrest_version(RECORDED_PGBACKREST_2551)) == [f"--set={label}"]
+    assert pb.verify_scope(label, (2, 54, 2)) == []
+    assert pb.verify_scope(label, versions.parse_pgbackrest_version(RECORDED_PGBACKREST_245)) == []
+    assert pb.verify_scope(None, (2, 55, 1)) == []  # the weekly whole-repository verify

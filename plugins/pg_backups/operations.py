@@ -142,9 +142,10 @@ def pgbackrest_expire(cluster) -> dict:
     return {"expired": before - after, "kept": after}
 
 
-def pgbackrest_verify(cluster) -> str:
+def pgbackrest_verify(cluster, label: str | None = None) -> str:
+    """Backup ``label`` only where pgBackRest can (2.55+), else the whole repository."""
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
-        return pgbackrest.verify(cluster)
+        return pgbackrest.verify(cluster, label)
 
 
 def pgbackrest_latest_record(cluster, label: str | None = None) -> dict:
@@ -161,7 +162,7 @@ def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetim
     pgbackrest_preflight(cluster, access)
     done = pgbackrest_backup(cluster, pgbackrest.backup_type_for(cluster, day or times.now()), run_id)
     pgbackrest_expire(cluster)
-    pgbackrest_verify(cluster)
+    pgbackrest_verify(cluster, done["label"])
     record = pgbackrest_latest_record(cluster, done["label"])
     metrics.record_backup(cluster, record)  # Prometheus textfile / Pushgateway; never fails the backup
     return record

@@ -47,7 +47,9 @@ def parse_pgbackrest_version(output: str) -> tuple[int, ...]:
 
 
 def text(version: tuple[int, ...]) -> str:
-    return ".".join(map(str, version))
+    """(2, 45, 0) -> '2.45' (as pgBackRest names it), (2, 55, 1) -> '2.55.1'."""
+    shown = version[:2] if len(version) > 2 and not any(version[2:]) else version
+    return ".".join(map(str, shown))
 
 
 def installed_majors(root: Path | None = None) -> list[int]:
