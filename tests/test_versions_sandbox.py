@@ -64,3 +64,14 @@ def test_a_data_directory_of_another_major_is_refused_before_pgbackrest_runs(san
     assert script.returncode == 2, script.stdout + script.stderr
     assert f"data_directory {other} is a PostgreSQL 16 data directory" in script.stderr
     assert not calls.exists()
+
+
+def test_on_2_45_the_backup_dag_writes_no_block_option_and_verifies_the_whole_repository(first_backup, sandbox):
+    """The older pair's path: the DAG's run (conftest's first_backup) wrote pgbackrest.conf without
+    repo1-block and verified the whole repository (2.45 has no verify --set)."""
+    conf = sandbox.cluster().pgbackrest.config_path
+    lines = open(conf).read().splitlines()
+    assert not any(line.startswith("repo1-block") for line in lines)
+    assert any("pgBackRest 2.45 has no block incremental (needs 2.46+)" in line for line in lines)
+    assert "has no verify --set (2.55+): verifying the whole repository" in first_backup.output
+    assert "--set=" not in first_backup.output.split("verify command begin")[-1].split("\n")[0]
