@@ -40,7 +40,8 @@ def spy_and_config(sandbox, tmp_path, edit) -> tuple[dict, object]:
     return {"PG_BACKUPS_CONFIG": str(changed), "PATH": f"{spy_dir}:{os.environ['PATH']}"}, calls
 
 
-def test_binaries_of_another_major_are_refused_before_pgbackrest_runs(sandbox, tmp_path):
+def test_binaries_of_another_major_are_refused_before_pgbackrest_runs(configured_bucket, tmp_path):
+    sandbox = configured_bucket
     fake = tmp_path / "pg16" / "bin"
     fake.mkdir(parents=True)
     (fake / "postgres").write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 16.10 (Debian 16.10-1)'\n")
@@ -55,7 +56,8 @@ def test_binaries_of_another_major_are_refused_before_pgbackrest_runs(sandbox, t
     assert not calls.exists()
 
 
-def test_a_data_directory_of_another_major_is_refused_before_pgbackrest_runs(sandbox, tmp_path):
+def test_a_data_directory_of_another_major_is_refused_before_pgbackrest_runs(configured_bucket, tmp_path):
+    sandbox = configured_bucket
     other = tmp_path / "pg16-data"
     other.mkdir()
     (other / "PG_VERSION").write_text("16\n")
