@@ -5,6 +5,9 @@ another major refused by the cron script before pgBackRest runs."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -42,8 +45,11 @@ def spy_and_config(sandbox, tmp_path, edit) -> tuple[dict, object]:
 
 def test_binaries_of_another_major_are_refused_before_pgbackrest_runs(configured_bucket, tmp_path):
     sandbox = configured_bucket
-    fake = tmp_path / "pg16" / "bin"
-    fake.mkdir(parents=True)
+    # Outside pytest's tmp_path (0700, root's): the preflight's psql runs as the cluster's OS user.
+    root = Path(tempfile.mkdtemp(prefix="pg16-binaries-"))
+    root.chmod(0o755)
+    fake = root / "bin"
+    fake.mkdir(mode=0o755)
     (fake / "postgres").write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 16.10 (Debian 16.10-1)'\n")
     (fake / "postgres").chmod(0o755)
     for name in ("psql",):  # the preflight's psql still reaches the real server
@@ -54,6 +60,7 @@ def test_binaries_of_another_major_are_refused_before_pgbackrest_runs(configured
     assert f"bin_directory {fake} holds PostgreSQL 16's binaries" in script.stderr
     assert "the server runs PostgreSQL 15" in script.stderr and "Fix:" in script.stderr
     assert not calls.exists()
+    shutil.rmtree(root)
 
 
 def test_a_data_directory_of_another_major_is_refused_before_pgbackrest_runs(configured_bucket, tmp_path):
