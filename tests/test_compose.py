@@ -402,14 +402,15 @@ def test_repo_target_time_restores_from_the_versioned_bucket_after_the_repositor
     deleted = stack.compose("exec", "-T", "-e", "BUCKET=asso-prod-backups", DB_HOST, "python", "-c",
                             DELETE_REPOSITORY).stdout.strip()
     assert int(deleted) > 10, deleted
-    assert label not in [b["label"] for b in stack.backups(STAGING_HOST)]
-    as_before = stack.backups(STAGING_HOST, f"--repo-target-time={before}")
+    assert label not in [b["label"] for b in stack.backups()]
+    # repo-target-time names the repository it reads (pgBackRest refuses it without --repo).
+    as_before = stack.backups(DB_HOST, "--repo=1", f"--repo-target-time={before}")
     assert label in [b["label"] for b in as_before], as_before
-    target = "/tmp/repo-target-time"  # beside staging, not in it: the restore test owns staging
-    stack.compose("exec", "-T", STAGING_HOST, "runuser", "-u", "postgres", "--", "mkdir", "-p", target)
-    stack.pgbackrest(STAGING_HOST, f"--repo-target-time={before}", f"--set={label}", f"--pg1-path={target}",
+    target = "/tmp/repo-target-time"  # a scratch directory of the database host, not its data directory
+    stack.compose("exec", "-T", DB_HOST, "runuser", "-u", "postgres", "--", "mkdir", "-p", target)
+    stack.pgbackrest(DB_HOST, "--repo=1", f"--repo-target-time={before}", f"--set={label}", f"--pg1-path={target}",
                      "--type=immediate", "restore")
-    pg_version = stack.compose("exec", "-T", STAGING_HOST, "cat", f"{target}/PG_VERSION").stdout.strip()
+    pg_version = stack.compose("exec", "-T", DB_HOST, "cat", f"{target}/PG_VERSION").stdout.strip()
     assert pg_version == "17"
     print(f"repository deleted ({deleted} objects); backup {label} restored with --repo-target-time={before}")
 
