@@ -14,7 +14,8 @@ DOC = """
    manual run); tagged with this run's id. Holds the
    cluster's pool slot `{pool}`: never at the same time as the WAL-G backup of the cluster.
 3. **expire**: time-based retention, {days} days of full backups and the WAL they need.
-4. **verify**: `pgbackrest verify`, judged by its output as well as its exit code.
+4. **verify**: `pgbackrest verify --set <label>` of this backup (pgBackRest 2.55+; the whole
+   repository on older versions), judged by its output as well as its exit code.
 5. **publish_backup**: the backup's record (label, type, times, sizes, WAL range) as return value
    and as an event of asset `{asset}`.
 
@@ -42,7 +43,7 @@ for cluster in load_config(strict=False).clusters:
         preflight = task(task_id="preflight")(backup_tasks.pgbackrest_preflight)(cluster.name)
         backup = task(task_id="backup", pool=cluster.pool)(backup_tasks.pgbackrest_backup)(cluster.name)
         expire = task(task_id="expire")(backup_tasks.pgbackrest_expire)(cluster.name)
-        verify = task(task_id="verify")(backup_tasks.pgbackrest_verify)(cluster.name)
+        verify = task(task_id="verify")(backup_tasks.pgbackrest_verify)(cluster.name, backup["label"])
         publish = task(task_id="publish_backup", outlets=[backup_asset(cluster, "pgbackrest")])(
             backup_tasks.publish_pgbackrest_backup)(cluster.name, backup["label"])
         preflight >> backup >> expire >> verify >> publish

@@ -3,7 +3,7 @@
 #   airflow ARGS...        Airflow itself (api-server, scheduler, triggerer, celery worker, ...)
 #   dag-processor          Airflow's dag-processor, with the cluster-file watcher (pg_backups.airflow.reparse)
 #   worker QUEUE           a Celery worker serving QUEUE, restarted when it dies (as systemd's Restart=always would)
-#   database-host QUEUE    a database host: its PostgreSQL 15 cluster (WAL archived by the project's tools)
+#   database-host QUEUE    a database host: its PostgreSQL cluster ($PG_MAJOR) (WAL archived by the project's tools)
 #                          and a Celery worker on QUEUE, the host's queue (db-<cluster>)
 #   metadata-db            Airflow's metadata PostgreSQL (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB)
 #   redis                  the Celery broker
@@ -11,7 +11,8 @@
 # Anything else runs as a command.
 set -euo pipefail
 
-PG_BIN=/usr/lib/postgresql/15/bin
+# The image's PostgreSQL major (Dockerfile build argument PG_MAJOR).
+PG_BIN=/usr/lib/postgresql/${PG_MAJOR:?set PG_MAJOR}/bin
 
 log() { echo "[entrypoint] $*" >&2; }
 

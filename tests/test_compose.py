@@ -2,7 +2,10 @@
 machine (sandbox/compose.py installs the engine when missing), then used through Airflow's REST API
 as a person would: trigger, read the task instances (which host ran them, from which queue), answer
 QA's sign-off as `qa`; a database host's worker killed mid-backup; the S3 endpoint stopped during a
-backup; everything brought down at the end, the daemon too when the session started it.
+backup; the repository deleted from the versioned bucket and read back with --repo-target-time;
+everything brought down at the end, the daemon too when the session started it. The image is the
+newer tested pair (Debian 13: PostgreSQL 17, pgBackRest 2.55.1): block incremental diff backups and
+verify --set of each backup are asserted here.
 
 One stack per session (project pg-backups-test, API on 127.0.0.1:26480, files in
 /var/tmp/pg-backups-compose-test). The tests run in file order: each builds on the one before.
@@ -144,6 +147,17 @@ class Stack:
         lines = self.S.slack_messages.read_text().splitlines()
         return [json.loads(line)["body"].get("text", "") for line in lines if line.strip()]
 
+    def pgbackrest(self, service: str, *args: str, check=True) -> subprocess.CompletedProcess:
+        """pgbackrest on a host, as its cluster's OS user, with the file the project wrote there."""
+        conf = f"/etc/pgbackrest/{CLUSTER}"
+        return self.compose("exec", "-T", service, "runuser", "-u", "postgres", "--", "pgbackrest",
+                            f"--config={conf}/pgbackrest.conf", f"--config-include-path={conf}/conf.d",
+                            f"--stanza={CLUSTER}", *args, check=check, timeout=600)
+
+    def backups(self, service: str = DB_HOST, *args: str) -> list[dict]:
+        info = json.loads(self.pgbackrest(service, *args, "info", "--output=json").stdout)
+        return info[0].get("backup", []) if info else []
+
     def worker_pid(self, service: str) -> str:
         return self.compose("exec", "-T", service, "cat", "/run/pg-backups-worker.pid").stdout.strip()
 
@@ -200,7 +214,7 @@ def test_stack_is_up_and_only_the_database_host_mounts_the_data_directory(stack)
     assert expected <= set(services), services.keys()
     for name in expected:
         assert services[name]["State"] == "running", (name, services[name]["State"])
-    data_dir = "/var/lib/postgresql/15/production"
+    data_dir = "/var/lib/postgresql/production"
     for name in expected:
         mounts = {m["Destination"]: m for m in stack.container(name)["Mounts"]}
         if name == DB_HOST:
@@ -250,6 +264,38 @@ def test_pgbackrest_backup_runs_on_the_database_host(stack):
     assert set(tasks) == {"preflight", "backup", "expire", "verify", "publish_backup"}
     assert_ran_on(tasks, DB_HOST, DB_HOST)
     print(f"{dag_id}: " + ", ".join(f"{t} on {ti['hostname']}" for t, ti in tasks.items()))
+    # The trixie pair: PostgreSQL 17 read from the server, pgBackRest 2.55.1 from `pgbackrest version`.
+    preflight = stack.api.log(dag_id, run_id, "preflight", tasks["preflight"]["try_number"])
+    assert "/usr/lib/postgresql/17/bin/postgres" in preflight, preflight[-3000:]
+    assert_verified_only(stack, dag_id, run_id, tasks)
+
+
+def assert_verified_only(stack, dag_id: str, run_id: str, tasks: dict) -> str:
+    """The run's verify checked its own backup (verify --set, pgBackRest 2.55+), not the repository."""
+    label = stack.backups()[-1]["label"]
+    verify = stack.api.log(dag_id, run_id, "verify", tasks["verify"]["try_number"])
+    assert f"--set={label}" in verify and "verify command end: completed successfully" in verify, verify[-3000:]
+    return label
+
+
+def test_diff_backup_stores_changed_blocks_and_verifies_only_itself(stack):
+    """Block incremental (repo1-block, pgBackRest 2.46+) is on by default: the diff's repository
+    entry in `pgbackrest info` has a block map (size-map / delta-map)."""
+    stack.compose("exec", "-T", DB_HOST, "runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", "app", "-c",
+                  "UPDATE members SET full_name = full_name WHERE id % 10 = 0")
+    dag_id = f"pgbackrest_backup_{CLUSTER}"
+    run_id = stack.api.trigger(dag_id, {"backup_type": "diff"})
+    state = stack.api.wait_run(dag_id, run_id, 900)
+    tasks = stack.api.tasks(dag_id, run_id)
+    assert state == "success", stack.api.failure(dag_id, run_id)
+    conf = stack.compose("exec", "-T", DB_HOST, "cat", f"/etc/pgbackrest/{CLUSTER}/pgbackrest.conf").stdout
+    assert "repo1-block=y" in conf.splitlines() and "# For pgBackRest 2.55.1;" in conf
+    label = assert_verified_only(stack, dag_id, run_id, tasks)
+    diff = stack.backups()[-1]
+    assert diff["type"] == "diff" and diff["label"] == label
+    repository = diff["info"]["repository"]
+    print(f"diff {label}: info.repository {repository}")
+    assert repository.get("size-map") or repository.get("delta-map"), repository
 
 
 def test_restore_test_runs_on_the_staging_host_with_qa_signoff(stack):
@@ -332,6 +378,41 @@ def test_s3_endpoint_stopped_during_a_backup_fails_the_backup_and_alerts(stack):
             assert secret not in "\n".join(alerts)
     finally:
         stack.compose("start", "s3")
+
+
+DELETE_REPOSITORY = """
+import os, boto3
+s3 = boto3.client("s3")
+bucket, deleted = os.environ["BUCKET"], 0
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="pgbackrest/"):
+    for obj in page.get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=obj["Key"])  # versioned bucket: a delete marker
+        deleted += 1
+print(deleted)
+"""
+
+
+def test_repo_target_time_restores_from_the_versioned_bucket_after_the_repository_was_deleted(stack):
+    """Every object of the pgBackRest repository deleted (by mistake or malice): the bucket's
+    versioning keeps them, and `--repo-target-time` (pgBackRest 2.54+) reads the repository as it
+    was before the deletion, enough to list and restore the backups. Last: it empties the repository."""
+    label = stack.backups()[-1]["label"]
+    before = stack.compose("exec", "-T", DB_HOST, "date", "-u", "+%Y-%m-%d %H:%M:%S+00").stdout.strip()
+    time.sleep(2)  # the deletion lands after `before` (S3 times have one-second steps)
+    deleted = stack.compose("exec", "-T", "-e", "BUCKET=asso-prod-backups", DB_HOST, "python", "-c",
+                            DELETE_REPOSITORY).stdout.strip()
+    assert int(deleted) > 10, deleted
+    assert label not in [b["label"] for b in stack.backups()]
+    # repo-target-time names the repository it reads (pgBackRest refuses it without --repo).
+    as_before = stack.backups(DB_HOST, "--repo=1", f"--repo-target-time={before}")
+    assert label in [b["label"] for b in as_before], as_before
+    target = "/tmp/repo-target-time"  # a scratch directory of the database host, not its data directory
+    stack.compose("exec", "-T", DB_HOST, "runuser", "-u", "postgres", "--", "mkdir", "-p", target)
+    stack.pgbackrest(DB_HOST, "--repo=1", f"--repo-target-time={before}", f"--set={label}", f"--pg1-path={target}",
+                     "--type=immediate", "restore")
+    pg_version = stack.compose("exec", "-T", DB_HOST, "cat", f"{target}/PG_VERSION").stdout.strip()
+    assert pg_version == "17"
+    print(f"repository deleted ({deleted} objects); backup {label} restored with --repo-target-time={before}")
 
 
 def test_down_leaves_nothing_running(stack):

@@ -96,12 +96,28 @@ def test_list_pools_gives_a_shared_database_host_one_pool(tmp_path):
 
 def test_image_builds_from_debian_with_airflow_under_the_constraints():
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE=debian:bookworm-slim" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
+    assert "ARG DEBIAN_RELEASE=trixie" in dockerfile and "ARG BASE_IMAGE=debian:${DEBIAN_RELEASE}-slim" in dockerfile
+    assert "FROM ${BASE_IMAGE}" in dockerfile and "ARG PG_MAJOR=17" in dockerfile
     assert "COPY deploy/ca-certificates/ /usr/local/share/ca-certificates/" in dockerfile
     assert "update-ca-certificates" in dockerfile
-    assert "pgbackrest" in dockerfile and "postgresql-15" in dockerfile
-    assert "-r /opt/pg_backups/requirements.txt -c /opt/pg_backups/constraints-debian12.txt" in dockerfile
-    assert "-r /opt/pg_backups/requirements-celery.txt -c /opt/pg_backups/constraints-debian12.txt" in dockerfile
+    assert "pgbackrest" in dockerfile and "postgresql-${PG_MAJOR}" in dockerfile
+    assert "-r /opt/pg_backups/requirements.txt -c /opt/pg_backups/constraints-image.txt" in dockerfile
+    assert "-r /opt/pg_backups/requirements-celery.txt -c /opt/pg_backups/constraints-image.txt" in dockerfile
+
+
+def test_compose_build_arguments_choose_the_release_and_the_postgresql_major(compose):
+    args = compose["x-airflow-common"]["build"]["args"]
+    assert args == {"DEBIAN_RELEASE": "${PG_BACKUPS_DEBIAN_RELEASE:-trixie}", "PG_MAJOR": "${PG_BACKUPS_PG_MAJOR:-17}"}
+    sys.path.insert(0, str(REPO / "sandbox"))
+    import compose as compose_sandbox
+
+    trixie = compose_sandbox.Settings({})
+    bookworm = compose_sandbox.Settings({"PG_BACKUPS_DEBIAN_RELEASE": "bookworm"})
+    assert (trixie.base_image, trixie.pg_major) == ("debian:trixie-slim", "17")
+    assert (bookworm.base_image, bookworm.pg_major) == ("debian:bookworm-slim", "15")
+    assert "PG_BACKUPS_PG_MAJOR=15" in bookworm.compose()
+    with pytest.raises(SystemExit, match="PG_BACKUPS_DEBIAN_RELEASE"):
+        compose_sandbox.Settings({"PG_BACKUPS_DEBIAN_RELEASE": "buster"})
     assert "apache-airflow==3.3.2" in (REPO / "requirements.txt").read_text()
 
 

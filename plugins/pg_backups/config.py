@@ -200,6 +200,14 @@ class PgBackRestSettings(Settings):
     # repo1-bundle (pgBackRest 2.39+): small files packed into bundles. To S3, pgBackRest pays per
     # object: a 530 MB pgbench database went from ~1,300 objects to ~20 (benchmarks/bench_walg_vs_pgbackrest.py).
     bundle: bool = True
+    # repo1-block (pgBackRest 2.46+, needs bundle): diff and incr backups store the changed blocks of
+    # a file, not the whole file: 838 KB instead of 37 MB after 1% of a 920 MB database's rows changed
+    # (docs/versions.md). On where the host's pgBackRest has it; left out on 2.45. Every host that
+    # restores the repository then needs 2.46+ too.
+    block_incremental: bool = True
+    # repo1-bundle-limit in KiB (8 minimum): larger files are stored as objects of their own.
+    # None: pgBackRest's default (2 MiB).
+    bundle_limit_kib: int | None = setting(None, minimum=8, fix="use 8 KiB or more (pgBackRest's minimum)")
     spool_path: str = setting("/var/spool/pgbackrest", absolute_path=True)
     log_path: str = setting("/var/log/pgbackrest", absolute_path=True)
     lock_path: str = setting("/tmp/pgbackrest", absolute_path=True)
@@ -339,7 +347,9 @@ class Cluster(Settings):
     # Unix socket directory of a local cluster (pgBackRest pg1-socket-path, WAL-G PGHOST).
     socket_directory: str | None = None
     data_directory: str = setting("/var/lib/postgresql/data", absolute_path=True)
-    bin_directory: str = setting("/usr/lib/postgresql/15/bin", absolute_path=True)
+    # PostgreSQL's binaries; unset: Debian's /usr/lib/postgresql/<major>/bin of the major the server
+    # (or the restored data directory) runs, read by pg_backups.versions.
+    bin_directory: str | None = setting(None, absolute_path=True)
     # When the worker runs as root, tools run as this user (they must own what they write).
     os_user: str | None = None
     postgres_conn_id: str | None = None  # default: pg_<name>

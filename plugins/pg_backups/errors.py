@@ -77,6 +77,11 @@ def config_problem(problems: list[ConfigError]) -> ConfigError:
     return problems[0] if len(problems) == 1 else ConfigProblems(problems)
 
 
+class VersionMismatch(Refused):
+    """The server, its data directory or its binaries are of different PostgreSQL majors
+    (pg_backups.versions): refused before any tool runs."""
+
+
 class RestoreRefused(Refused):
     """The restore test's guard refused: nothing was stopped or deleted."""
 

@@ -10,7 +10,20 @@ import logging
 import time
 from datetime import datetime
 
-from pg_backups import archiving, audit, checks, marker, metrics, pgbackrest, runner, s3_bucket, staging, times, walg
+from pg_backups import (
+    archiving,
+    audit,
+    checks,
+    marker,
+    metrics,
+    pgbackrest,
+    runner,
+    s3_bucket,
+    staging,
+    times,
+    versions,
+    walg,
+)
 from pg_backups.errors import CheckFailed, NothingToDo, Refused, RestoreRefused, ToolError, Unreachable
 from pg_backups.s3_access import S3Access
 
@@ -85,9 +98,13 @@ def pgbackrest_preflight(cluster, access: S3Access) -> dict:
     pgbackrest.check_options(cluster)  # a hand-written file: its options, before anything runs
     access.check_reachable(cluster.s3.bucket)
     check_postgres_reachable(cluster)
+    # Server, data directory and binaries of one PostgreSQL major, before pgBackRest runs.
+    found = versions.check_cluster(cluster)
     written = pgbackrest.write_config(cluster, access)
     stanza = pgbackrest.ensure_stanza(cluster)
-    return {"cluster": cluster.name, "stanza": stanza, "config_written": written}
+    return {"cluster": cluster.name, "stanza": stanza, "config_written": written,
+            "postgres_major": found["postgres_major"],
+            "pgbackrest_version": versions.text(versions.pgbackrest_version())}
 
 
 def refuse_covered_backfill(tool: str, schedule: str, newest_label: str | None, newest_start) -> None:
@@ -123,9 +140,10 @@ def pgbackrest_expire(cluster) -> dict:
     return {"expired": before - after, "kept": after}
 
 
-def pgbackrest_verify(cluster) -> str:
+def pgbackrest_verify(cluster, label: str | None = None) -> str:
+    """Backup ``label`` only where pgBackRest can (2.55+), else the whole repository."""
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
-        return pgbackrest.verify(cluster)
+        return pgbackrest.verify(cluster, label)
 
 
 def pgbackrest_latest_record(cluster, label: str | None = None) -> dict:
@@ -142,7 +160,7 @@ def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetim
     pgbackrest_preflight(cluster, access)
     done = pgbackrest_backup(cluster, pgbackrest.backup_type_for(cluster, day or times.now()), run_id)
     pgbackrest_expire(cluster)
-    pgbackrest_verify(cluster)
+    pgbackrest_verify(cluster, done["label"])
     record = pgbackrest_latest_record(cluster, done["label"])
     metrics.record_backup(cluster, record)  # Prometheus textfile / Pushgateway; never fails the backup
     return record
@@ -155,6 +173,7 @@ def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetim
 def walg_backup(cluster, access: S3Access, run_id: str | None, run_type: str | None = None) -> dict:
     """As :func:`pgbackrest_backup`, with WAL-G."""
     access.check_reachable(cluster.s3.bucket)
+    versions.check_cluster(cluster)  # as pgbackrest_preflight: one PostgreSQL major, before WAL-G runs
     walg.write_config(cluster, access)
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
         if run_type == BACKFILL:

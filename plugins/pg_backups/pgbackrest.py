@@ -16,7 +16,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from pg_backups import files, runner, times
+from pg_backups import files, runner, times, versions
 from pg_backups.errors import ConfigError, ToolError
 from pg_backups.s3_access import S3Access
 
@@ -45,12 +45,28 @@ def include_path(cluster) -> str:
     return str(Path(cluster.pgbackrest.config_path).parent / "conf.d")
 
 
-def render_config(cluster, access: S3Access) -> str:
-    """pgbackrest.conf for a cluster, without secrets (they go to :func:`render_credentials`)."""
+def block_incremental(cluster, version: tuple[int, ...]) -> tuple[bool, str]:
+    """Whether repo1-block goes into the file, and why (written beside it)."""
+    pb = cluster.pgbackrest
+    if not pb.block_incremental:
+        return False, "repo1-block off: pgbackrest.block_incremental is false"
+    if not pb.bundle:
+        return False, "repo1-block off: it needs repo1-bundle (pgbackrest.bundle is false)"
+    if version < versions.BLOCK_INCREMENTAL:
+        return False, (f"repo1-block off: pgBackRest {versions.text(version)} has no block incremental "
+                       f"(needs {versions.text(versions.BLOCK_INCREMENTAL)}+)")
+    return True, "repo1-block: diff and incr backups store changed blocks, not whole files"
+
+
+def render_config(cluster, access: S3Access, version: tuple[int, ...]) -> str:
+    """pgbackrest.conf for a cluster, without secrets (they go to :func:`render_credentials`), for
+    the pgBackRest ``version`` of the host (the options it has)."""
     pb, s3 = cluster.pgbackrest, cluster.s3
+    block, why = block_incremental(cluster, version)
     lines = [
         "# Written by pg_backups from the cluster configuration; edit that file, not this one.",
         f"# {RUNBOOK_ARCHIVE_RETENTION_NOTE}.",
+        f"# For pgBackRest {versions.text(version)}; {why}.",
         "[global]",
         "repo1-type=s3",
         f"repo1-s3-bucket={s3.bucket}",
@@ -65,6 +81,8 @@ def render_config(cluster, access: S3Access) -> str:
         f"start-fast={'y' if pb.start_fast else 'n'}",
         f"archive-async={'y' if pb.archive_async else 'n'}",
         f"repo1-bundle={'y' if pb.bundle else 'n'}",
+        *(["repo1-block=y"] if block else []),
+        *([f"repo1-bundle-limit={pb.bundle_limit_kib}KiB"] if pb.bundle and pb.bundle_limit_kib else []),
         f"archive-timeout={pb.archive_timeout_seconds}",
         f"io-timeout={pb.io_timeout_seconds}",
         f"spool-path={pb.spool_path}",
@@ -105,7 +123,8 @@ def write_config(cluster, access: S3Access) -> list[str]:
             raise ToolError(f"pgbackrest.config_path {pb.config_path} does not exist and manage_config is false",
                             fix="write it by hand or set pgbackrest.manage_config: true", retryable=False)
         return []
-    files.write_private(pb.config_path, render_config(cluster, access), cluster.os_user, 0o640)
+    text = render_config(cluster, access, versions.pgbackrest_version(BINARY))
+    files.write_private(pb.config_path, text, cluster.os_user, 0o640)
     written = [pb.config_path]
     credentials = render_credentials(access)
     if credentials:
@@ -271,13 +290,27 @@ def expire(cluster) -> None:
     run(cluster, "expire")
 
 
-def verify(cluster) -> str:
-    """pgbackrest verify, judged by its output: it has exited 0 while printing errors (#2502)."""
-    proc = run(cluster, "verify", "--log-level-console=info", check=False)
+def verify_scope(label: str | None, version: tuple[int, ...]) -> list[str]:
+    """``--set=<label>``: one backup (pgBackRest 2.55+); nothing: the whole repository."""
+    if label and version >= versions.VERIFY_SET:
+        return [f"--set={label}"]
+    if label:
+        log.info("pgBackRest %s has no verify --set (%s+): verifying the whole repository, backup %s included",
+                 versions.text(version), versions.text(versions.VERIFY_SET), label)
+    return []
+
+
+def verify(cluster, label: str | None = None) -> str:
+    """pgbackrest verify of backup ``label`` (the one just taken) where pgBackRest can verify one
+    backup, else of the whole repository (which grows with it: 35 s with 5 backups kept, 79 s with
+    8, in the sandbox). Judged by its output: it has exited 0 while printing errors (#2502)."""
+    scope = verify_scope(label, versions.pgbackrest_version(BINARY))
+    proc = run(cluster, "verify", *scope, "--log-level-console=info", check=False)
     output = proc.stdout + proc.stderr
     problems = verify_problems(output)
     if proc.returncode != 0 or problems:
-        raise ToolError(f"pgbackrest verify found problems in stanza {cluster.stanza}: "
+        what = f"backup {label} of stanza" if scope else "stanza"
+        raise ToolError(f"pgbackrest verify found problems in {what} {cluster.stanza}: "
                                + ("; ".join(problems) or runner.last_error_line(output)), proc.returncode, output)
     return "ok"
 

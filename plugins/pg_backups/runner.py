@@ -203,7 +203,9 @@ def failure_summary(argv: list[str], returncode: int, output: str) -> tuple[str,
 
 def psql_command(cluster, host: str | None, port: int, dbname: str, sql: str) -> list[str]:
     """The one psql command line: unaligned, quiet, stops at the first error."""
-    return [str(Path(cluster.bin_directory) / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+    from pg_backups.versions import bin_directory  # versions runs its commands through this module
+
+    return [str(Path(bin_directory(cluster)) / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
             *(["-h", host] if host else []), "-p", str(port), "-U", cluster.user, "-d", dbname, "-c", sql]
 
 

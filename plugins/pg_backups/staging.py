@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pg_backups import files, pgbackrest, runner, walg
+from pg_backups import files, pgbackrest, runner, versions, walg
 from pg_backups.errors import RestoreRefused, ToolError
 from pg_backups.times import now
 
@@ -213,8 +213,14 @@ def guard(cluster, staging_conn: StagingConnection | None = None) -> dict:
 # Staging server
 
 
+def server_binary(cluster, name: str) -> str:
+    """A server binary of staging's major: the restored data directory's PG_VERSION (production's
+    major), the newest installed when there is none yet."""
+    return str(Path(versions.bin_directory(cluster, versions.data_directory_major(staging_dir(cluster)))) / name)
+
+
 def pg_ctl(cluster, *args: str, timeout: float | None = 120, check: bool = True):
-    return runner.run([str(Path(cluster.bin_directory) / "pg_ctl"), "-D", staging_dir(cluster), *args],
+    return runner.run([server_binary(cluster, "pg_ctl"), "-D", staging_dir(cluster), *args],
                       os_user=cluster.os_user, timeout=timeout, check=check)
 
 
@@ -258,7 +264,7 @@ def start_staging_command(cluster) -> list[str]:
     if rt.staging_socket_directory:
         options = f"-p {rt.staging_port} -k {shlex.quote(rt.staging_socket_directory)} -c archive_mode=off"
     staging = staging_dir(cluster)
-    return [str(Path(cluster.bin_directory) / "pg_ctl"), "-D", staging, "-l", f"{staging}/staging_startup.log",
+    return [server_binary(cluster, "pg_ctl"), "-D", staging, "-l", f"{staging}/staging_startup.log",
             "-o", options, "-w", "-t", "3600", "start"]
 
 

@@ -64,8 +64,8 @@ def pgbackrest_expire(cluster_name: str) -> dict:
 
 
 @task_body
-def pgbackrest_verify(cluster_name: str) -> str:
-    return operations.pgbackrest_verify(cluster_named(cluster_name))
+def pgbackrest_verify(cluster_name: str, label: str | None = None) -> str:
+    return operations.pgbackrest_verify(cluster_named(cluster_name), label)
 
 
 def _publish(cluster, record: dict) -> dict:
