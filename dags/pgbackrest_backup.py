@@ -13,10 +13,12 @@ DOC = """
 2. **backup**: full on {full_days}, `{incr}` otherwise (param `backup_type` forces one for a
    manual run); tagged with this run's id. Holds the
    cluster's pool slot `{pool}`: never at the same time as the WAL-G backup of the cluster.
-3. **expire**: time-based retention, {days} days of full backups and the WAL they need.
-4. **verify**: `pgbackrest verify`, judged by its output as well as its exit code.
-5. **publish_backup**: the backup's record (label, type, times, sizes, WAL range) as return value
-   and as an event of asset `pgbackrest_backup_{name}`.
+3. **publish_backup** (right after `backup`): the backup's record (label, type, times, sizes, WAL
+   range, read by `backup`) as return value and as an event of asset `pgbackrest_backup_{name}`,
+   whatever follows: a backup that exists is always published.
+4. **expire** (after `backup`, beside `publish_backup`): time-based retention, {days} days of full
+   backups and the WAL they need. It fails (and alerts) on its own.
+5. **verify**: `pgbackrest verify`, judged by its output as well as its exit code.
 
 **Time**: the full/{incr} choice reads the run's logical date, or its start when it has none (a
 run triggered from the UI or the API without one). Runs of the cluster never overlap: `backup`,
@@ -43,6 +45,8 @@ for cluster in load_config(strict=False).clusters:
         backup = task(task_id="backup", pool=cluster.pool)(backup_tasks.pgbackrest_backup)(cluster.name)
         expire = task(task_id="expire")(backup_tasks.pgbackrest_expire)(cluster.name)
         verify = task(task_id="verify")(backup_tasks.pgbackrest_verify)(cluster.name)
+        # The record comes from the backup task: publishing needs nothing that could fail after it.
         publish = task(task_id="publish_backup", outlets=[backup_asset(cluster, "pgbackrest")])(
-            backup_tasks.publish_pgbackrest_backup)(cluster.name, backup["label"])
-        preflight >> backup >> expire >> verify >> publish
+            backup_tasks.publish_backup)(cluster.name, backup)
+        preflight >> backup >> [publish, expire]
+        expire >> verify

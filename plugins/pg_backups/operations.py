@@ -103,8 +103,13 @@ def refuse_covered_backfill(tool: str, schedule: str, newest_label: str | None, 
 
 
 def pgbackrest_backup(cluster, backup_type: str, run_id: str | None, run_type: str | None = None) -> dict:
-    """One backup under the cluster's lock (a second run waits). ``run_type`` ``backfill``: see
-    :func:`refuse_covered_backfill`; the backup's annotation says it is a backfill run's, taken now."""
+    """One backup under the cluster's lock (a second run waits); returns its record. ``run_type``
+    ``backfill``: see :func:`refuse_covered_backfill`; the backup's annotation says it is a backfill
+    run's, taken now.
+
+    The record is read here, right after the backup, so that publishing it needs nothing more from
+    the repository: a backup that exists is published even when S3 goes away just after it (then
+    only expire and verify fail, each with its own alert)."""
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
         if run_type == BACKFILL:
             newest = pgbackrest.latest_backup(cluster)
@@ -114,7 +119,7 @@ def pgbackrest_backup(cluster, backup_type: str, run_id: str | None, run_type: s
         marker.write_marker(cluster, run_id, "pgbackrest")  # the restore test looks for it
         entry = pgbackrest.backup(cluster, backup_type, run_id, timeout=BACKUP_TIMEOUT_SECONDS, run_type=run_type,
                                   watch=archiving.watchdog(cluster, "pgBackRest"))
-    return {"label": entry["label"], "type": entry["type"]}
+        return pgbackrest_latest_record(cluster, entry["label"])
 
 
 def pgbackrest_expire(cluster) -> dict:
@@ -140,13 +145,13 @@ def pgbackrest_latest_record(cluster, label: str | None = None) -> dict:
 
 
 def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetime | None = None) -> dict:
-    """The whole daily chain, for cron: the DAG runs the same steps as separate tasks."""
+    """The whole daily chain, for cron: the DAG runs the same steps as separate tasks. The backup
+    is published (metrics) before expire, which then fails on its own."""
     pgbackrest_preflight(cluster, access)
-    done = pgbackrest_backup(cluster, pgbackrest.backup_type_for(cluster, day or times.now()), run_id)
+    record = pgbackrest_backup(cluster, pgbackrest.backup_type_for(cluster, day or times.now()), run_id)
+    metrics.record_backup(cluster, record)  # Prometheus textfile / Pushgateway; never fails the backup
     pgbackrest_expire(cluster)
     pgbackrest_verify(cluster)
-    record = pgbackrest_latest_record(cluster, done["label"])
-    metrics.record_backup(cluster, record)  # Prometheus textfile / Pushgateway; never fails the backup
     return record
 
 
@@ -155,7 +160,7 @@ def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetim
 
 
 def walg_backup(cluster, access: S3Access, run_id: str | None, run_type: str | None = None) -> dict:
-    """As :func:`pgbackrest_backup`, with WAL-G."""
+    """As :func:`pgbackrest_backup`, with WAL-G: returns the backup's record, read right after it."""
     access.check_reachable(cluster.s3.bucket)
     walg.write_config(cluster, access)
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
@@ -169,7 +174,7 @@ def walg_backup(cluster, access: S3Access, run_id: str | None, run_type: str | N
         marker.write_marker(cluster, run_id, "walg")  # the restore test looks for it
         entry = walg.backup_push(cluster, access, run_id, timeout=BACKUP_TIMEOUT_SECONDS, run_type=run_type,
                                  watch=archiving.watchdog(cluster, "WAL-G"))
-    return {"label": entry["backup_name"]}
+        return walg_latest_record(cluster, access, entry["backup_name"])
 
 
 def walg_delete_old(cluster, access: S3Access) -> dict:
@@ -187,10 +192,9 @@ def walg_latest_record(cluster, access: S3Access, label: str | None = None) -> d
 
 
 def walg_daily(cluster, access: S3Access, run_id: str | None) -> dict:
-    done = walg_backup(cluster, access, run_id)
-    walg_delete_old(cluster, access)
-    record = walg_latest_record(cluster, access, done["label"])
+    record = walg_backup(cluster, access, run_id)
     metrics.record_backup(cluster, record)  # Prometheus textfile / Pushgateway; never fails the backup
+    walg_delete_old(cluster, access)  # after the publication: its failure does not hide the backup
     return record
 
 
