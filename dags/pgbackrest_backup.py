@@ -18,11 +18,14 @@ DOC = """
    whatever follows: a backup that exists is always published.
 4. **expire** (after `backup`, beside `publish_backup`): time-based retention, {days} days of full
    backups and the WAL they need. It fails (and alerts) on its own.
-5. **verify**: `pgbackrest verify`, judged by its output as well as its exit code.
+
+The whole-repository `pgbackrest verify` runs in DAG `pgbackrest_verify_{name}` on its own schedule
+(its cost grows with the backups kept; this DAG's must not); each new backup is proven by its
+verification drill, `verify_backup_{name}`, which its asset event starts.
 
 **Time**: the full/{incr} choice reads the run's logical date, or its start when it has none (a
-run triggered from the UI or the API without one). Runs of the cluster never overlap: `backup`,
-`expire` and `verify` take the cluster's lock (a second run waits).
+run triggered from the UI or the API without one). Runs of the cluster never overlap: `backup`
+and `expire` take the cluster's lock (a second run waits).
 **Backfill**: a backup cannot be taken of the past. A backfill takes at most one backup, now: its
 first run backs up when the current slot of the schedule has no backup yet (annotated
 `airflow_run_type=backfill`); every other run is skipped, the reason in its `backup` log.
@@ -44,9 +47,7 @@ for cluster in load_config(strict=False).clusters:
         preflight = task(task_id="preflight")(backup_tasks.pgbackrest_preflight)(cluster.name)
         backup = task(task_id="backup", pool=cluster.pool)(backup_tasks.pgbackrest_backup)(cluster.name)
         expire = task(task_id="expire")(backup_tasks.pgbackrest_expire)(cluster.name)
-        verify = task(task_id="verify")(backup_tasks.pgbackrest_verify)(cluster.name)
         # The record comes from the backup task: publishing needs nothing that could fail after it.
         publish = task(task_id="publish_backup", outlets=[backup_asset(cluster, "pgbackrest")])(
             backup_tasks.publish_backup)(cluster.name, backup)
         preflight >> backup >> [publish, expire]
-        expire >> verify

@@ -74,6 +74,10 @@ class Layout:
     billing_staging_port = property(lambda s: s.port_base + 7)
     billing_pgdata = property(lambda s: s.root / "pg" / SECOND)
     billing_staging = property(lambda s: s.root / "staging" / SECOND)
+    # The verification drills' targets (docs/verification.md): a root and a port per cluster of their own.
+    verify_root = property(lambda s: s.root / "verify")
+    verify_port = property(lambda s: s.port_base + 10)
+    billing_verify_port = property(lambda s: s.port_base + 11)
 
     # Ports
     pg_port = property(lambda s: s.port_base)
@@ -243,6 +247,11 @@ defaults:
   restore_test:
     staging_root: {L.staging_root}
     staging_socket_directory: {L.run_dir}
+  verify:
+    root: {L.verify_root}
+    socket_directory: {L.run_dir}
+    log: {L.logs / "{cluster}_verify.log"}
+    smoke_log: {L.logs / "{cluster}_verify_smoke.log"}
 clusters:
   - name: {STANZA}
     port: {L.pg_port}
@@ -261,6 +270,8 @@ clusters:
       smoke_log: {L.logs / "restore_smoke.log"}
       audit_log: {L.logs / "asso_restore_audit.log"}
       check_tables: [members, memberships, payments, events]
+    verify:
+      port: {L.verify_port}
 """
     if SECOND in L.clusters:
         text += f"""  - name: {SECOND}
@@ -280,6 +291,8 @@ clusters:
       smoke_log: {L.logs / "{cluster}_restore_smoke.log"}
       audit_log: {L.logs / "{cluster}_restore_audit.log"}
       check_tables: [invoices]
+    verify:
+      port: {L.billing_verify_port}
 """
     L.clusters_file.write_text(text)
 
@@ -486,8 +499,9 @@ def setup_airflow(L: Layout, env: dict) -> None:
     if not (L.airflow_home / "airflow.db").exists():
         log("airflow db migrate (first start only)")
         subprocess.run([airflow, "db", "migrate"], env=full_env, check=True, capture_output=True, text=True)
-    for cluster in load_config(L.clusters_file).clusters:
-        subprocess.run([airflow, "pools", "set", cluster.pool, "1", f"one backup at a time on cluster {cluster.name}"],
+    pools = [pool for cluster in load_config(L.clusters_file).clusters for pool in cluster.pools]
+    for pool in dict.fromkeys(pools):  # 1 slot each: one backup per cluster, one drill per verification host
+        subprocess.run([airflow, "pools", "set", pool, "1", "one job at a time (docs/verification.md, README)"],
                        env=full_env, check=True, capture_output=True, text=True)
 
 
@@ -558,11 +572,12 @@ def stop_airflow(L: Layout) -> None:
 
 
 def up(L: Layout) -> None:
-    for d in (L.root, L.run_dir, L.logs, L.etc, L.staging_root, L.root / "metrics"):
+    for d in (L.root, L.run_dir, L.logs, L.etc, L.staging_root, L.verify_root, L.root / "metrics"):
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)  # the postgres user must reach its files below
     shutil.chown(L.run_dir, "postgres", "postgres")
     shutil.chown(L.staging_root, "postgres", "postgres")
+    shutil.chown(L.verify_root, "postgres", "postgres")
     creds = credentials(L)
     write_clusters_file(L)
     ensure_tls(L)
@@ -585,7 +600,8 @@ def up(L: Layout) -> None:
 
 def down(L: Layout) -> None:
     stop_airflow(L)
-    for pgdata in (L.staging_root / "data", L.billing_staging, L.pgdata, L.billing_pgdata):
+    drills = [L.verify_root / name for name in L.clusters]
+    for pgdata in (L.staging_root / "data", L.billing_staging, *drills, L.pgdata, L.billing_pgdata):
         if pg_running(pgdata):
             pg_ctl(pgdata, "-m", "fast", "-w", "stop")
             log(f"PostgreSQL {pgdata} stopped")

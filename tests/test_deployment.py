@@ -72,7 +72,7 @@ def test_compose_init_creates_the_pools_the_dags_use(compose):
     assert "airflow db migrate" in init and "pg_backups.cli list-pools" in init and "airflow pools set" in init
     listed = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "pg_backups.cli", "list-pools"], text=True,
                             capture_output=True, env={"PYTHONPATH": str(REPO / "plugins")}, check=True)
-    assert listed.stdout.split() == ["backups_asso"]
+    assert listed.stdout.split() == ["backups_asso", "pg_backups_verify"]  # the cluster's, the drills' host's
 
 
 def test_image_builds_from_debian_with_airflow_under_the_constraints():

@@ -6,7 +6,9 @@ operations as the DAGs out.
     python -m pg_backups.cli walg-backup         # PGHOST, PGPORT, PGUSER, PGDATA, WALG_S3_PREFIX
     python -m pg_backups.cli archive-command     # the archive_command to put in postgresql.conf
     python -m pg_backups.cli write-configs       # pgbackrest.conf + walg.json for the database host
-    python -m pg_backups.cli list-pools          # the Airflow pools to create (one per cluster)
+    python -m pg_backups.cli pgbackrest-verify   # whole-repository `pgbackrest verify` (weekly)
+    python -m pg_backups.cli verify-backup       # the verification drill: VERIFY_TOOL, VERIFY_LABEL (default: newest)
+    python -m pg_backups.cli list-pools          # the Airflow pools to create (1 slot each)
     python -m pg_backups.cli restore-test        # RESTORE_TOOL, STAGING_PGDATA, STAGING_CONNECTION_URI,
                                                  # PG_BACKREST_STANZA, PG_BACKREST_CONFIG (runbook 3)
 
@@ -25,7 +27,7 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from pg_backups import alerts, operations, runner
+from pg_backups import alerts, operations, runner, verification
 from pg_backups.config import build_cluster, load_config, with_overrides
 from pg_backups.errors import EXIT_FAILED, ConfigError, PgBackupsError, RestoreRefused
 from pg_backups.s3_access import access_from_env
@@ -34,7 +36,7 @@ from pg_backups.staging import StagingConnection
 log = logging.getLogger("pg_backups")
 
 COMMANDS = ("configure-s3", "pgbackrest-backup", "walg-backup", "archive-command", "write-configs", "restore-test",
-            "list-pools")
+            "list-pools", "pgbackrest-verify", "verify-backup")
 
 
 def runbook_overrides(env) -> dict:
@@ -172,8 +174,8 @@ def main(argv=None) -> int:
     run_id = "cron__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     cluster = None
     if args.command == "list-pools":  # for deployment: `airflow pools set` each (docker-compose init)
-        for configured in load_config(strict=False).clusters:
-            print(configured.pool)
+        pools = [pool for configured in load_config(strict=False).clusters for pool in configured.pools]
+        print("\n".join(dict.fromkeys(pools)))
         return 0
     try:
         cluster = resolve_cluster(args.cluster)
@@ -188,6 +190,11 @@ def main(argv=None) -> int:
             result = operations.walg_daily(cluster, access, run_id)
         elif args.command == "restore-test":
             result = restore_test(cluster, access, run_id)
+        elif args.command == "pgbackrest-verify":
+            result = {"verify": operations.pgbackrest_verify(cluster)}
+        elif args.command == "verify-backup":
+            result = verification.run_drill(cluster, os.environ.get("VERIFY_TOOL") or cluster.restore_test.tool,
+                                            access, access.boto3_client(), run_id, os.environ.get("VERIFY_LABEL") or None)
         elif args.command == "archive-command":
             print(operations.archive_command(cluster))
             return 0

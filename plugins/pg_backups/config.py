@@ -149,6 +149,10 @@ class PgBackRestSettings(Settings):
     # How long one S3 or database request may stall. With S3 down, every file of a backup waits
     # this long: 60 s (pgBackRest's default) turned an outage into an 8-minute failure here.
     io_timeout_seconds: int = setting(60, minimum=1)
+    # Whole-repository `pgbackrest verify` (DAG pgbackrest_verify_<cluster>), off the backup's path:
+    # it reads every backup kept (measured 34.7 s with 5 backups, 79.4 s with 8, growing with
+    # retention), so it runs weekly (Sunday 04:00 UTC) rather than after each backup.
+    verify_schedule: str = setting("0 4 * * 0", cron=True)
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,34 @@ class RestoreTestSettings(Settings):
 
 
 @dataclass(frozen=True)
+class VerifySettings(Settings):
+    """The verification drill (dags/verify_backup.py): each published backup restored onto a
+    disposable target of its own, never QA's staging."""
+
+    # false: no drill for this cluster (no verify_backup_<cluster> DAG).
+    enabled: bool = True
+    # The drill's targets live in <root>/<cluster>; removed after each drill.
+    root: str = setting("/var/lib/postgresql/verify", absolute_path=True)
+    # Clusters drilled on one host may share the port: their drills run one at a time (the pool),
+    # and each drill stops its server before it gives the slot back.
+    port: int = setting(5435, minimum=1, maximum=65535, problem="{value} is not a TCP port")
+    socket_directory: str | None = None
+    # The Airflow queue of the verification host's worker; none: Airflow's default queue.
+    queue: str | None = None
+    # One drill at a time per verification host: the pool (1 slot) of the drill task. Clusters
+    # drilled on the same host share it; a host of its own gets a pool of its own.
+    pool: str = "pg_backups_verify"
+    timeout_minutes: int = setting(360, minimum=1)
+    # The free space verify.root must have beyond the backup's database size (WAL replayed, logs).
+    free_space_margin_percent: int = setting(10, minimum=0, maximum=1000)
+    # One JSON line per drill, archived to S3 beside the restore test's audit.
+    log: str = "/var/log/{cluster}_verify.log"
+    smoke_log: str = "/tmp/{cluster}_verify_smoke.log"
+    # A backup not verified within this many minutes of its completion is late.
+    max_delay_minutes: int = setting(60, minimum=1)
+
+
+@dataclass(frozen=True)
 class AlertSettings(Settings):
     slack_conn_id: str = "slack_ops"
     channel: str | None = None
@@ -238,6 +270,7 @@ class Cluster(Settings):
     pgbackrest: PgBackRestSettings = setting(factory=PgBackRestSettings)
     walg: WalgSettings = setting(factory=WalgSettings)
     restore_test: RestoreTestSettings = setting(factory=RestoreTestSettings)
+    verify: VerifySettings = setting(factory=VerifySettings)
     alerts: AlertSettings = setting(factory=AlertSettings)
     metrics: MetricsSettings = setting(factory=MetricsSettings)
     owner: str = "ops"
@@ -271,6 +304,20 @@ class Cluster(Settings):
         if rt.staging_port == self.port and self.host in ("localhost", "127.0.0.1") and not rt.staging_socket_directory:
             fail("restore_test.staging_port", f"staging would listen on production's port {self.port}",
                  "give staging a port of its own")
+        # The drill removes its target: verify.root must be neither production nor QA's staging.
+        v = self.verify
+        verify_root = _norm(v.root)
+        for what, path in (("the production data directory", prod), ("restore_test.staging_root", root),
+                           ("restore_test.staging_data_directory", staging)):
+            if verify_root == path or path in verify_root.parents or verify_root in path.parents:
+                fail("verify.root", f"{verify_root} is, holds or sits inside {what} ({path}); each drill removes "
+                     "its target there", "give the drill a root of its own, e.g. /var/lib/postgresql/verify")
+        if v.port == self.port and self.host in ("localhost", "127.0.0.1") and not v.socket_directory:
+            fail("verify.port", f"the drill would listen on production's port {self.port}",
+                 "give the drill a port of its own")
+        if v.port == rt.staging_port and v.queue == rt.staging_queue:
+            fail("verify.port", f"the drill would listen on staging's port {rt.staging_port} on the same host",
+                 "give the drill a port of its own")
 
     # Derived names, so that every DAG and script agrees on them.
     @property
@@ -281,6 +328,12 @@ class Cluster(Settings):
     def pool(self) -> str:
         """One slot per cluster: its pgBackRest and WAL-G backups never run at once."""
         return f"backups_{self.name}"
+
+    @property
+    def pools(self) -> list[str]:
+        """Every Airflow pool the cluster's DAGs use, each of 1 slot: its backups', and its
+        verification host's (shared by the clusters drilled there: one drill at a time)."""
+        return [self.pool] + ([self.verify.pool] if self.verify.enabled else [])
 
     @property
     def pg_conn_id(self) -> str:
@@ -350,6 +403,7 @@ def _resources(c: Cluster) -> list[tuple[str, str, object]]:
         ("restore-test staging port", "restore_test.staging_port", (staging_host, rt.staging_port)),
         ("restore-test smoke log", "restore_test.smoke_log", (staging_host, rt.smoke_log)),
         ("restore-test audit log", "restore_test.audit_log", (staging_host, rt.audit_log)),
+        ("verification log", "verify.log", (c.verify.queue or "(default queue)", c.verify.log)),
     ]
     if "pgbackrest" in c.tools and c.pgbackrest.manage_config:
         found.append(("generated pgBackRest configuration", "pgbackrest.config_path",

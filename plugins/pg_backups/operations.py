@@ -131,6 +131,7 @@ def pgbackrest_expire(cluster) -> dict:
 
 
 def pgbackrest_verify(cluster) -> str:
+    """The whole repository (DAG pgbackrest_verify_<cluster>, weekly): never during a backup."""
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
         return pgbackrest.verify(cluster)
 
@@ -146,12 +147,12 @@ def pgbackrest_latest_record(cluster, label: str | None = None) -> dict:
 
 def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetime | None = None) -> dict:
     """The whole daily chain, for cron: the DAG runs the same steps as separate tasks. The backup
-    is published (metrics) before expire, which then fails on its own."""
+    is published (metrics) before expire, which then fails on its own. The repository's verify is
+    a command of its own (``pgbackrest-verify``, weekly), as in Airflow."""
     pgbackrest_preflight(cluster, access)
     record = pgbackrest_backup(cluster, pgbackrest.backup_type_for(cluster, day or times.now()), run_id)
     metrics.record_backup(cluster, record)  # Prometheus textfile / Pushgateway; never fails the backup
     pgbackrest_expire(cluster)
-    pgbackrest_verify(cluster)
     return record
 
 
@@ -267,9 +268,11 @@ def _retention_days(cluster, tool: str) -> int:
 
 
 def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: str | None = None,
-                          target_time: str | None = None, staging_conn=None, record: dict | None = None) -> dict:
+                          target_time: str | None = None, staging_conn=None, record: dict | None = None,
+                          copy: str = "restored-copy") -> dict:
     """Restore ``label`` (default: the latest good backup) into staging; returns its record and
-    the restore's wall time. A retry after a failed try purges the leftovers first."""
+    the restore's wall time. A retry after a failed try purges the leftovers first. The
+    verification drill calls it with its target as staging (``verification.target``)."""
     if tool not in cluster.tools:
         raise RestoreRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
                              "choose one of the cluster's tools")
@@ -281,7 +284,7 @@ def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: st
         staging.guard(cluster, staging_conn)
     started = time.monotonic()
     staging.restore_into_staging(cluster, tool, access, record["label"], target_time,
-                                 timeout=RESTORE_TIMEOUT_SECONDS)
+                                 timeout=RESTORE_TIMEOUT_SECONDS, copy=copy)
     return {"record": record, "restore_seconds": round(time.monotonic() - started, 2), "tool": tool,
             "target_time": target_time}
 
