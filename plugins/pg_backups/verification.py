@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 
-from pg_backups import audit, checks, metrics, operations, staging, times
+from pg_backups import audit, checks, metrics, operations, pgbackrest, staging, times, walg
 from pg_backups.errors import CheckFailed, RestoreRefused
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,10 @@ def plan(cluster, tool: str, access, label: str | None = None, record: dict | No
     if tool not in cluster.tools:
         raise RestoreRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
                              "choose one of the cluster's tools")
-    record = record or operations.restore_backup_record(cluster, tool, access, label)
+    if record is None:
+        record = operations.restore_backup_record(cluster, tool, access, label)  # writes the tool's config
+    elif access is not None:  # the published record: the verification host still needs the tool's config
+        (walg if tool == "walg" else pgbackrest).write_config(cluster, access)
     guarded = staging.guard(target(cluster))
     return {"tool": tool, "record": record, "target": target_description(cluster), "guard": guarded,
             "space": check_free_space(cluster, record)}
