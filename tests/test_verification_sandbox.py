@@ -42,9 +42,19 @@ def staging_listing(sandbox) -> list[str]:
     return sorted(str(p.relative_to(data)) for p in data.glob("*")) if data.exists() else []
 
 
-def new_run(stack, dag_id: str, before: set, run_type: str | None = None) -> dict:
-    return wait_for(lambda: next((r for r in stack.runs(dag_id, run_type) if r["dag_run_id"] not in before), None),
-                    300, every=3, what=f"a new run of {dag_id}")
+def drill_of(stack, before: set, label: str) -> dict | None:
+    """The asset-triggered drill run that chose backup ``label``: unpausing the backup DAG also
+    starts a run for its latest slot, whose backup gets a drill of its own."""
+    for run in stack.runs(DRILL_DAG, "asset_triggered"):
+        if run["dag_run_id"] in before:
+            continue
+        try:
+            chosen = stack.xcom(DRILL_DAG, run["dag_run_id"], "choose_backup")
+        except Exception:  # noqa: BLE001 - not chosen yet (no XCom: the API answers 404)
+            continue
+        if chosen and chosen["record"]["label"] == label:
+            return run
+    return None
 
 
 def ready(stack, *dag_ids: str) -> None:
@@ -61,7 +71,8 @@ def _drilled_by_its_asset_event(stack, sandbox, backup_dag: str, tool: str) -> N
         backup_run = stack.trigger(backup_dag)
         assert stack.wait_run(backup_dag, backup_run)["state"] == "success"
         record = stack.xcom(backup_dag, backup_run, "publish_backup")
-        drill = new_run(stack, DRILL_DAG, before, "asset_triggered")
+        drill = wait_for(lambda: drill_of(stack, before, record["label"]), 900, every=5,
+                         what=f"the drill of backup {record['label']}")
         final = stack.wait_run(DRILL_DAG, drill["dag_run_id"], seconds=900)
     finally:
         stack.unpause(DRILL_DAG, paused=True)
@@ -108,26 +119,35 @@ def _alter_one_bundle(sandbox, label: str) -> tuple[str, str]:
 
 
 def test_a_backup_altered_in_the_bucket_fails_its_drill_with_one_alert(stack, sandbox):
-    ready(stack, BACKUP_DAG)
-    backup_run = stack.trigger(BACKUP_DAG)
-    assert stack.wait_run(BACKUP_DAG, backup_run)["state"] == "success"
-    label = stack.xcom(BACKUP_DAG, backup_run, "publish_backup")["label"]
-    key, version = _alter_one_bundle(sandbox, label)
-    seen = len(sandbox.slack_messages())
+    """The drill's pool is closed (0 slots) while the backup runs, so its asset-triggered drill
+    chooses the backup and waits; one bundle file is altered; the pool opens again."""
+    pool = sandbox.cluster().verify.pool
+    ready(stack, BACKUP_DAG, DRILL_DAG)
+    before = {r["dag_run_id"] for r in stack.runs(DRILL_DAG)}
     staged = staging_listing(sandbox)
+    altered = None
+    stack.request("PATCH", f"/api/v2/pools/{pool}", {"slots": 0})
     try:
-        stack.unpause(DRILL_DAG)
-        run_id = stack.trigger(DRILL_DAG, conf={"tool": "pgbackrest", "backup_label": label})
+        backup_run = stack.trigger(BACKUP_DAG)
+        assert stack.wait_run(BACKUP_DAG, backup_run)["state"] == "success"
+        label = stack.xcom(BACKUP_DAG, backup_run, "publish_backup")["label"]
+        drill = wait_for(lambda: drill_of(stack, before, label), 900, every=5, what=f"the drill of {label}")
+        altered = _alter_one_bundle(sandbox, label)
+        seen = len(sandbox.slack_messages())
+        stack.request("PATCH", f"/api/v2/pools/{pool}", {"slots": 1})
+        run_id = drill["dag_run_id"]
         final = stack.wait_run(DRILL_DAG, run_id, seconds=900)
     finally:
+        stack.request("PATCH", f"/api/v2/pools/{pool}", {"slots": 1})
         stack.unpause(DRILL_DAG, paused=True)
-        sandbox.s3_client().delete_object(Bucket=sandbox.cluster().s3.bucket, Key=key, VersionId=version)
+        if altered:
+            sandbox.s3_client().delete_object(Bucket=sandbox.cluster().s3.bucket, Key=altered[0], VersionId=altered[1])
     assert final["state"] == "failed"
     line = line_of(sandbox, run_id)
     assert line["outcome"] == "failed" and line["backup_label"] == label and line["failed_step"] == "restore", line
-    alerts = [t for t in sandbox.slack_texts_since(seen) if DRILL_DAG in t or "verification drill" in t]
+    alerts = [t for t in sandbox.slack_texts_since(seen) if label in t]
     assert len(alerts) == 1, alerts
-    assert label in alerts[0] and "step restore" in alerts[0], alerts[0]
+    assert "step restore" in alerts[0] and "verification drill" in alerts[0], alerts[0]
     assert not target_dir(sandbox).exists() and staging_listing(sandbox) == staged
     metrics = (sandbox.layout.root / "metrics" / "pg_backups_asso_verify_pgbackrest.prom").read_text()
     assert "pg_backups_verify_last_result{" in metrics and 'failed_step="restore"' in metrics

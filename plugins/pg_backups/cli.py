@@ -193,8 +193,10 @@ def main(argv=None) -> int:
         elif args.command == "pgbackrest-verify":
             result = {"verify": operations.pgbackrest_verify(cluster)}
         elif args.command == "verify-backup":
+            uri = os.environ.get("STAGING_CONNECTION_URI")  # the checks' database, as the restore test's
             result = verification.run_drill(cluster, os.environ.get("VERIFY_TOOL") or cluster.restore_test.tool,
-                                            access, access.boto3_client(), run_id, os.environ.get("VERIFY_LABEL") or None)
+                                            access, access.boto3_client(), run_id, os.environ.get("VERIFY_LABEL") or None,
+                                            StagingConnection.from_uri(uri).dbname if uri else None)
         elif args.command == "archive-command":
             print(operations.archive_command(cluster))
             return 0

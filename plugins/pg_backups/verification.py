@@ -92,13 +92,15 @@ def target_description(cluster) -> dict:
     return {"data_directory": data_directory(cluster), "port": v.port, "host": v.queue or "(default queue)"}
 
 
-def drill(cluster, tool: str, access, record: dict, progress=None) -> dict:
+def drill(cluster, tool: str, access, record: dict, progress=None, dbname: str | None = None) -> dict:
     """Restore ``record``'s backup onto the target, start it, wait for recovery's end, run the
     restore test's checks; the target's server is stopped at the end whatever happened (the next
     drill on the host may use the port), and the directory is left to :func:`teardown`.
 
     ``progress(step, result)`` is called after each step (the DAG keeps them as XComs, so that the
-    evidence names what was done when a step fails). RTO = restore + start + recovery."""
+    evidence names what was done when a step fails). RTO = restore + start + recovery. ``dbname``:
+    the database of ``restore_test.check_tables``, as the restore test has it (its staging
+    connection's database)."""
     t = target(cluster)
     report = progress or (lambda step, result: None)
     try:
@@ -108,8 +110,8 @@ def drill(cluster, tool: str, access, record: dict, progress=None) -> dict:
         report("restore", done)
         started = operations.restore_start_staging(t)
         report("start", started)
-        smoke = checks.smoke(t)
-        results = checks.data_checks(t, record)
+        smoke = checks.smoke(t, dbname)
+        results = checks.data_checks(t, record, dbname)
         report("checks", {"smoke": smoke, "checks": results})
     finally:
         try:
@@ -194,7 +196,8 @@ def failure_text(line: dict) -> str:
             f"{'; '.join(line.get('errors') or []) or 'a check failed'}")
 
 
-def run_drill(cluster, tool: str, access, client, run_id: str, label: str | None = None) -> dict:
+def run_drill(cluster, tool: str, access, client, run_id: str, label: str | None = None,
+              dbname: str | None = None) -> dict:
     """The whole drill for cron: plan, drill, evidence, teardown; raises when it did not pass."""
     started_at = times.iso(times.now())
     planned = plan(cluster, tool, access, label)  # a refusal writes no line: nothing happened
@@ -202,7 +205,7 @@ def run_drill(cluster, tool: str, access, client, run_id: str, label: str | None
     errors: list[str] = []
     clock = time.monotonic()
     try:
-        drill(cluster, tool, access, planned["record"], lambda step, result: steps.__setitem__(step, result))
+        drill(cluster, tool, access, planned["record"], lambda step, result: steps.__setitem__(step, result), dbname)
     except CheckFailed as exc:
         steps["checks_failed"] = exc.checks
         errors.append(str(exc))

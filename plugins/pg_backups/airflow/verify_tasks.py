@@ -13,6 +13,7 @@ import logging
 from airflow.sdk.exceptions import AirflowFailException
 
 from pg_backups import times, verification
+from pg_backups.airflow import restore_tasks
 from pg_backups.airflow.common import ERROR_XCOM_KEY, cluster_named, context, params, s3_access, s3_client, task_body
 from pg_backups.errors import CheckFailed
 
@@ -66,7 +67,9 @@ def drill(cluster_name: str, planned: dict) -> dict:
         ti.xcom_push(STEP_XCOM_PREFIX + step, result)
 
     try:
-        return verification.drill(cluster, planned["tool"], s3_access(cluster), planned["record"], progress)
+        # The check tables' database: the restore test's (its staging connection's), judged the same way.
+        return verification.drill(cluster, planned["tool"], s3_access(cluster), planned["record"], progress,
+                                  restore_tasks.staging_dbname(cluster))
     except CheckFailed as exc:
         ti.xcom_push(CHECKS_XCOM_KEY, exc.checks)  # the line shows every result
         raise
