@@ -30,7 +30,8 @@ within minutes, with nobody in the UI. QA's staging and the quarterly restore te
    outcome, failed step and cause), archived to `s3://{bucket}/{prefix}/{name}/`; metrics
    `pg_backups_verify_*`. A failed drill fails this task: one Slack alert naming backup, step, cause.
 4. **remove_target** (teardown, always runs, also when the run is failed from the UI): stops the
-   target and removes `{target}`.
+   target and removes `{target}`. When the run ended before `record_evidence` (failed or cancelled
+   from the UI), it writes the line itself and fails, so the run stays failed.
 """
 
 for cluster in load_config(strict=False).clusters:
@@ -60,4 +61,6 @@ for cluster in load_config(strict=False).clusters:
             verify_tasks.record_evidence)(cluster.name)
         removed = task(task_id="remove_target", trigger_rule="all_done", **alert_args(cluster, "verify"))(
             verify_tasks.remove_target)(cluster.name)
-        drilled >> evidence >> removed.as_teardown()
+        # A run marked failed from the UI skips record_evidence (a skipped leaf would let the run end
+        # "success"): the teardown then writes the line and fails, and its failure fails the run.
+        drilled >> evidence >> removed.as_teardown(on_failure_fail_dagrun=True)

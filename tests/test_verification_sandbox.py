@@ -201,13 +201,16 @@ def test_a_drill_failed_from_the_ui_mid_drill_removes_its_target_and_keeps_its_e
                      and stack.tasks(DRILL_DAG, run_id)["drill"]["state"] == "running", 600, every=2,
                      what="the drill restoring")
             stack.request("PATCH", stack.run_path(DRILL_DAG, run_id), {"state": "failed"})
-            wait_for(lambda: stack.tasks(DRILL_DAG, run_id)["remove_target"]["state"] in ("success", "failed"),
+            wait_for(lambda: stack.run(DRILL_DAG, run_id)["state"] in ("success", "failed")
+                     and stack.tasks(DRILL_DAG, run_id)["remove_target"]["state"] in ("success", "failed"),
                      600, every=3, what="the teardown")
         finally:
             stack.unpause(DRILL_DAG, paused=True)
     tasks = stack.tasks(DRILL_DAG, run_id)
     assert stack.run(DRILL_DAG, run_id)["state"] == "failed"
-    assert tasks["remove_target"]["state"] == "success", {t: v["state"] for t, v in tasks.items()}
+    # The teardown wrote the line and failed, which keeps the run failed (a skipped record_evidence
+    # alone let it end "success": seen before the teardown failed the run).
+    assert tasks["remove_target"]["state"] == "failed", {t: v["state"] for t, v in tasks.items()}
     assert not target_dir(sandbox).exists()
     line = line_of(sandbox, run_id)
     assert line["outcome"] == "failed" and "ended before its evidence" in json.dumps(line["errors"]), line

@@ -131,7 +131,8 @@ def remove_target(cluster_name: str) -> dict:
     ctx = context()
     done = verification.teardown(cluster)
     if _xcom(ctx["ti"], "record_evidence", LINE_XCOM_KEY) is None:
-        line, _ = _evidence(cluster, ctx, ["the run ended before its evidence was recorded (failed or cancelled "
-                                           "from the UI?); target removed by the teardown"])
-        done["verification"] = line
+        line, result = _evidence(cluster, ctx, ["the run ended before its evidence was recorded (failed or "
+                                                "cancelled from the UI?); target removed by the teardown"])
+        if line["outcome"] != "success":  # this teardown fails the run (on_failure_fail_dagrun)
+            raise AirflowFailException(f"{verification.failure_text(line)}; evidence: {result['archived']}")
     return done
