@@ -122,11 +122,15 @@ def test_a_backup_altered_in_the_bucket_fails_its_drill_with_one_alert(stack, sa
     """The drill's pool is closed (0 slots) while the backup runs, so its asset-triggered drill
     chooses the backup and waits; one bundle file is altered; the pool opens again."""
     pool = sandbox.cluster().verify.pool
+
+    def pool_slots(n: int) -> None:  # the API validates the whole pool, not only the patched field
+        stack.request("PATCH", f"/api/v2/pools/{pool}", {"pool": pool, "slots": n, "include_deferred": False})
+
     ready(stack, BACKUP_DAG, DRILL_DAG)
     before = {r["dag_run_id"] for r in stack.runs(DRILL_DAG)}
     staged = staging_listing(sandbox)
     altered = None
-    stack.request("PATCH", f"/api/v2/pools/{pool}", {"slots": 0})
+    pool_slots(0)
     try:
         backup_run = stack.trigger(BACKUP_DAG)
         assert stack.wait_run(BACKUP_DAG, backup_run)["state"] == "success"
@@ -134,11 +138,11 @@ def test_a_backup_altered_in_the_bucket_fails_its_drill_with_one_alert(stack, sa
         drill = wait_for(lambda: drill_of(stack, before, label), 900, every=5, what=f"the drill of {label}")
         altered = _alter_one_bundle(sandbox, label)
         seen = len(sandbox.slack_messages())
-        stack.request("PATCH", f"/api/v2/pools/{pool}", {"slots": 1})
+        pool_slots(1)
         run_id = drill["dag_run_id"]
         final = stack.wait_run(DRILL_DAG, run_id, seconds=900)
     finally:
-        stack.request("PATCH", f"/api/v2/pools/{pool}", {"slots": 1})
+        pool_slots(1)
         stack.unpause(DRILL_DAG, paused=True)
         if altered:
             sandbox.s3_client().delete_object(Bucket=sandbox.cluster().s3.bucket, Key=altered[0], VersionId=altered[1])
