@@ -26,12 +26,11 @@ within minutes, with nobody in the UI. QA's staging and the quarterly restore te
    starts it on port {port}, waits for the end of recovery, then the restore test's checks (smoke
    query, not in recovery, the backup's marker row, row counts, amcheck). RTO = restore + start +
    recovery. The target's server is stopped at the end.
-3. **record_evidence** (always runs): one JSON line in `{log}` (backup, tool, target, RTO, checks,
+3. **record_evidence** (teardown: always runs, also when the run is failed from the UI): one JSON line in `{log}` (backup, tool, target, RTO, checks,
    outcome, failed step and cause), archived to `s3://{bucket}/{prefix}/{name}/`; metrics
    `pg_backups_verify_*`. A failed drill fails this task: one Slack alert naming backup, step, cause.
 4. **remove_target** (teardown, always runs, also when the run is failed from the UI): stops the
-   target and removes `{target}`. When the run ended before `record_evidence` (failed or cancelled
-   from the UI), it writes the line itself and fails, so the run stays failed.
+   target and removes `{target}`.
 """
 
 for cluster in load_config(strict=False).clusters:
@@ -57,10 +56,13 @@ for cluster in load_config(strict=False).clusters:
         planned = task(task_id="choose_backup")(verify_tasks.choose_backup)(cluster.name)
         drilled = task(task_id="drill", pool=v.pool, execution_timeout=timedelta(minutes=v.timeout_minutes))(
             verify_tasks.drill)(cluster.name, planned)
-        evidence = task(task_id="record_evidence", trigger_rule="all_done", **alert_args(cluster, "verify"))(
+        evidence = task(task_id="record_evidence", **alert_args(cluster, "verify"))(
             verify_tasks.record_evidence)(cluster.name)
-        removed = task(task_id="remove_target", trigger_rule="all_done", **alert_args(cluster, "verify"))(
+        removed = task(task_id="remove_target", **alert_args(cluster, "verify"))(
             verify_tasks.remove_target)(cluster.name)
-        # A run marked failed from the UI skips record_evidence (a skipped leaf would let the run end
-        # "success"): the teardown then writes the line and fails, and its failure fails the run.
-        drilled >> evidence >> removed.as_teardown(on_failure_fail_dagrun=True)
+        # Both are teardowns: they run also when the run is failed from the UI (an ordinary
+        # record_evidence was skipped then, and the run ended "success"). record_evidence fails the
+        # run when the drill did not pass (on_failure_fail_dagrun); a teardown that fails the run
+        # counts as its leaf, so the evidence must be that teardown, not remove_target.
+        evidence = evidence.as_teardown(on_failure_fail_dagrun=True)
+        drilled >> evidence >> removed.as_teardown()

@@ -83,7 +83,7 @@ def _xcom(ti, task_id: str, key: str = "return_value"):
         return None
 
 
-def _evidence(cluster, ctx, extra_errors: list[str] | None = None) -> tuple[dict, dict]:
+def _evidence(cluster, ctx) -> tuple[dict, dict]:
     """Build and record the run's verification line from what its tasks left (XComs, states)."""
     ti, run_id = ctx["ti"], ctx["run_id"]
     planned = _xcom(ti, PLAN_TASK) or {}
@@ -101,7 +101,6 @@ def _evidence(cluster, ctx, extra_errors: list[str] | None = None) -> tuple[dict
                 errors.append(f"{task_id}: {states.get(task_id) or 'not run'}" + (f": {cause}" if cause else ""))
     except Exception as exc:  # noqa: BLE001 - the XComs alone already decide the outcome
         log.warning("could not read the task states: %s", exc)
-    errors += extra_errors or []
     line = verification.verification_line(cluster, run_id=run_id, tool=planned.get("tool") or
                                           cluster.restore_test.tool, record=planned.get("record"), steps=steps,
                                           errors=errors, started_at=planned.get("started_at"))
@@ -114,8 +113,10 @@ def _evidence(cluster, ctx, extra_errors: list[str] | None = None) -> tuple[dict
 
 @task_body
 def record_evidence(cluster_name: str) -> dict:
-    """Runs whatever happened: the verification line (log + S3), the metrics; a drill that did not
-    pass fails this task, whose alert is the run's one alert, naming the backup, the step, the cause."""
+    """A teardown: runs whatever happened, also when the run was failed from the UI (the drill task
+    was killed then: its state says so). The verification line (log + S3), the metrics; a drill
+    that did not pass fails this task, which fails the run, and its alert is the run's one alert,
+    naming the backup, the step, the cause."""
     cluster = cluster_named(cluster_name)
     line, result = _evidence(cluster, context())
     if line["outcome"] != "success":
@@ -126,13 +127,5 @@ def record_evidence(cluster_name: str) -> dict:
 @task_body
 def remove_target(cluster_name: str) -> dict:
     """Teardown: always, also when the run was failed or cancelled from the UI (Airflow still runs
-    teardowns then). A run that ended before record_evidence ran gets its line here."""
-    cluster = cluster_named(cluster_name)
-    ctx = context()
-    done = verification.teardown(cluster)
-    if _xcom(ctx["ti"], "record_evidence", LINE_XCOM_KEY) is None:
-        line, result = _evidence(cluster, ctx, ["the run ended before its evidence was recorded (failed or "
-                                                "cancelled from the UI?); target removed by the teardown"])
-        if line["outcome"] != "success":  # this teardown fails the run (on_failure_fail_dagrun)
-            raise AirflowFailException(f"{verification.failure_text(line)}; evidence: {result['archived']}")
-    return done
+    teardowns then)."""
+    return verification.teardown(cluster_named(cluster_name))
