@@ -10,10 +10,11 @@ DOC = """
 ### Daily WAL-G backup of cluster `{name}`
 1. **backup_push**: `wal-g backup-push`, tagged with this run's id (`WALG_SENTINEL_USER_DATA`).
    Holds the cluster's pool slot `{pool}`: never at the same time as its pgBackRest backup.
-2. **delete_old_backups**: backups older than {days} days go (`wal-g delete before FIND_FULL
-   <oldest kept backup> --confirm`); the newest full backup and the WAL kept backups need stay.
-3. **publish_backup**: the backup's record, in the same form as the pgBackRest DAG's, as return
-   value and as an event of asset `{asset}`.
+2. **publish_backup** (right after `backup_push`): the backup's record, in the same form as the
+   pgBackRest DAG's, as return value and as an event of asset `{asset}`, whatever follows.
+3. **delete_old_backups** (beside `publish_backup`): backups older than {days} days go (`wal-g delete
+   before FIND_FULL <oldest kept backup> --confirm`); the newest full backup and the WAL kept backups
+   need stay. It fails (and alerts) on its own.
 
 **Time**: nothing depends on the run's date: a run with or without a logical date backs up now.
 `backup_push` and `delete_old_backups` take the cluster's lock (a second run waits).
@@ -34,5 +35,5 @@ for cluster in load_config(strict=False).clusters:
         backup = task(task_id="backup_push", pool=cluster.pool)(backup_tasks.walg_backup)(cluster.name)
         delete_old = task(task_id="delete_old_backups")(backup_tasks.walg_delete_old)(cluster.name)
         publish = task(task_id="publish_backup", outlets=[backup_asset(cluster, "walg")])(
-            backup_tasks.publish_walg_backup)(cluster.name, backup["label"])
-        backup >> delete_old >> publish
+            backup_tasks.publish_backup)(cluster.name, backup)
+        backup >> [publish, delete_old]

@@ -12,8 +12,9 @@ Slack's incoming webhook; and (e) Airflow (SQLite) with connections pointing at 
 written to ``<dir>/sandbox.env`` (owner-only) for ``source``.
 
 Settings: SANDBOX_DIR (default /var/tmp/pg-backups-sandbox) and SANDBOX_PORT_BASE (default
-25400; the sandbox uses the ports from there to +12: its services +0 to +7, Airflow's log servers
-+10 and +11 and the scheduler's health check +12; see Layout). SANDBOX_CLUSTERS=asso,billing adds a second
+25400; the sandbox uses the ports from there to +14: its services +0 to +7, Airflow's log servers
++10 and +11, the scheduler's health check +12, the verification drills' targets +13 and +14; see
+Layout). SANDBOX_CLUSTERS=asso,billing adds a second
 cluster, `billing` (its own PostgreSQL, staging, stanza and pool; pgBackRest only), to try
 several clusters side by side. Keep them below 32768: ports in the kernel's
 ephemeral range (32768-60999) can be held by any outgoing connection, and binding then fails.
@@ -83,6 +84,10 @@ class Layout:
     billing_staging_port = property(lambda s: s.port_base + 7)
     billing_pgdata = property(lambda s: s.root / "pg" / SECOND)
     billing_staging = property(lambda s: s.root / "staging" / SECOND)
+    # The verification drills' targets (docs/verification.md): a root and a port per cluster of their own.
+    verify_root = property(lambda s: s.root / "verify")
+    verify_port = property(lambda s: s.port_base + 13)
+    billing_verify_port = property(lambda s: s.port_base + 14)
 
     # Ports
     pg_port = property(lambda s: s.port_base)
@@ -103,7 +108,8 @@ class Layout:
         """Every port the sandbox listens on (the second cluster's only when it is configured)."""
         names = ["pg_port", "staging_port", "moto_port", "s3_tls_port", "slack_port", "api_port",
                  *(["billing_pg_port", "billing_staging_port"] if SECOND in self.clusters else []),
-                 "worker_log_server_port", "trigger_log_server_port", "scheduler_health_check_port"]
+                 "worker_log_server_port", "trigger_log_server_port", "scheduler_health_check_port",
+                 "verify_port", *(["billing_verify_port"] if SECOND in self.clusters else [])]
         return {name: getattr(self, name) for name in names}
 
     # Places
@@ -302,6 +308,11 @@ defaults:
   restore_test:
     staging_root: {L.staging_root}
     staging_socket_directory: {L.run_dir}
+  verify:
+    root: {L.verify_root}
+    socket_directory: {L.run_dir}
+    log: {L.logs / "{cluster}_verify.log"}
+    smoke_log: {L.logs / "{cluster}_verify_smoke.log"}
 clusters:
   - name: {STANZA}
     port: {L.pg_port}
@@ -320,6 +331,8 @@ clusters:
       smoke_log: {L.logs / "restore_smoke.log"}
       audit_log: {L.logs / "asso_restore_audit.log"}
       check_tables: [members, memberships, payments, events]
+    verify:
+      port: {L.verify_port}
 """
     if SECOND in L.clusters:
         text += f"""  - name: {SECOND}
@@ -339,6 +352,8 @@ clusters:
       smoke_log: {L.logs / "{cluster}_restore_smoke.log"}
       audit_log: {L.logs / "{cluster}_restore_audit.log"}
       check_tables: [invoices]
+    verify:
+      port: {L.billing_verify_port}
 """
     L.clusters_file.write_text(f"{text}{HAND_ADDED_MARK}\n{hand_added}")
 
@@ -639,11 +654,12 @@ def up(L: Layout) -> None:
     from pg_backups import operations
     from pg_backups.config import load_config
 
-    for d in (L.root, L.run_dir, L.logs, L.etc, L.staging_root, L.root / "metrics"):
+    for d in (L.root, L.run_dir, L.logs, L.etc, L.staging_root, L.verify_root, L.root / "metrics"):
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)  # the postgres user must reach its files below
     shutil.chown(L.run_dir, "postgres", "postgres")
     shutil.chown(L.staging_root, "postgres", "postgres")
+    shutil.chown(L.verify_root, "postgres", "postgres")
     creds = credentials(L)
     write_clusters_file(L)
     ensure_tls(L)
@@ -668,7 +684,8 @@ def up(L: Layout) -> None:
 
 def down(L: Layout) -> None:
     stop_airflow(L)
-    for pgdata in (L.staging_root / "data", L.billing_staging, L.pgdata, L.billing_pgdata):
+    drills = [L.verify_root / name for name in L.clusters]
+    for pgdata in (L.staging_root / "data", L.billing_staging, *drills, L.pgdata, L.billing_pgdata):
         if pg_running(pgdata):
             pg_ctl(pgdata, "-m", "fast", "-w", "stop")
             log(f"PostgreSQL {pgdata} stopped")

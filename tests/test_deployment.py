@@ -77,7 +77,8 @@ def test_compose_init_creates_the_pools_the_dags_use(compose):
     assert "airflow db migrate" in init and "pg_backups.cli list-pools" in init and "airflow pools set" in init
     listed = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "pg_backups.cli", "list-pools"], text=True,
                             capture_output=True, env={"PYTHONPATH": str(REPO / "plugins")}, check=True)
-    assert listed.stdout.splitlines() == ["backups_asso 1 one backup at a time on cluster asso (pgBackRest and WAL-G)"]
+    assert listed.stdout.splitlines() == ["backups_asso 1 one backup at a time on cluster asso (pgBackRest and WAL-G)",
+                                          "pg_backups_verify 1 one verification drill at a time on its host"]
 
 
 def test_list_pools_gives_a_shared_database_host_one_pool(tmp_path):
@@ -86,12 +87,12 @@ def test_list_pools_gives_a_shared_database_host_one_pool(tmp_path):
     config.write_text("defaults: {database_host_slots: 2}\nclusters:\n"
                       "  - {name: a, host: db1.internal, walg: {prefix: a}}\n"
                       "  - {name: b, host: db1.internal, port: 5433, walg: {prefix: b}, restore_test: {staging_port: 5434}}\n"
-                      "  - {name: c, host: db2.internal, walg: {prefix: c}, restore_test: {staging_port: 5435}}\n")
+                      "  - {name: c, host: db2.internal, walg: {prefix: c}, restore_test: {staging_port: 5436}}\n")
     listed = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "pg_backups.cli", "list-pools"], text=True,
                             capture_output=True, check=True,
                             env={"PYTHONPATH": str(REPO / "plugins"), "PG_BACKUPS_CONFIG": str(config)})
     assert [line.split()[:2] for line in listed.stdout.splitlines()] == [
-        ["backups_host_db1_internal", "2"], ["backups_host_db2_internal", "2"]]
+        ["backups_host_db1_internal", "2"], ["pg_backups_verify", "1"], ["backups_host_db2_internal", "2"]]
 
 
 def test_image_builds_from_debian_with_airflow_under_the_constraints():

@@ -355,3 +355,60 @@ def test_staging_recovers_while_production_holds_its_archive_lock(first_backup, 
     auto_conf = (sandbox.layout.staging_root / "data" / "postgresql.auto.conf").read_text()
     restore_command = next(line for line in auto_conf.splitlines() if line.startswith("restore_command"))
     assert f"--lock-path={pgbackrest.restore_lock_path(cluster)} " in restore_command, restore_command
+
+
+def _stop_s3_once_the_backup_releases_the_lock(sandbox, cluster, stopped: list) -> None:
+    """Wait until the backup task holds the cluster's lock, then take it the moment the backup lets
+    go, stop S3 while holding it, and let go: expire (which waits on the same lock) finds S3 down.
+    Deterministic where polling the task's state would race with the next task's start."""
+    path = Path(cluster.lock_directory) / f"{cluster.name}.backup.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + 600
+    with open(path, "a+") as handle:
+        while time.monotonic() < deadline:  # 1. the backup takes the lock
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                time.sleep(0.05)
+            except BlockingIOError:
+                break
+        fcntl.flock(handle, fcntl.LOCK_EX)  # 2. blocks until the backup has ended
+        try:
+            sandbox.stop_s3()
+            stopped.append(True)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def test_s3_down_right_after_the_backup_still_publishes_it_and_expire_fails_alone(first_backup, sandbox):
+    """Measured before: S3 stopped right after `backup` → expire failed, and verify and
+    publish_backup were upstream_failed: the backup got no record, no asset event, no drill. Now
+    publish_backup follows the backup directly and needs nothing more from S3."""
+    import threading
+
+    cluster = sandbox.cluster()
+    seen = len(sandbox.slack_messages())
+    stopped: list = []
+    watcher = threading.Thread(target=_stop_s3_once_the_backup_releases_the_lock, args=(sandbox, cluster, stopped),
+                               daemon=True)
+    watcher.start()
+    try:
+        run = sandbox.dags_test("pgbackrest_backup_asso")
+    finally:
+        watcher.join(timeout=60)
+        sandbox.start_s3()
+    assert stopped, "S3 was never stopped: the backup did not take the cluster's lock"
+    assert run.state == "failed", run.output[-3000:]
+    assert run.task_states["backup"] == "success"
+    assert run.task_states["expire"] == "failed", run.task_states
+    assert run.task_states["publish_backup"] == "success", run.task_states
+    record = run.xcoms["publish_backup"]
+    assert record["label"] == run.xcoms["backup"]["label"] and record["airflow_run_id"] == run.run_id
+    events = sandbox._db("SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                         "WHERE a.name = 'pgbackrest_backup_asso' AND e.source_run_id = ?", run.run_id)
+    assert len(events) == 1 and json.loads(events[0][0])["label"] == record["label"], events
+    metrics = (sandbox.layout.root / "metrics" / "pg_backups_asso_pgbackrest.prom").read_text()
+    assert f'label="{record["label"]}"' in metrics
+    texts = sandbox.slack_texts_since(seen)
+    assert any("expire" in t for t in texts), texts  # expire's own alert
+    assert record["label"] in [b["label"] for b in pgbackrest.info(cluster)["backup"]]

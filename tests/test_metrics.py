@@ -185,7 +185,7 @@ def test_cron_walg_daily_publishes_metrics_recorded_sample(tmp_path, monkeypatch
     from pg_backups import operations, walg
 
     backups = walg.parse_backup_list(WALG_BACKUP_LIST_RECORDED_SAMPLE)
-    monkeypatch.setattr(operations, "walg_backup", lambda c, a, r: {"label": backups[-1]["backup_name"]})
+    monkeypatch.setattr(operations, "walg_backup", lambda c, a, r: walg.backup_record(c, backups[-1], backups))
     monkeypatch.setattr(operations, "walg_delete_old", lambda c, a: {"deleted_before": None})
     monkeypatch.setattr(operations.walg, "backup_list", lambda c, a: backups)
     record = operations.walg_daily(cluster(tmp_path), object(), "cron__2026-11-25T02:45:00Z")
@@ -202,9 +202,9 @@ def test_cron_pgbackrest_daily_publishes_metrics_recorded_sample(tmp_path, monke
     info = pgbackrest.parse_info(PGBACKREST_INFO_RECORDED_SAMPLE, "asso")
     for name in ("pgbackrest_preflight", "pgbackrest_expire", "pgbackrest_verify"):
         monkeypatch.setattr(operations, name, lambda *a, **k: None)
-    monkeypatch.setattr(operations, "pgbackrest_backup",
-                        lambda c, t, r: {"label": "20261124-021502F_20261125-021503D", "type": "diff"})
     monkeypatch.setattr(operations.pgbackrest, "info", lambda c: info)
+    monkeypatch.setattr(operations, "pgbackrest_backup",  # the backup task returns the new backup's record
+                        lambda c, t, r: operations.pgbackrest_latest_record(c, "20261124-021502F_20261125-021503D"))
     operations.pgbackrest_daily(cluster(tmp_path), object(), "cron__x")
     text = (tmp_path / "pg_backups_asso_pgbackrest.prom").read_text()
     assert value(text, "pg_backups_backup_last_completion_timestamp_seconds", backup_type="diff") == 1795572915

@@ -58,9 +58,13 @@ DAG_KINDS = {
     "s3_bucket": "s3_bucket_config_{cluster}",
     "pgbackrest": "pgbackrest_backup_{cluster}",
     "walg": "walg_backup_{cluster}",
+    "pgbackrest_verify": "pgbackrest_verify_{cluster}",
+    "verify_backup": "verify_backup_{cluster}",
     "restore_test": "restore_test_{cluster}",
     "freshness": "backup_freshness_{cluster}",
 }
+# The DAG kinds a cluster has only with a tool or a setting (Cluster.dag_kinds).
+_KIND_NEEDS = {"pgbackrest_verify": lambda c: "pgbackrest" in c.tools, "verify_backup": lambda c: c.verify.enabled}
 # The asset a backup DAG updates (its events carry the backup record); the inventory reads it back.
 BACKUP_ASSET = "{tool}_backup_{cluster}"
 # In a text setting, replaced by the cluster's name: what must differ between clusters does by default.
@@ -216,6 +220,10 @@ class PgBackRestSettings(Settings):
     # How long one S3 or database request may stall. With S3 down, every file of a backup waits
     # this long: 60 s (pgBackRest's default) turned an outage into an 8-minute failure here.
     io_timeout_seconds: int = setting(60, minimum=1)
+    # Whole-repository `pgbackrest verify` (its own weekly DAG), off the backup's path:
+    # it reads every backup kept (measured 34.7 s with 5 backups, 79.4 s with 8, growing with
+    # retention), so it runs weekly (Sunday 04:00 UTC) rather than after each backup.
+    verify_schedule: str = setting("0 4 * * 0", cron=True)
 
 
 @dataclass(frozen=True)
@@ -267,6 +275,34 @@ ALERT_CHANNELS = ("slack", "email", "pagerduty")
 
 
 @dataclass(frozen=True)
+class VerifySettings(Settings):
+    """The verification drill (dags/verify_backup.py): each published backup restored onto a
+    disposable target of its own, never QA's staging."""
+
+    # false: no drill for this cluster (no verification DAG).
+    enabled: bool = True
+    # The drill's targets live in <root>/<cluster>; removed after each drill.
+    root: str = setting("/var/lib/postgresql/verify", absolute_path=True)
+    # Clusters drilled on one host may share the port: their drills run one at a time (the pool),
+    # and each drill stops its server before it gives the slot back.
+    port: int = setting(5435, minimum=1, maximum=65535, problem="{value} is not a TCP port")
+    socket_directory: str | None = None
+    # The Airflow queue of the verification host's worker; none: Airflow's default queue.
+    queue: str | None = None
+    # One drill at a time per verification host: the pool (1 slot) of the drill task. Clusters
+    # drilled on the same host share it; a host of its own gets a pool of its own.
+    pool: str = "pg_backups_verify"
+    timeout_minutes: int = setting(360, minimum=1)
+    # The free space verify.root must have beyond the backup's database size (WAL replayed, logs).
+    free_space_margin_percent: int = setting(10, minimum=0, maximum=1000)
+    # One JSON line per drill, archived to S3 beside the restore test's audit.
+    log: str = "/var/log/{cluster}_verify.log"
+    smoke_log: str = "/tmp/{cluster}_verify_smoke.log"
+    # A backup not verified within this many minutes of its completion is late.
+    max_delay_minutes: int = setting(60, minimum=1)
+
+
+@dataclass(frozen=True)
 class AlertSettings(Settings):
     slack_conn_id: str = "slack_ops"
     channel: str | None = None
@@ -314,7 +350,7 @@ FLEET_SIZE = 10
 # The schedules schedule_spread moves (section.field of Cluster): every nightly slot of a cluster,
 # moved by the same offset, so that their order and gaps stay (pgBackRest 30 min before WAL-G).
 # A new nightly DAG (a daily verification drill) adds its schedule here.
-SPREAD_SCHEDULES = ("pgbackrest.schedule", "walg.schedule", "restore_test.schedule")
+SPREAD_SCHEDULES = ("pgbackrest.schedule", "walg.schedule", "restore_test.schedule", "pgbackrest.verify_schedule")
 
 
 @dataclass(frozen=True)
@@ -365,6 +401,7 @@ class Cluster(Settings):
     pgbackrest: PgBackRestSettings = setting(factory=PgBackRestSettings)
     walg: WalgSettings = setting(factory=WalgSettings)
     restore_test: RestoreTestSettings = setting(factory=RestoreTestSettings)
+    verify: VerifySettings = setting(factory=VerifySettings)
     alerts: AlertSettings = setting(factory=AlertSettings)
     metrics: MetricsSettings = setting(factory=MetricsSettings)
     owner: str = "ops"
@@ -413,6 +450,20 @@ class Cluster(Settings):
                     fail("schedule_spread.window_minutes",
                          f"{key} {schedule!r} spread over {window} minutes could move past midnight, to another day",
                          f"shorten the window to {1440 - at[0] * 60 - at[1]} minutes or less, or start {key} earlier")
+        # The drill removes its target: verify.root must be neither production nor QA's staging.
+        v = self.verify
+        verify_root = _norm(v.root)
+        for what, path in (("the production data directory", prod), ("restore_test.staging_root", root),
+                           ("restore_test.staging_data_directory", staging)):
+            if verify_root == path or path in verify_root.parents or verify_root in path.parents:
+                fail("verify.root", f"{verify_root} is, holds or sits inside {what} ({path}); each drill removes "
+                     "its target there", "give the drill a root of its own, e.g. /var/lib/postgresql/verify")
+        if v.port == self.port and self.host in ("localhost", "127.0.0.1") and not v.socket_directory:
+            fail("verify.port", f"the drill would listen on production's port {self.port}",
+                 "give the drill a port of its own")
+        if v.port == rt.staging_port and v.queue == rt.staging_queue:
+            fail("verify.port", f"the drill would listen on staging's port {rt.staging_port} on the same host",
+                 "give the drill a port of its own")
 
     def value_of(self, key: str):
         """A setting by its dotted key (``pgbackrest.schedule``)."""
@@ -436,11 +487,15 @@ class Cluster(Settings):
 
     @property
     def pools(self) -> list[Pool]:
-        """The pools this cluster's DAGs use (a verification host's pool is added here)."""
+        """The pools this cluster's DAGs use: its backups' and its verification host's."""
         if self.database_host_slots is None:
-            return [Pool(self.pool, 1, f"one backup at a time on cluster {self.name} (pgBackRest and WAL-G)")]
-        return [Pool(self.pool, self.database_host_slots,
-                     f"at most {self.database_host_slots} backups at a time on database host {self.host}")]
+            backups = Pool(self.pool, 1, f"one backup at a time on cluster {self.name} (pgBackRest and WAL-G)")
+        else:
+            backups = Pool(self.pool, self.database_host_slots,
+                           f"at most {self.database_host_slots} backups at a time on database host {self.host}")
+        # The verification host's: one drill at a time, shared by the clusters drilled there.
+        drills = [Pool(self.verify.pool, 1, "one verification drill at a time on its host")] if self.verify.enabled else []
+        return [backups, *drills]
 
     @property
     def hourly_schedule(self) -> str:
@@ -467,8 +522,9 @@ class Cluster(Settings):
 
     @property
     def dag_kinds(self) -> list[str]:
-        """The kinds of the DAGs this cluster has: a backup DAG only for each of its tools."""
-        return [k for k in DAG_KINDS if k not in TOOLS or k in self.tools]
+        """The kinds of the DAGs this cluster has: a backup DAG only for each of its tools, the
+        repository's verify only with pgBackRest, the drill unless switched off."""
+        return [k for k in DAG_KINDS if (k not in TOOLS or k in self.tools) and _KIND_NEEDS.get(k, bool)(self)]
 
     def asset_name(self, tool: str) -> str:
         return BACKUP_ASSET.format(tool=tool, cluster=self.name)
@@ -567,6 +623,7 @@ def _resources(c: Cluster) -> list[tuple[str, str, object]]:
         ("restore-test staging port", "restore_test.staging_port", (staging_host, rt.staging_port)),
         ("restore-test smoke log", "restore_test.smoke_log", (staging_host, rt.smoke_log)),
         ("restore-test audit log", "restore_test.audit_log", (staging_host, rt.audit_log)),
+        ("verification log", "verify.log", (c.verify.queue or "(default queue)", c.verify.log)),
     ]
     if "pgbackrest" in c.tools and c.pgbackrest.manage_config:
         found.append(("generated pgBackRest configuration", "pgbackrest.config_path",

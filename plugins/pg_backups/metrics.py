@@ -47,6 +47,12 @@ HELP = {
     "restore_test_last_duration_seconds": "Restore duration of the last restore test (RTO)",
     "restore_test_last_result": "Result of the last restore test: 1 success, 0 failed",
     "restore_test_last_info": "The backup the last restore test restored (value 1)",
+    "verify_last_run_timestamp_seconds": "Unix time the last verification drill finished",
+    "verify_last_success_timestamp_seconds": "Unix time of the last successful verification drill",
+    "verify_last_verified_backup_timestamp_seconds": "Completion time of the newest backup a drill proved restorable",
+    "verify_last_rto_seconds": "RTO of the last drill: restore + start + recovery",
+    "verify_last_result": "Result of the last verification drill: 1 success, 0 failed",
+    "verify_last_info": "The backup the last verification drill restored (value 1)",
     "wal_archive_status": "WAL archiving works: 1 ok, 0 failing (last failure after last success)",
     "wal_archived_total": "WAL files archived since statistics reset (pg_stat_archiver.archived_count)",
     "wal_archive_failed_total": "Failed archive attempts since statistics reset (pg_stat_archiver.failed_count)",
@@ -219,6 +225,43 @@ def record_restore(cluster, audit: dict) -> dict:
         except OSError:
             previous = None
     return publish(cluster, "restore_test", restore_samples(cluster, audit, previous))
+
+
+def verify_samples(cluster, line: dict, previous: dict | None = None) -> list[tuple[str, dict, float]]:
+    """``line``: a verification line (pg_backups.verification). A failed drill keeps the last
+    success's time and the last verified backup's (``previous``), so freshness rules still see them."""
+    previous = previous or {}
+    tool = line.get("tool") or "unknown"
+    base = {"cluster": cluster.name, "stanza": cluster.stanza, "tool": tool}
+    ok = line.get("outcome") == "success"
+    finished = epoch(line.get("time")) or time.time()
+    return [
+        ("verify_last_run_timestamp_seconds", base, finished),
+        ("verify_last_success_timestamp_seconds", base, finished if ok else previous.get("success")),
+        ("verify_last_verified_backup_timestamp_seconds", base,
+         epoch(line.get("backup_time")) if ok else previous.get("backup")),
+        ("verify_last_rto_seconds", base, line.get("rto_seconds")),
+        ("verify_last_result", base, 1 if ok else 0),
+        ("verify_last_info", {**base, "backup_label": line.get("backup_label") or "unknown",
+                              "failed_step": line.get("failed_step") or ""}, 1),
+    ]
+
+
+def record_verify(cluster, line: dict) -> dict:
+    """After each verification drill: one file per cluster and tool (``verify_<tool>``)."""
+    source = f"verify_{line.get('tool') or 'unknown'}"
+    previous: dict = {}
+    path = textfile_path(cluster, source)
+    if path and path.exists():
+        try:
+            for (name, _labels), value in parse(path.read_text()).items():
+                if name == f"{PREFIX}_verify_last_success_timestamp_seconds":
+                    previous["success"] = value
+                elif name == f"{PREFIX}_verify_last_verified_backup_timestamp_seconds":
+                    previous["backup"] = value
+        except OSError:
+            previous = {}
+    return publish(cluster, source, verify_samples(cluster, line, previous))
 
 
 def archiver_samples(cluster, stats: dict) -> list[tuple[str, dict, float]]:

@@ -118,8 +118,13 @@ def refuse_covered_backfill(tool: str, schedule: str, newest_label: str | None, 
 
 
 def pgbackrest_backup(cluster, backup_type: str, run_id: str | None, run_type: str | None = None) -> dict:
-    """One backup under the cluster's lock (a second run waits). ``run_type`` ``backfill``: see
-    :func:`refuse_covered_backfill`; the backup's annotation says it is a backfill run's, taken now."""
+    """One backup under the cluster's lock (a second run waits); returns its record. ``run_type``
+    ``backfill``: see :func:`refuse_covered_backfill`; the backup's annotation says it is a backfill
+    run's, taken now.
+
+    The record is read here, right after the backup, so that publishing it needs nothing more from
+    the repository: a backup that exists is published even when S3 goes away just after it (then
+    only expire and verify fail, each with its own alert)."""
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
         if run_type == BACKFILL:
             newest = pgbackrest.latest_backup(cluster)
@@ -129,7 +134,7 @@ def pgbackrest_backup(cluster, backup_type: str, run_id: str | None, run_type: s
         marker.write_marker(cluster, run_id, "pgbackrest")  # the restore test looks for it
         entry = pgbackrest.backup(cluster, backup_type, run_id, timeout=BACKUP_TIMEOUT_SECONDS, run_type=run_type,
                                   watch=archiving.watchdog(cluster, "pgBackRest"))
-    return {"label": entry["label"], "type": entry["type"]}
+        return pgbackrest_latest_record(cluster, entry["label"])
 
 
 def pgbackrest_expire(cluster) -> dict:
@@ -141,7 +146,16 @@ def pgbackrest_expire(cluster) -> dict:
 
 
 def pgbackrest_verify(cluster, label: str | None = None) -> str:
-    """Backup ``label`` only where pgBackRest can (2.55+), else the whole repository."""
+    """``label``: that backup, right after it, where pgBackRest verifies one backup (``verify --set``,
+    2.55+); older versions are skipped (NothingToDo): the whole repository's verify grows with every
+    backup kept and stays off the backup's path, and the backup's verification drill
+    proves it. None: the whole repository (the cluster's weekly repository-verify DAG)."""
+    if label:
+        version = versions.pgbackrest_version(pgbackrest.BINARY)
+        if version < versions.VERIFY_SET:
+            raise NothingToDo(f"pgBackRest {versions.text(version)} has no verify --set "
+                              f"({versions.text(versions.VERIFY_SET)}+): backup {label} is proven by its drill "
+                              f"({cluster.dag_id('verify_backup')}), the repository weekly ({cluster.dag_id('pgbackrest_verify')})")
     with runner.cluster_lock(cluster.lock_directory, cluster.name):
         return pgbackrest.verify(cluster, label)
 
@@ -156,13 +170,18 @@ def pgbackrest_latest_record(cluster, label: str | None = None) -> dict:
 
 
 def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetime | None = None) -> dict:
-    """The whole daily chain, for cron: the DAG runs the same steps as separate tasks."""
+    """The whole daily chain, for cron: the DAG runs the same steps as separate tasks. The backup
+    is published (metrics) before expire, which then fails on its own, then verified alone where
+    pgBackRest can (2.55+). The repository's verify is a command of its own (``pgbackrest-verify``,
+    weekly), as in Airflow."""
     pgbackrest_preflight(cluster, access)
-    done = pgbackrest_backup(cluster, pgbackrest.backup_type_for(cluster, day or times.now()), run_id)
-    pgbackrest_expire(cluster)
-    pgbackrest_verify(cluster, done["label"])
-    record = pgbackrest_latest_record(cluster, done["label"])
+    record = pgbackrest_backup(cluster, pgbackrest.backup_type_for(cluster, day or times.now()), run_id)
     metrics.record_backup(cluster, record)  # Prometheus textfile / Pushgateway; never fails the backup
+    pgbackrest_expire(cluster)
+    try:
+        pgbackrest_verify(cluster, record["label"])
+    except NothingToDo as skipped:  # no verify --set before 2.55: the drill proves the backup
+        log.info("%s", skipped)
     return record
 
 
@@ -171,7 +190,7 @@ def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetim
 
 
 def walg_backup(cluster, access: S3Access, run_id: str | None, run_type: str | None = None) -> dict:
-    """As :func:`pgbackrest_backup`, with WAL-G."""
+    """As :func:`pgbackrest_backup`, with WAL-G: returns the backup's record, read right after it."""
     access.check_reachable(cluster.s3.bucket)
     versions.check_cluster(cluster)  # as pgbackrest_preflight: one PostgreSQL major, before WAL-G runs
     walg.write_config(cluster, access)
@@ -186,7 +205,7 @@ def walg_backup(cluster, access: S3Access, run_id: str | None, run_type: str | N
         marker.write_marker(cluster, run_id, "walg")  # the restore test looks for it
         entry = walg.backup_push(cluster, access, run_id, timeout=BACKUP_TIMEOUT_SECONDS, run_type=run_type,
                                  watch=archiving.watchdog(cluster, "WAL-G"))
-    return {"label": entry["backup_name"]}
+        return walg_latest_record(cluster, access, entry["backup_name"])
 
 
 def walg_delete_old(cluster, access: S3Access) -> dict:
@@ -204,10 +223,9 @@ def walg_latest_record(cluster, access: S3Access, label: str | None = None) -> d
 
 
 def walg_daily(cluster, access: S3Access, run_id: str | None) -> dict:
-    done = walg_backup(cluster, access, run_id)
-    walg_delete_old(cluster, access)
-    record = walg_latest_record(cluster, access, done["label"])
+    record = walg_backup(cluster, access, run_id)
     metrics.record_backup(cluster, record)  # Prometheus textfile / Pushgateway; never fails the backup
+    walg_delete_old(cluster, access)  # after the publication: its failure does not hide the backup
     return record
 
 
@@ -280,9 +298,11 @@ def _retention_days(cluster, tool: str) -> int:
 
 
 def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: str | None = None,
-                          target_time: str | None = None, staging_conn=None, record: dict | None = None) -> dict:
+                          target_time: str | None = None, staging_conn=None, record: dict | None = None,
+                          copy: str = "restored-copy") -> dict:
     """Restore ``label`` (default: the latest good backup) into staging; returns its record and
-    the restore's wall time. A retry after a failed try purges the leftovers first."""
+    the restore's wall time. A retry after a failed try purges the leftovers first. The
+    verification drill calls it with its target as staging (``verification.target``)."""
     if tool not in cluster.tools:
         raise RestoreRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
                              "choose one of the cluster's tools")

@@ -399,23 +399,25 @@ def backup_record(cluster, backup_entry: dict, stanza_info: dict) -> dict:
     }
 
 
-def restore_lock_path(cluster) -> str:
-    """The lock path of a restored copy (staging): apart from production's.
+def restore_lock_path(cluster, copy: str = "restored-copy") -> str:
+    """The lock path of a restored copy (staging; ``copy`` names another kind, e.g. the
+    verification drill's target, so that two copies on one host never share it): apart from production's.
 
     pgBackRest's asynchronous archive-get (the restored copy's ``restore_command``) and asynchronous
     archive-push (production's ``archive_command``) take the same lock, ``<lock-path>/<stanza>-
     archive.lock``. With one lock path, a restore test on the database host stalled production's
     WAL archiving for as long as staging's recovery fetched WAL: a backup running beside it failed
     with ``[082] WAL segment ... was not archived before the 120000ms timeout``."""
-    return str(Path(cluster.pgbackrest.lock_path) / "restored-copy")
+    return str(Path(cluster.pgbackrest.lock_path) / copy)
 
 
 def restore(cluster, target_directory: str, *, set_label: str | None = None, target_time: str | None = None,
-            timeout: float | None = None) -> None:
+            timeout: float | None = None, copy: str = "restored-copy") -> None:
     """Restore into another directory. Archiving stays off there: staging never writes to the repo.
     ``--lock-path`` on the command line goes into the ``restore_command`` that pgBackRest writes
-    there, so that the copy's archive-get never takes production's archive lock."""
-    lock_path = restore_lock_path(cluster)
+    there, so that the copy's archive-get never takes production's archive lock (nor, with its
+    own ``copy`` name, another copy's)."""
+    lock_path = restore_lock_path(cluster, copy)
     files.ensure_dir(lock_path, cluster.os_user)
     options = [f"--pg1-path={target_directory}", "--archive-mode=off", f"--lock-path={lock_path}"]
     if set_label:

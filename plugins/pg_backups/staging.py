@@ -350,13 +350,15 @@ def staging_is_empty(cluster) -> bool:
 
 
 def restore_into_staging(cluster, tool: str, access, label: str | None = None, target_time: str | None = None,
-                         timeout: float | None = None) -> None:
-    """Restore ``label`` (a backup of ``tool``) into the staging data directory, archiving off."""
+                         timeout: float | None = None, copy: str = "restored-copy") -> None:
+    """Restore ``label`` (a backup of ``tool``) into the staging data directory, archiving off.
+    ``copy``: the pgBackRest lock path's name for this kind of copy (see pgbackrest.restore_lock_path)."""
     if tool == "walg":
         restore_walg(cluster, access, label, target_time, timeout)
     else:
         # --archive-mode=off: staging never archives into the production repository.
-        pgbackrest.restore(cluster, staging_dir(cluster), set_label=label, target_time=target_time, timeout=timeout)
+        pgbackrest.restore(cluster, staging_dir(cluster), set_label=label, target_time=target_time, timeout=timeout,
+                           copy=copy)
 
 
 def walg_recovery_settings(cluster, target_time: str | None = None) -> dict[str, str]:

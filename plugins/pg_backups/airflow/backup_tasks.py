@@ -68,17 +68,15 @@ def pgbackrest_verify(cluster_name: str, label: str | None = None) -> str:
     return operations.pgbackrest_verify(cluster_named(cluster_name), label)
 
 
-def _publish(cluster, record: dict) -> dict:
-    """The backup's record: the task's return value, the asset event's extra, the metrics."""
+@task_body
+def publish_backup(cluster_name: str, record: dict) -> dict:
+    """The backup's record (read by the backup task, so nothing here needs the repository): the
+    task's return value, the asset event's extra (which starts the verification drill), the metrics.
+    It follows the backup directly: expire and the others fail on their own, never hiding a backup."""
+    cluster = cluster_named(cluster_name)
     context()["outlet_events"][backup_asset(cluster, record["tool"])].extra = record
     metrics.record_backup(cluster, record)
     return record
-
-
-@task_body
-def publish_pgbackrest_backup(cluster_name: str, label: str) -> dict:
-    cluster = cluster_named(cluster_name)
-    return _publish(cluster, operations.pgbackrest_latest_record(cluster, label))
 
 
 @task_body
@@ -92,9 +90,3 @@ def walg_backup(cluster_name: str) -> dict:
 def walg_delete_old(cluster_name: str) -> dict:
     cluster = cluster_named(cluster_name)
     return operations.walg_delete_old(cluster, s3_access(cluster))
-
-
-@task_body
-def publish_walg_backup(cluster_name: str, label: str) -> dict:
-    cluster = cluster_named(cluster_name)
-    return _publish(cluster, operations.walg_latest_record(cluster, s3_access(cluster), label))

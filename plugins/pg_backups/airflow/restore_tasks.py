@@ -68,7 +68,8 @@ def restore_params() -> dict:
     return {"tool": p.get("tool"), "label": None if label in ("", "latest") else label, "target_time": target or None}
 
 
-def _dbname(cluster) -> str | None:
+def staging_dbname(cluster) -> str | None:
+    """The database of the checks (the staging connection's; the verification drill's too)."""
     conn = staging_connection(cluster)
     return conn.dbname if conn else None
 
@@ -153,14 +154,14 @@ def start_staging(cluster_name: str) -> dict:
 @task_body
 def smoke_query(cluster_name: str) -> dict:
     cluster = cluster_named(cluster_name)
-    return operations.restore_smoke(cluster, _dbname(cluster))
+    return operations.restore_smoke(cluster, staging_dbname(cluster))
 
 
 @task_body
 def data_checks(cluster_name: str, restored: dict) -> list[dict]:
     cluster = cluster_named(cluster_name)
     try:
-        return operations.restore_data_checks(cluster, restored["record"], _dbname(cluster))
+        return operations.restore_data_checks(cluster, restored["record"], staging_dbname(cluster))
     except CheckFailed as exc:
         context()["ti"].xcom_push(CHECKS_XCOM_KEY, exc.checks)  # the audit line shows every result
         raise
