@@ -128,11 +128,9 @@ def judge(cluster, server_num: int, data_major: int | None, binaries_major: int 
 def check_cluster(cluster) -> dict:
     """Read the versions on the database host and judge them (the backup DAGs' preflight and the
     cron scripts, before any tool runs). Returns what was read."""
-    from pg_backups import marker, runner
+    from pg_backups import runner
 
-    proc = runner.run(marker.production_psql_command(cluster, "SHOW server_version_num"),
-                      env=runner.pg_password_env(cluster), os_user=cluster.os_user, timeout=60)
-    server_num = int(proc.stdout.strip())
+    server_num = int(runner.production_sql(cluster, "SHOW server_version_num"))
     major = major_from_num(server_num)
     data_major = _read_data_major(cluster)
     binaries = bin_directory(cluster, major)
