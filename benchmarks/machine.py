@@ -11,12 +11,12 @@ from datetime import datetime, timezone
 RECORD = "docs/benchmarks.md"
 
 
-def context(section: str) -> str:
+def context(section: str, record: str = RECORD) -> str:
     one, five, fifteen = os.getloadavg()
     return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
             f"({platform.machine()}, Linux {platform.release()}), load average {one:.1f} / {five:.1f} / {fifteen:.1f}; "
-            f"record the figures with this line in {RECORD}#{section}")
+            f"record the figures with this line in {record}#{section}")
 
 
-def print_context(section: str) -> None:
-    print(f"[bench] {context(section)}", flush=True)
+def print_context(section: str, record: str = RECORD) -> None:
+    print(f"[bench] {context(section, record)}", flush=True)
