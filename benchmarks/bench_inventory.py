@@ -8,6 +8,8 @@ year of scheduled runs of 100 clusters (pgBackRest and WAL-G each) publishes:
 - 994,000 DAG runs: 73,000 backups, 36,500 bucket configurations, 400 restore tests, and 876,000
   hourly freshness checks, about 2 % of the backups and 1 % of the checks failed;
 - 1,752,000 freshness XComs (archiver_stats, bucket_usage);
+- 73,000 verification drill runs (one per backup, asset-triggered, about 1 % failed) and their
+  ``verification_result`` XComs;
 - per cluster: a restore-test audit log (4 tests), WAL and bucket metrics textfiles.
 
 Then, in a child process (Airflow configured on that database), the plugin's own FastAPI app is
@@ -96,6 +98,7 @@ def config_text(names: list[str]) -> str:
 
 def fill(db_path: Path) -> dict:
     sys.path.insert(0, str(REPO / "plugins"))
+    from pg_backups import verification
     from pg_backups.config import build_cluster
 
     rng = random.Random(18)
@@ -118,7 +121,7 @@ def fill(db_path: Path) -> dict:
                              "VALUES (?, ?, 'backups', '{}', ?, ?)",
                              (cluster.asset_name(tool), f"s3://bucket-{name}/{path}", ts(start), ts(start)))
             asset_ids[tool] = cur.lastrowid
-        backup_runs, events, other_runs = [], [], []
+        backup_runs, events, other_runs, drills = [], [], [], []
         size = 50e9 * (1 + index / 10)
         for day in range(DAYS + 1):
             date = (start + timedelta(days=day)).replace(hour=2, minute=15)
@@ -146,6 +149,7 @@ def fill(db_path: Path) -> dict:
                           "wal_stop": "0000000100000B", "airflow_run_id": run_id, "backup_count": 40}
                 events.append((asset_ids[tool], json.dumps(record), "publish_backup", dag_id, run_id,
                                ts(stop + timedelta(seconds=30))))
+                drills.append((record, stop + timedelta(minutes=5), rng.random() < 0.01))
             other_runs.append((cluster.dag_id("s3_bucket"), f"scheduled__{date.replace(hour=0, minute=0).isoformat()}",
                                ts(date), ts(date), ts(date), ts(date + timedelta(seconds=20)), "success"))
         for quarter in range(4):
@@ -177,6 +181,19 @@ def fill(db_path: Path) -> dict:
             stamp = ts(h + timedelta(seconds=30))
             xcoms.append((run_pk, "check_wal_archiving", "archiver_stats", dag_id, run_id, json.dumps(stats), stamp))
             xcoms.append((run_pk, "bucket_usage", "return_value", dag_id, run_id, json.dumps(usage), stamp))
+        # One verification drill per backup, started by its asset event, and its result XCom.
+        dag_id = cluster.dag_id("verify_backup")
+        first = db.execute("SELECT COALESCE(MAX(id), 0) FROM dag_run").fetchone()[0] + 1
+        runs([(dag_id, f"asset_triggered__{at.isoformat()}", ts(at), None, ts(at), ts(at + timedelta(minutes=40)),
+               "failed" if bad else "success") for _record, at, bad in drills])
+        for offset, (record, at, bad) in enumerate(drills):
+            result = {"time": (at + timedelta(minutes=40)).isoformat(), "tool": record["tool"],
+                      "run_id": f"asset_triggered__{at.isoformat()}", "backup_label": record["label"],
+                      "backup_time": record["stop_time"], "rto_seconds": None if bad else round(rng.uniform(1800, 2400), 1),
+                      "outcome": "failed" if bad else "success", "failed_step": "restore" if bad else None,
+                      "cause": "drill: failed: [029] zst error" if bad else None}
+            xcoms.append((first + offset, *verification.RESULT_XCOM, dag_id, result["run_id"], json.dumps(result),
+                          ts(at + timedelta(minutes=40))))
         db.executemany("INSERT INTO xcom (dag_run_id, task_id, map_index, key, dag_id, run_id, value, timestamp) "
                        "VALUES (?, ?, -1, ?, ?, ?, ?, ?)", xcoms)
         counts["xcom"] += len(xcoms)

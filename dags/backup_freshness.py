@@ -11,7 +11,8 @@ DOC = """
 Notices what a failed task cannot report: a paused backup DAG, a dead scheduler, a cron line gone.
 1. **check_backups**: the newest good backup of each tool ({tools}) from `pgbackrest info` /
    `wal-g backup-list --json --detail`; fails (and alerts Slack) when it is older than
-   {hours} h or missing. Refreshes the backup metrics.
+   {hours} h or missing, or when that backup's verification drill failed or did not prove it
+   within {delay} min (the drills' results in the bucket). Refreshes the backup metrics.
 2. **check_wal_archiving**: `pg_stat_archiver` through connection `{conn}`; fails when the last
    archive attempt failed, when failures grew since the previous check, or when WAL waits to be
    archived. Writes the WAL archive metrics.
@@ -28,6 +29,7 @@ for cluster in load_config(strict=False).clusters:
         schedule=cluster.hourly_schedule,
         **dag_args(cluster, "monitoring", queue=cluster.database_queue),
         doc_md=DOC.format(name=cluster.name, tools=", ".join(cluster.tools), hours=cluster.alerts.max_backup_age_hours,
+                          delay=cluster.verify.max_delay_minutes,
                           conn=cluster.pg_conn_id, bucket=cluster.s3.bucket),
     ):
         task(task_id="check_backups")(freshness_tasks.check_backups)(cluster.name)

@@ -6,6 +6,7 @@ WAL-G cannot be built on this machine (Go module proxy), so its part is tested o
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -176,15 +177,33 @@ def test_archive_mode_off_is_a_problem():
 # The DAG's task body, with the tools' outputs replaced by the recorded samples
 
 
-def _patched_tasks(monkeypatch, tmp_path, tools, now):
+class ResultsBucket:
+    """The drills' results objects (verification.results_key) as S3 answers get_object: the body,
+    or botocore's own NoSuchKey error. The real bucket round trip is in test_freshness_sandbox.py."""
+
+    def __init__(self, results=None):
+        self.objects = {key: json.dumps(value).encode() for key, value in (results or {}).items()}
+
+    def get_object(self, Bucket, Key):  # noqa: N803 - boto3's names
+        from botocore.exceptions import ClientError
+
+        if Key not in self.objects:
+            raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "The specified key does not exist."}},
+                              "GetObject")
+        return {"Body": io.BytesIO(self.objects[Key])}
+
+
+def _patched_tasks(monkeypatch, tmp_path, tools, now, results=None, verify=None):
     from pg_backups import pgbackrest
     from pg_backups.airflow import freshness_tasks
     from pg_backups.config import build_cluster
 
     cluster = build_cluster({"name": "asso", "tools": tools, "metrics": {"textfile_directory": str(tmp_path)},
-                             "restore_test": {"tool": tools[0]}})
+                             "restore_test": {"tool": tools[0]}, "verify": verify or {"max_delay_minutes": 10**6}})
     monkeypatch.setattr(freshness_tasks, "cluster_named", lambda name: cluster)
     monkeypatch.setattr(freshness_tasks, "s3_access", lambda c: object())
+    bucket = ResultsBucket(results)
+    monkeypatch.setattr(freshness_tasks, "s3_client", lambda c: bucket)
     monkeypatch.setattr(freshness_tasks.walg, "write_config", lambda c, a: [])
     monkeypatch.setattr(freshness_tasks.walg, "backup_list",
                         lambda c, a: walg.parse_backup_list(WALG_BACKUP_LIST_RECORDED_SAMPLE))
@@ -224,3 +243,56 @@ def test_check_backups_both_tools_recorded_sample_names_only_the_stale_one(monke
         tasks.check_backups("asso")
     assert f"{older}: newest good backup" in str(caught.value)
     assert ("walg" if older == "pgbackrest" else "pgbackrest") + ":" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Each newest backup proven by its drill within verify.max_delay_minutes
+
+
+WALG_NEWEST = "base_000000010000000000000010_D_000000010000000000000004"
+
+
+def _drill_result(label, outcome, when, tool="walg", step=None, cause=None):
+    return {"time": when.isoformat(), "tool": tool, "run_id": f"asset_triggered__{when.isoformat()}",
+            "backup_label": label, "backup_time": None, "rto_seconds": 6.4 if outcome == "success" else None,
+            "outcome": outcome, "failed_step": step, "cause": cause}
+
+
+def test_check_backups_fails_when_the_newest_backups_drill_failed(monkeypatch, tmp_path):
+    from pg_backups import verification
+    from pg_backups.config import build_cluster
+    from pg_backups.errors import NotVerified
+
+    now = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+    key = verification.results_key(build_cluster({"name": "asso"}), "walg")
+    failed = _drill_result(WALG_NEWEST, "failed", now - timedelta(hours=2), step="restore",
+                           cause="drill: failed: ERROR: archive-get failed")
+    older_ok = _drill_result("base_000000010000000000000008", "success", now - timedelta(days=1))
+    tasks = _patched_tasks(monkeypatch, tmp_path, ["walg"], now, {key: [failed, older_ok]})
+    with pytest.raises(NotVerified, match=rf"cluster asso: walg backup {WALG_NEWEST}: drill failed at restore: "
+                                          r"drill: failed: ERROR: archive-get failed"):
+        tasks.check_backups("asso")
+
+
+def test_check_backups_fails_when_the_newest_backup_waited_past_max_delay(monkeypatch, tmp_path):
+    from pg_backups.errors import NotVerified
+
+    now = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)  # the sample's newest WAL-G backup: 02:45 UTC
+    tasks = _patched_tasks(monkeypatch, tmp_path, ["walg"], now, verify={"max_delay_minutes": 60})
+    with pytest.raises(NotVerified, match=rf"walg backup {WALG_NEWEST} not verified 9.2 h after it finished "
+                                          r"\(verify.max_delay_minutes 60\)"):
+        tasks.check_backups("asso")
+
+
+def test_check_backups_passes_a_verified_backup_and_says_so(monkeypatch, tmp_path):
+    from pg_backups import verification
+    from pg_backups.config import build_cluster
+
+    now = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+    key = verification.results_key(build_cluster({"name": "asso"}), "walg")
+    ok = _drill_result(WALG_NEWEST, "success", now - timedelta(hours=9))
+    tasks = _patched_tasks(monkeypatch, tmp_path, ["walg"], now, {key: [ok]}, verify={"max_delay_minutes": 60})
+    assert tasks.check_backups("asso")["backups"][0]["verification"] == "verified"
+    # switched off: no judgement at all, whatever the bucket holds
+    tasks = _patched_tasks(monkeypatch, tmp_path, ["walg"], now, verify={"enabled": False})
+    assert "verification" not in tasks.check_backups("asso")["backups"][0]

@@ -56,6 +56,45 @@ def test_no_good_backup_fails_and_alerts(first_backup, sandbox):
     assert len(texts) == 1, texts  # the other checks are silent
 
 
+def test_the_newest_backups_failed_drill_fails_the_check_with_one_alert(first_backup, sandbox):
+    """The drills' results object in the real bucket (verification.publish_result, as record_evidence
+    writes it), read by the freshness check of the database host: a failed drill of the newest
+    backup fails check_backups with one alert naming the backup, the step and the cause; a later
+    drill that verifies it is the one read. A prefix of its own: the other tests' drills
+    never see these results."""
+    from pg_backups import freshness, pgbackrest, times, verification
+    from pg_backups.config import load_config
+
+    config = config_copy(sandbox, "drill-results", {"restore_test": {"audit_prefix": "restore-audit-freshness-test"}})
+    cluster = load_config(config).cluster("asso")
+    label = freshness.newest_pgbackrest(pgbackrest.info(cluster))["label"]
+    client = sandbox.s3_client()
+    failed = {"kind": "verification", "time": times.iso(times.now()), "cluster": "asso", "tool": "pgbackrest",
+              "run_id": "manual__freshness-test-drill", "backup_label": label, "rto_seconds": None,
+              "outcome": "failed", "failed_step": "restore", "errors": ["drill: failed: bundle altered"]}
+    try:
+        assert verification.publish_result(cluster, client, failed)[0]["backup_label"] == label
+        assert verification.read_results(cluster, client, "pgbackrest")[0]["cause"] == "drill: failed: bundle altered"
+        count = len(sandbox.slack_messages())
+        result = sandbox.dags_test("backup_freshness_asso", env={"PG_BACKUPS_CONFIG": config})
+        assert result.state == "failed" and result.task_states["check_backups"] == "failed", result.output[-3000:]
+        texts = sandbox.slack_texts_since(count)
+        failures = alerts_for(texts, "backup_freshness_asso", "check_backups")
+        assert len(failures) == 1 and len(texts) == 1, texts
+        assert_alert(failures[0], "backup_freshness_asso", "check_backups", 2,
+                     f"NotVerified: cluster asso: pgbackrest backup {label}: drill failed at restore: "
+                     "drill: failed: bundle altered", sandbox)
+        # A later drill that verifies it comes first in the object: the check reads it as verified
+        # (test_freshness.py runs check_backups on that; one more DAG run here would cost 20 s).
+        verified = {**failed, "run_id": "manual__freshness-test-drill-2", "time": times.iso(times.now()),
+                    "outcome": "success", "failed_step": None, "errors": [], "rto_seconds": 5.2}
+        verification.publish_result(cluster, client, verified)
+        drilled = verification.by_backup(verification.read_results(cluster, client, "pgbackrest"))
+        assert drilled[("pgbackrest", label)]["outcome"] == "success"
+    finally:
+        client.delete_object(Bucket=cluster.s3.bucket, Key=verification.results_key(cluster, "pgbackrest"))
+
+
 def test_failing_wal_archiving_alerts(first_backup, sandbox):
     """archive_command made to fail for real: the WAL check fails and alerts; the backup check does not.
     Last in this file: it leaves failed attempts in pg_stat_archiver (restored and waited for below)."""

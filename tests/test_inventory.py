@@ -55,6 +55,10 @@ class FakeStore:
         return [{"dag_id": d, **v} for (d, t, k), values in self.xcoms.items() if d in dag_ids and t == task_id
                 and k == key and isinstance(values, list) for v in values]
 
+    def xcoms_since(self, dag_ids, task_id, key, since):
+        return [{"dag_id": d, **v} for (d, t, k), values in self.xcoms.items() if d in dag_ids and t == task_id
+                and k == key and isinstance(values, list) for v in values if v["timestamp"] >= since]
+
     def latest_xcoms(self, dag_ids, task_id, key, since):
         return {d: v for (d, t, k), v in self.xcoms.items() if d in dag_ids and t == task_id and k == key
                 and not isinstance(v, list) and v["timestamp"] >= since}
@@ -72,10 +76,12 @@ def run(dag_id, run_id, state, when):
         minutes=1), "run_after": when}
 
 
-def make_cluster(tmp_path, name="asso", tools=("pgbackrest",), endpoint=None):
+def make_cluster(tmp_path, name="asso", tools=("pgbackrest",), endpoint=None, drills=False):
+    """``drills``: the verification drills' columns, tested on their own at the end of this file."""
     return build_cluster({"name": name, "tools": list(tools), "metrics": {"textfile_directory": str(tmp_path / "m")},
                           "s3": {"endpoint_url": endpoint} if endpoint else {},
-                          "restore_test": {"audit_log": str(tmp_path / f"{name}_restore_audit.log")}})
+                          "restore_test": {"audit_log": str(tmp_path / f"{name}_restore_audit.log")},
+                          "verify": {"enabled": drills, "log": str(tmp_path / f"{name}_verify.log")}})
 
 
 def audit_line(cluster, when, outcome="success", label="20261124-021502F", rto=42.5, run_id=None):
@@ -367,3 +373,80 @@ def test_a_fleet_is_paged_red_first_then_amber_then_green_with_every_count(tmp_p
     html = inventory_page.render(first, None, AT)
     assert "rows 1-3 of 5" in html and 'href="?page=2"' in html and "5 clusters" in html
     assert html.index('data-cluster="b-red"') < html.index('data-cluster="c-amber"')
+
+
+# --------------------------------------------------------------------------------------------
+# The verification drills: each backup verified, failed, pending or overdue
+
+
+def drill_result(label, outcome, when, tool="pgbackrest", rto=6.4, step=None, cause=None, run_id=None):
+    return {"time": when.isoformat(), "tool": tool, "run_id": run_id or f"asset_triggered__{when.isoformat()}",
+            "backup_label": label, "backup_time": None, "rto_seconds": rto if outcome == "success" else None,
+            "outcome": outcome, "failed_step": step, "cause": cause}
+
+
+def drill_xcoms(*results):
+    """What record_evidence leaves (verification.RESULT_XCOM) in each verify_backup run."""
+    return {("verify_backup_asso", "record_evidence", "verification_result"): [
+        {"run_id": r["run_id"], "value": r, "timestamp": datetime.fromisoformat(r["time"])} for r in results]}
+
+
+def test_each_backup_says_what_its_drill_found_and_a_failed_drill_is_red(tmp_path):
+    cluster = make_cluster(tmp_path, tools=("pgbackrest", "walg"), drills=True)
+    healthy(tmp_path, cluster)
+    full = record("20261123-021502F", "full", AT - timedelta(days=2))
+    diff = record("20261125-021502D", "diff", AT - timedelta(hours=6))
+    walg = record("base_000000010000000000000009", "full", AT - timedelta(minutes=20), tool="walg")
+    results = [drill_result(full["label"], "success", AT - timedelta(days=2) + timedelta(minutes=9), rto=6.4),
+               drill_result(diff["label"], "failed", AT - timedelta(hours=5, minutes=50), step="restore",
+                            cause="drill: failed: [029] zst error: Unknown frame descriptor")]
+    data = inventory.build([cluster], FakeStore([event(full), event(diff), event(walg)], xcoms=drill_xcoms(*results)), AT)
+    row = row_of(data)
+    newest = row["backups"]["pgbackrest"]["verification"]
+    assert newest["state"] == "failed" and newest["drill"]["failed_step"] == "restore"
+    assert newest["drill"]["run_link"].startswith("/dags/verify_backup_asso/runs/asset_triggered__")
+    assert row["backups"]["walg"]["verification"]["state"] == "pending"  # 20 min old, limit 60
+    last = row["verification"]["pgbackrest"]["last_verified"]
+    assert (last["backup_label"], last["rto_seconds"]) == (full["label"], 6.4)
+    assert row["verification"]["pgbackrest"]["last_drill"]["outcome"] == "failed"
+    assert row["verification"]["walg"] == {"last_drill": None, "last_verified": None}
+    assert row["status"]["colour"] == "red"
+    assert ("pgbackrest backup 20261125-021502D: drill failed at restore: drill: failed: [029] zst error: Unknown "
+            "frame descriptor") in row["status"]["reasons"]
+    states = {(i["tool"], i["label"]): i["verification"] for i in row["timeline"] if i["kind"] == "backup"}
+    assert states == {("pgbackrest", full["label"]): "verified", ("pgbackrest", diff["label"]): "failed",
+                      ("walg", walg["label"]): "pending"}
+    html = inventory_page.render(data, None, AT)
+    assert 'data-state="failed"' in html and 'data-state="pending"' in html and 'data-verification="failed"' in html
+    assert 'last verified: <span class="label">20261123-021502F</span>, RTO <span class="rto">6.4 s</span>' in html
+
+
+def test_a_backup_not_drilled_within_max_delay_is_amber_and_cron_drills_count(tmp_path):
+    cluster = make_cluster(tmp_path, drills=True)
+    healthy(tmp_path, cluster)
+    older = record("20261124-021502F", "full", AT - timedelta(days=1))
+    newest = record("20261125-021502D", "diff", AT - timedelta(minutes=75))
+    # A cron drill (pg_backups.cli verify-backup): its line in verify.log, no XCom, no Airflow run.
+    line = {"kind": "verification", "cluster": "asso", "tool": "pgbackrest", "run_id": "cron__20261124T0300",
+            "time": (AT - timedelta(hours=23)).isoformat(), "backup_label": older["label"], "rto_seconds": 7.5,
+            "outcome": "success", "failed_step": None, "errors": [], "checks": [{"check": "amcheck", "result": "ok"}]}
+    with open(cluster.verify.log, "w") as out:
+        out.write(json.dumps(line) + "\n{half a line\n")
+    row = row_of(inventory.build([cluster], FakeStore([event(older), event(newest)]), AT))
+    assert row["backups"]["pgbackrest"]["verification"]["state"] == "overdue"
+    assert row["status"] == {"colour": "amber", "reasons": [
+        "pgbackrest backup 20261125-021502D not verified 75 min after it finished (verify.max_delay_minutes 60)"],
+        "text": "pgbackrest backup 20261125-021502D not verified 75 min after it finished (verify.max_delay_minutes 60)"}
+    last = row["verification"]["pgbackrest"]["last_verified"]
+    assert (last["backup_label"], last["rto_seconds"], last["run_link"]) == (older["label"], 7.5, None)
+
+
+def test_every_newest_backup_verified_is_green_and_says_so(tmp_path):
+    cluster = make_cluster(tmp_path, drills=True)
+    healthy(tmp_path, cluster)
+    newest = record("20261125-021502D", "diff", AT - timedelta(hours=6))
+    earlier = drill_result(newest["label"], "failed", AT - timedelta(hours=5, minutes=50), step="checks")
+    again = drill_result(newest["label"], "success", AT - timedelta(hours=1), rto=8.1)  # a later drill by hand decides
+    row = row_of(inventory.build([cluster], FakeStore([event(newest)], xcoms=drill_xcoms(earlier, again)), AT))
+    assert row["backups"]["pgbackrest"]["verification"]["state"] == "verified"
+    assert row["status"]["colour"] == "green" and row["status"]["text"].endswith(", newest backups verified")

@@ -91,6 +91,12 @@ def _drilled_by_its_asset_event(stack, sandbox, backup_dag: str, tool: str) -> N
     assert sandbox.s3_client().get_object(Bucket=sandbox.cluster().s3.bucket, Key=key)["ContentLength"] > 0
     assert tasks["remove_target"]["state"] == "success" and not target_dir(sandbox).exists()
     assert staging_listing(sandbox) == staged  # QA's staging untouched
+    # The inventory (its JSON API, as Ops and Grafana read it) names that backup verified, with its RTO.
+    row = stack.request("GET", "/backup-inventory/api/clusters/asso")
+    newest = row["backups"][tool]
+    assert newest["label"] == record["label"] and newest["verification"]["state"] == "verified", newest
+    assert row["verification"][tool]["last_verified"]["backup_label"] == record["label"]
+    assert row["verification"][tool]["last_verified"]["rto_seconds"] == line["rto_seconds"]
 
 
 def test_a_backup_triggered_through_the_api_is_drilled_by_its_asset_event(stack, sandbox):
@@ -155,6 +161,12 @@ def test_a_backup_altered_in_the_bucket_fails_its_drill_with_one_alert(stack, sa
     assert not target_dir(sandbox).exists() and staging_listing(sandbox) == staged
     metrics = (sandbox.layout.root / "metrics" / "pg_backups_asso_verify_pgbackrest.prom").read_text()
     assert "pg_backups_verify_last_result{" in metrics and 'failed_step="restore"' in metrics
+    row = stack.request("GET", "/backup-inventory/api/clusters/asso")
+    newest = row["backups"]["pgbackrest"]
+    assert newest["label"] == label and newest["verification"]["state"] == "failed", newest
+    assert newest["verification"]["drill"]["run_id"] == run_id
+    assert row["status"]["colour"] == "red" and any(label in r and "drill failed at restore" in r
+                                                    for r in row["status"]["reasons"]), row["status"]
 
 
 def test_the_disk_guard_refuses_a_backup_that_does_not_fit(stack, sandbox):

@@ -130,5 +130,10 @@ class StaleBackup(PgBackupsError):
     Retried like any failure: a backup that is finishing right now makes the next try pass."""
 
 
+class NotVerified(PgBackupsError):
+    """The newest backup of a tool was not proven restorable by a drill within
+    verify.max_delay_minutes of its completion, or its drill failed."""
+
+
 class WalArchivingProblem(PgBackupsError):
     """pg_stat_archiver shows failures, or WAL waits too long to be archived."""

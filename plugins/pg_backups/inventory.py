@@ -8,7 +8,10 @@ cluster's database:
 - the runs of the cluster's DAGs (failures, the newest run of each backup DAG);
 - the freshness DAG's XComs (``archiver_stats`` of ``check_wal_archiving``, the return value of
   ``bucket_usage``) and, when newer, the Prometheus textfiles of ``metrics.textfile_directory``;
-- the restore-test audit log (``restore_test.audit_log``, one JSON line per run).
+- the restore-test audit log (``restore_test.audit_log``, one JSON line per run);
+- the verification drills' results (``verification.RESULT_XCOM`` of each ``verify_backup`` run,
+  and the lines of ``verify.log`` where this machine can read it: the cron drills): each backup
+  verified, failed or pending, and each tool's last verified backup with its RTO.
 
 Airflow's metadata is reached through a *store* (:class:`Store`): the API server's is
 ``pg_backups.airflow.inventory_store.MetadataStore``; the unit tests and the benchmark use others.
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from pg_backups import audit, costs, freshness, metrics
+from pg_backups import audit, costs, freshness, metrics, verification
 from pg_backups.times import iso, now, utc
 
 TIMELINE_DAYS = 30
@@ -61,6 +64,10 @@ class Store(Protocol):
     def all_xcoms(self, dag_ids: list[str], task_id: str, key: str) -> list[dict]:
         """Every XCom ``task_id``/``key`` of these DAGs (for DAGs that run a few times a year):
         {dag_id, run_id, value, timestamp}."""
+
+    def xcoms_since(self, dag_ids: list[str], task_id: str, key: str, since: datetime) -> list[dict]:
+        """Every XCom ``task_id``/``key`` of these DAGs' runs since ``since`` (for DAGs that run
+        daily): {dag_id, run_id, value, timestamp}."""
 
 
 def run_link(dag_id: str | None, run_id: str | None) -> str | None:
@@ -157,6 +164,58 @@ def _audit_xcoms(clusters: list, store: Store) -> dict[str, list[dict]]:
         for row in store.all_xcoms(list(dags), *task_key):
             if isinstance(row.get("value"), dict):
                 out.setdefault(dags[row["dag_id"]], []).append(row["value"])
+    return out
+
+
+def verification_results(cluster, xcom_results: list[dict] = ()) -> list[dict]:
+    """The cluster's drill results (``verification.result``), oldest first: those the DAG runs left
+    as XComs and the lines of ``verify.log`` this machine can read (the cron drills), once per run."""
+    lines = _cached_read(cluster.verify.log, _parse_audit) or []
+    merged = {}
+    from_log = [verification.result(line) for line in lines
+                if line.get("kind") == verification.KIND and line.get("cluster") in (None, cluster.name)]
+    for r in [*from_log, *xcom_results]:
+        if isinstance(r, dict):
+            merged[r.get("run_id") or r.get("time")] = r
+    return sorted(merged.values(), key=lambda r: str(r.get("time") or ""))
+
+
+def _verification_xcoms(clusters: list, store: Store, since: datetime) -> dict[str, list[dict]]:
+    dags = {c.dag_id("verify_backup"): c.name for c in clusters if c.verify.enabled}
+    out: dict[str, list[dict]] = {}
+    if dags:
+        for row in store.xcoms_since(list(dags), *verification.RESULT_XCOM, since):
+            if isinstance(row.get("value"), dict):
+                out.setdefault(dags[row["dag_id"]], []).append(row["value"])
+    return out
+
+
+def _drill(cluster, r: dict | None) -> dict | None:
+    if not r:
+        return None
+    return {"backup_label": r.get("backup_label"), "backup_time": r.get("backup_time"), "time": r.get("time"),
+            "rto_seconds": r.get("rto_seconds"), "outcome": r.get("outcome"), "failed_step": r.get("failed_step"),
+            "cause": r.get("cause"), "run_id": r.get("run_id"),
+            "run_link": run_link(cluster.dag_id("verify_backup"), r.get("run_id"))}
+
+
+def _backup_verification(cluster, tool: str, backup: dict | None, drilled: dict, at: datetime) -> dict | None:
+    """The newest backup's state: verified, failed, pending or overdue (verification.backup_state)."""
+    if backup is None:
+        return None
+    state = verification.backup_state(cluster, tool, backup["label"], backup["stop_time"], drilled, at)
+    return {"state": state["state"], "text": state["text"], **({"drill": _drill(cluster, state["result"])}
+                                                                 if state["result"] else {})}
+
+
+def _verification(cluster, results: list[dict]) -> dict:
+    """Per tool: the last drill, and the last verified backup with its RTO."""
+    out = {}
+    for tool in cluster.tools:
+        mine = [r for r in results if r.get("tool") == tool]
+        verified = [r for r in mine if r.get("outcome") == "success"]
+        out[tool] = {"last_drill": _drill(cluster, mine[-1] if mine else None),
+                     "last_verified": _drill(cluster, verified[-1] if verified else None)}
     return out
 
 
@@ -355,6 +414,17 @@ def _status(cluster, backups: dict, last_runs: dict, wal: dict, restore: dict | 
         run = last_runs.get(tool)
         if run and run["state"] == "failed":
             amber.append(f"last {tool} backup run failed ({run['run_id']})")
+    states = []
+    for tool in cluster.tools:
+        backup = backups.get(tool)
+        verified = backup and backup.get("verification")
+        if verified:
+            states.append(verified["state"])
+            text = verification.problem(cluster, tool, backup["label"], verified)
+            if verified["state"] == verification.FAILED:
+                red.append(text)
+            elif verified["state"] == verification.OVERDUE:
+                amber.append(text)
     if wal["state"] == "failing":
         red.append(f"WAL archiving failing since {wal['last_failed_time']}")
     elif wal["state"] == "lagging":
@@ -377,24 +447,34 @@ def _status(cluster, backups: dict, last_runs: dict, wal: dict, restore: dict | 
     if amber:
         return {"colour": AMBER, "reasons": amber, "text": "; ".join(amber)}
     restored = f", restore proven {restore['age']} ago" if restore else ""
-    return {"colour": GREEN, "reasons": [], "text": f"backups fresh, WAL archiving{restored}"}
+    drills = ""
+    if states:
+        drills = ", newest backups verified" if set(states) == {verification.VERIFIED} else ", drill pending"
+    return {"colour": GREEN, "reasons": [], "text": f"backups fresh, WAL archiving{restored}{drills}"}
 
 
 def _item(when: datetime | None, kind: str, **fields) -> dict:
     return {"time": iso(when), "epoch": when.timestamp() if when else None, "kind": kind, **fields}
 
 
-def _timeline(cluster, events: list[dict], failed: list[dict], audit: list[dict], since: datetime) -> list[dict]:
+def _timeline(cluster, events: list[dict], failed: list[dict], audit: list[dict], since: datetime,
+              drilled: dict | None = None, at: datetime | None = None) -> list[dict]:
     """Oldest first. Each item: time (ISO) and epoch (Unix seconds), kind (backup, restore_test,
-    failure), and what it is; backups name their run (dag_id, run_id), the others link to it."""
+    failure), and what it is; backups name their run (dag_id, run_id) and, where drills run, what
+    their drill says (``verification``: verified, failed, pending, overdue); the others link to their run."""
     items = []
     tool_of_asset = {cluster.asset_name(tool): tool for tool in cluster.tools}
     for event in events:
         record = event.get("extra") or {}
         tool = record.get("tool") or tool_of_asset.get(event["asset"])
-        items.append(_item(utc(record.get("stop_time")) or utc(event["timestamp"]), "backup", tool=tool,
-                           type=record.get("type"), label=record.get("label"),
-                           text=f"{tool} {record.get('type')} backup {record.get('label')}", dag_id=event.get("dag_id"),
+        stop = utc(record.get("stop_time")) or utc(event["timestamp"])
+        text = f"{tool} {record.get('type')} backup {record.get('label')}"
+        state = None
+        if drilled is not None:
+            judged = verification.backup_state(cluster, tool, record.get("label"), stop, drilled, at or now())
+            state, text = judged["state"], f"{text}: {judged['text']}"
+        items.append(_item(stop, "backup", tool=tool, type=record.get("type"), label=record.get("label"),
+                           text=text, verification=state, dag_id=event.get("dag_id"),
                            run_id=record.get("airflow_run_id") or event.get("run_id")))
     for line in audit:
         when = utc(line.get("time"))
@@ -447,6 +527,7 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
     last = store.last_runs([c.dag_id(tool) for c in clusters for tool in c.tools])
     last.update(store.last_runs(freshness_dags, since=xcom_since))
     audit_xcoms = _audit_xcoms(clusters, store)
+    verify_xcoms = _verification_xcoms(clusters, store, since)
     wal_xcoms = store.latest_xcoms(freshness_dags, "check_wal_archiving", "archiver_stats", xcom_since)
     bucket_xcoms = store.latest_xcoms(freshness_dags, "bucket_usage", "return_value", xcom_since)
 
@@ -469,6 +550,13 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
             run, backup = last_runs.get(tool), backups.get(tool)
             if run and backup and run["state"] == "failed" and run["run_id"] == backup["run_id"]:
                 run["state"] = "success"
+        drilled = None
+        if c.verify.enabled:
+            results = verification_results(c, verify_xcoms.get(c.name, []))
+            drilled = verification.by_backup(results)
+            for tool, backup in backups.items():
+                if backup:
+                    backup["verification"] = _backup_verification(c, tool, backup, drilled, at)
         lines = audit_lines(c, audit_xcoms.get(c.name, []))
         restore = _restore(c, lines[-1] if lines else None, at, s3_endpoints.get(c.s3.aws_conn_id))
         last_success = next((line for line in reversed(lines) if line.get("outcome") == "success"), None)
@@ -486,16 +574,17 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
             "bucket": bucket,
             "restore_test": restore,
             "last_successful_restore_test": iso(last_success.get("time")) if last_success else None,
-            "timeline": (c, lines),  # made below, for the rows shown only
+            "verification": _verification(c, results) if drilled is not None else None,
+            "timeline": (c, lines, drilled),  # made below, for the rows shown only
         })
     counts = {colour: sum(1 for r in rows if r["status"]["colour"] == colour) for colour in (GREEN, AMBER, RED)}
     total = len(rows)
     if limit is not None:
         rows = sorted(rows, key=lambda r: (WORST_FIRST[r["status"]["colour"]], r["name"]))[offset:offset + limit]
     for row in rows:
-        c, lines = row["timeline"]
+        c, lines, drilled = row["timeline"]
         row["timeline"] = _timeline(c, events_by_cluster.get(c.name, []), failed_by_cluster.get(c.name, []), lines,
-                                    since)
+                                    since, drilled, at)
     out = {"generated_at": iso(at), "timeline_days": timeline_days, "counts": counts, "clusters": rows}
     if limit is not None:
         out.update(total=total, offset=offset, limit=limit)

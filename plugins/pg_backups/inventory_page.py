@@ -75,8 +75,31 @@ def _backup_cell(row: dict) -> str:
             f'<span class="age" title="{escape(_when(b["stop_time"]))}">{escape(b["age"])}</span> old, '
             f'<span class="size" title="database size">{escape(b["size"])}</span> '
             f'(<span class="stored" title="added to the repository">{escape(b["stored"])} stored</span>)'
-            f'<br><small>run {_a(_run_href(b["run_link"]), str(b["run_id"] or "-"), "run")}</small>{failed}</div>')
+            f'<br><small>run {_a(_run_href(b["run_link"]), str(b["run_id"] or "-"), "run")}</small>'
+            f'{_verification_html(b.get("verification"), ((row.get("verification") or {}).get(tool) or {}))}'
+            f'{failed}</div>')
     return "".join(parts)
+
+
+VERIFICATION_CLASSES = {"verified": "ok", "failed": "bad", "overdue": "warn", "pending": "muted"}
+
+
+def _verification_html(state: dict | None, tool_drills: dict) -> str:
+    """The newest backup's drill (verified, failed, pending, overdue) and, when that is not a
+    success, the tool's last verified backup with its RTO."""
+    if not state:
+        return ""
+    drill = state.get("drill") or {}
+    out = (f'<br><small class="verification" data-state="{escape(state["state"])}">drill: '
+           f'{_a(_run_href(drill.get("run_link")), state["state"], "verification-state " + VERIFICATION_CLASSES.get(state["state"], ""))}'
+           f' <span class="verification-text">{escape(state["text"])}</span></small>')
+    last = tool_drills.get("last_verified")
+    if state["state"] != "verified":
+        out += ('<br><small class="last-verified">last verified: ' + (
+            f'<span class="label">{escape(str(last["backup_label"]))}</span>, RTO '
+            f'<span class="rto">{escape(str(last["rto_seconds"]))} s</span>, {escape(_when(last["time"]))}'
+            if last else '<span class="muted">none in the window</span>') + '</small>')
+    return out
 
 
 def _wal_cell(wal: dict) -> str:
@@ -168,8 +191,12 @@ def timeline_svg(row: dict, at: datetime, days: int, width: int = 300) -> str:
         if item["kind"] == "backup" and item["tool"] in lanes:
             y = 8 + lanes.index(item["tool"]) * lane_h
             r = 5 if item["type"] == "full" else 3
+            verified = item.get("verification")
+            ring = {"failed": COLOURS["red"], "overdue": COLOURS["amber"]}.get(verified)
             out.append(f'<circle class="ev backup {escape(str(item["type"]))}" cx="{x(item["epoch"]):.1f}" cy="{y}" '
-                       f'r="{r}" fill="{TOOL_COLOURS.get(item["tool"], "#555")}">{title}</circle>')
+                       f'r="{r}" fill="{TOOL_COLOURS.get(item["tool"], "#555")}"'
+                       + (f' data-verification="{escape(verified)}"' if verified else "")
+                       + (f' stroke="{ring}" stroke-width="2"' if ring else "") + f'>{title}</circle>')
         elif item["kind"] == "restore_test":
             y = 8 + lanes.index("restore") * lane_h
             colour = COLOURS["green"] if item.get("outcome") == "success" else COLOURS["red"]

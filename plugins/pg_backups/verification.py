@@ -14,10 +14,12 @@ run the same functions.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
 import time
+from datetime import datetime
 
 from pg_backups import audit, checks, metrics, operations, pgbackrest, staging, times, walg
 from pg_backups.errors import CheckFailed, RestoreRefused
@@ -28,6 +30,14 @@ log = logging.getLogger(__name__)
 LOCK_COPY = "verify-copy"
 KIND = "verification"
 STEPS = ("plan", "restore", "start", "checks")
+# What a backup's drill says of it, for the inventory and the freshness check: proven restorable,
+# drilled and failed, not drilled yet, not drilled within verify.max_delay_minutes of its completion.
+VERIFIED, FAILED, PENDING, OVERDUE = "verified", "failed", "pending", "overdue"
+# A drill's result: the verification line without its checks (the line itself is the evidence).
+RESULT_FIELDS = ("time", "tool", "run_id", "backup_label", "backup_time", "rto_seconds", "outcome", "failed_step")
+# The task and XCom key under which the verification DAG leaves each drill's result (the inventory reads it).
+RESULT_XCOM = ("record_evidence", "verification_result")
+RESULTS_KEPT = 100  # per cluster and tool in the bucket's results object: months of daily backups
 
 
 def target(cluster):
@@ -183,11 +193,110 @@ def record_evidence(cluster, client, line: dict) -> dict:
     t = target(cluster)
     path = audit.append_audit(t, line)
     uris = audit.archive_logs(t, client, line["run_id"]) if client is not None else []
+    published = None
+    if client is not None:
+        try:  # without it the freshness check calls the backup unverified: an alert, nothing hidden
+            publish_result(cluster, client, line)
+            published = f"s3://{cluster.s3.bucket}/{results_key(cluster, line.get('tool') or 'unknown')}"
+        except Exception as exc:  # noqa: BLE001
+            log.warning("drill result not published to the bucket: %s: %s", type(exc).__name__, exc)
     try:
         metrics.record_verify(cluster, line)
     except Exception as exc:  # noqa: BLE001
         log.warning("verification metrics not published: %s: %s", type(exc).__name__, exc)
-    return {"verify_log": path, "archived": uris, "outcome": line["outcome"]}
+    return {"verify_log": path, "archived": uris, "results": published, "outcome": line["outcome"]}
+
+
+def result(line: dict) -> dict:
+    """A drill's result, small enough to keep a hundred of (the bucket's results object, an XCom
+    the inventory reads): which backup, the outcome, the RTO, the failed step and the first cause."""
+    out = {field: line.get(field) for field in RESULT_FIELDS}
+    errors = line.get("errors") or []
+    out["cause"] = str(errors[0])[:300] if errors else None
+    return out
+
+
+def results_key(cluster, tool: str) -> str:
+    """Beside the drills' archived lines: ``<restore_test.audit_prefix>/<cluster>/verification-<tool>.json``."""
+    return f"{cluster.restore_test.audit_prefix.strip('/')}/{cluster.name}/verification-{tool}.json"
+
+
+def read_results(cluster, client, tool: str) -> list[dict]:
+    """The newest drill results of the tool, newest first ([] before the first drill)."""
+    try:
+        body = client.get_object(Bucket=cluster.s3.bucket, Key=results_key(cluster, tool))["Body"].read()
+    except Exception as exc:  # noqa: BLE001 - botocore's NoSuchKey is a ClientError by code
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return []
+        raise
+    results = json.loads(body)
+    return results if isinstance(results, list) else []
+
+
+def publish_result(cluster, client, line: dict) -> list[dict]:
+    """Put the drill's result first in the tool's results object (the newest RESULTS_KEPT), where the
+    freshness check of the database host reads it: that host cannot read the verification host's log.
+    Drills of a cluster run one at a time, so nothing else writes the object meanwhile."""
+    tool = line.get("tool") or "unknown"
+    results = [result(line), *read_results(cluster, client, tool)][:RESULTS_KEPT]
+    client.put_object(Bucket=cluster.s3.bucket, Key=results_key(cluster, tool), ContentType="application/json",
+                      Body=json.dumps(results, sort_keys=True, default=str).encode())
+    return results
+
+
+def by_backup(results) -> dict[tuple[str, str], dict]:
+    """(tool, label) -> the newest result of that backup's drills (a later drill by hand decides)."""
+    out: dict[tuple[str, str], dict] = {}
+    for r in sorted(results, key=lambda r: str(r.get("time") or "")):
+        if r.get("backup_label"):
+            out[(r.get("tool"), r["backup_label"])] = r
+    return out
+
+
+def backup_state(cluster, tool: str, label: str | None, finished_at, drilled: dict, at: datetime) -> dict:
+    """What the drills say of one backup: ``state`` (VERIFIED, FAILED, PENDING, OVERDUE), the result
+    that decided it, and a sentence; OVERDUE once ``verify.max_delay_minutes`` have passed since the
+    backup finished without a drill of it. ``drilled``: :func:`by_backup` of the results."""
+    r = drilled.get((tool, label)) if label else None
+    if r is not None:
+        ok = r.get("outcome") == "success"
+        text = (f"verified {r.get('time')} (RTO {r.get('rto_seconds')} s)" if ok else
+                f"drill failed at {r.get('failed_step')}: {r.get('cause') or 'a check failed'}")
+        return {"state": VERIFIED if ok else FAILED, "result": r, "text": text}
+    limit = cluster.verify.max_delay_minutes
+    finished = times.utc(finished_at)
+    waited = (at - finished).total_seconds() / 60 if finished else None
+    if waited is not None and waited > limit:
+        waited_text = f"{waited:.0f} min" if waited < 120 else f"{waited / 60:.1f} h"
+        return {"state": OVERDUE, "result": None,
+                "text": f"not verified {waited_text} after it finished (verify.max_delay_minutes {limit})"}
+    return {"state": PENDING, "result": None, "text": "drill pending"}
+
+
+def problem(cluster, tool: str, label: str | None, state: dict) -> str | None:
+    """The freshness check's and the inventory's words for a backup that is not proven in time."""
+    if state["state"] == FAILED:
+        return f"{tool} backup {label}: {state['text']}"
+    if state["state"] == OVERDUE:
+        return f"{tool} backup {label} {state['text']}"
+    return None
+
+
+def unverified(cluster, client, verdicts: list[dict], at: datetime) -> list[str]:
+    """The freshness check's judgement: each tool's newest backup (``verdicts``: freshness.judge_backup's)
+    proven by its drill within verify.max_delay_minutes, read from the bucket's results objects (the
+    verification host's log is out of the database host's reach). Sets each verdict's ``verification``."""
+    problems = []
+    for verdict in verdicts:
+        if not verdict.get("label"):
+            continue
+        tool, label = verdict["tool"], verdict["label"]
+        state = backup_state(cluster, tool, label, verdict["finished_at"], by_backup(read_results(cluster, client, tool)), at)
+        verdict["verification"] = state["state"]
+        log.info("%s backup %s: %s", tool, label, state["text"])
+        if found := problem(cluster, tool, label, state):
+            problems.append(found)
+    return problems
 
 
 def failure_text(line: dict) -> str:

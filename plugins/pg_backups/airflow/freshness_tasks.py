@@ -11,9 +11,9 @@ import logging
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-from pg_backups import costs, freshness, metrics, pgbackrest, walg
+from pg_backups import costs, freshness, metrics, pgbackrest, verification, walg
 from pg_backups.airflow.common import cluster_named, context, s3_access, s3_client, task_body
-from pg_backups.errors import StaleBackup, Unreachable, WalArchivingProblem
+from pg_backups.errors import NotVerified, StaleBackup, Unreachable, WalArchivingProblem
 from pg_backups.times import now
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,11 @@ def check_backups(cluster_name: str) -> dict:
     message = freshness.stale_message(cluster.name, verdicts)
     if message:
         raise StaleBackup(message)
+    unverified = verification.unverified(cluster, s3_client(cluster), verdicts, at) if cluster.verify.enabled else []
+    if unverified:
+        raise NotVerified(f"cluster {cluster.name}: " + "; ".join(unverified),
+                          "see the verify_backup run of that backup (its Slack alert names the step and cause), "
+                          "or run verify_backup by hand for it")
     return {"cluster": cluster.name, "max_backup_age_hours": limit, "backups": verdicts}
 
 

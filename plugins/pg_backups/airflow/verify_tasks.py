@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 PLAN_TASK, DRILL_TASK = "choose_backup", "drill"
 STEP_XCOM_PREFIX = "step_"
 CHECKS_XCOM_KEY = "checks_failed"
-LINE_XCOM_KEY = "verification"  # the line, success or not (for the inventory)
+LINE_XCOM_KEY = "verification"  # the line, success or not
 
 
 def triggering_record(ctx) -> dict | None:
@@ -108,6 +108,7 @@ def _evidence(cluster, ctx) -> tuple[dict, dict]:
         line["failed_step"] = "plan"
     result = verification.record_evidence(cluster, s3_client(cluster), line)
     ti.xcom_push(LINE_XCOM_KEY, line)
+    ti.xcom_push(verification.RESULT_XCOM[1], verification.result(line))  # for the inventory
     return line, result
 
 
