@@ -195,10 +195,10 @@ def test_loading_compares_each_cluster_once_not_with_every_other(monkeypatch):
     """A cluster's resources are read a bounded number of times, not once per other cluster: compared
     pairwise, 1,000 clusters took ~25 s of CPU per DAG file (each past the 30 s import timeout on a
     busy machine)."""
-    from pg_backups import config as config_module
+    from pg_backups.config import parsing  # where parse_config's checks look _resources up
 
     calls = []
-    real = config_module._resources
-    monkeypatch.setattr(config_module, "_resources", lambda c: calls.append(c.name) or real(c))
+    real = parsing._resources
+    monkeypatch.setattr(parsing, "_resources", lambda c: calls.append(c.name) or real(c))
     assert len(parse_config(fleet(60)).clusters) == 60
     assert len(calls) <= 2 * 60, f"{len(calls)} reads of the clusters' resources for 60 clusters"

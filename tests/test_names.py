@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 # asserted from outside; docs/ describes the names.
 CODE = ("dags", "plugins", "sandbox", "include", "bin", "benchmarks", "deploy", "monitoring")
 SUFFIXES = {".py", ".sh", ".yaml", ".yml", ".json", ""}
-CONFIG = REPO / "plugins" / "pg_backups" / "config.py"
+CONFIG = REPO / "plugins" / "pg_backups" / "config" / "declarations.py"  # where DAG_KINDS and BACKUP_ASSET are
 
 
 def code_files():
