@@ -218,7 +218,8 @@ class VerifySettings(Settings):
     # One JSON line per drill, archived to S3 beside the restore test's audit.
     log: str = "/var/log/{cluster}_verify.log"
     smoke_log: str = "/tmp/{cluster}_verify_smoke.log"
-    # A backup not verified within this many minutes of its completion is late.
+    # A backup not verified within this many minutes of its completion is late: the freshness check
+    # fails (NotVerified), the inventory turns amber, Prometheus fires PgBackupNotVerified.
     max_delay_minutes: int = setting(60, minimum=1)
 
 
