@@ -4,6 +4,7 @@ line, its metrics. Sandbox and scheduler cases are in tests/test_verification_sa
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,23 @@ def test_the_target_is_the_restore_tests_staging_pointed_at_verify_root(tmp_path
     assert staging.guard(target)["staging_root"] == str(tmp_path / "verify")
     # A lock path of its own: staging's recovery and a drill's never share the archive lock.
     assert pgbackrest.restore_lock_path(cluster, verification.LOCK_COPY) != pgbackrest.restore_lock_path(cluster)
+
+
+def test_the_drills_restore_uses_its_own_lock_path(tmp_path, monkeypatch):
+    """The restore command pgBackRest gets: --lock-path of the drill's copy, which goes into the
+    target's restore_command. It was staging's (restored-copy) until operations.restore_latest_backup
+    passed ``copy`` on: a drill beside a restore test shared staging's archive lock."""
+    from pg_backups import operations
+
+    cluster = make_cluster(tmp_path)
+    ran = []
+    monkeypatch.setattr(pgbackrest, "run", lambda c, command, *options, **kw: ran.append((command, options)))
+    monkeypatch.setattr(operations, "restore_lock", lambda c, timeout=0: contextlib.nullcontext())
+    operations.restore_latest_backup(verification.target(cluster), "pgbackrest", None, record=RECORD,
+                                     copy=verification.LOCK_COPY)
+    (command, options), = ran
+    assert command == "restore" and f"--set={RECORD['label']}" in options
+    assert f"--lock-path={pgbackrest.restore_lock_path(cluster, verification.LOCK_COPY)}" in options, options
 
 
 def test_the_disk_guard_refuses_naming_the_setting_and_the_sizes(tmp_path, monkeypatch):

@@ -315,7 +315,7 @@ def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: st
     started = time.monotonic()
     with restore_lock(cluster):
         staging.restore_into_staging(cluster, tool, access, record["label"], target_time,
-                                     timeout=RESTORE_TIMEOUT_SECONDS)
+                                     timeout=RESTORE_TIMEOUT_SECONDS, copy=copy)
     return {"record": record, "restore_seconds": round(time.monotonic() - started, 2), "tool": tool,
             "target_time": target_time}
 
