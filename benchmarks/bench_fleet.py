@@ -2,7 +2,7 @@
 Airflow scheduler, with the backup tools replaced by STAND-INS.
 
 What is real: Airflow 3 (scheduler with the LocalExecutor, dag-processor, triggerer, API server,
-SQLite metadata database, started by sandbox/sandbox.py's ``start_airflow``), the project's DAG
+SQLite metadata database, started by sandbox/airflow_home.py's ``start_airflow``), the project's DAG
 folder and task code, an S3 endpoint (moto, plain HTTP on 127.0.0.1) for the preflight's
 ``head_bucket``. What is NOT: ``pgbackrest``, ``psql`` and ``postgres --version`` (and ``wal-g``,
 written but not called: the clusters run pgBackRest only) are small shell scripts this benchmark

@@ -38,7 +38,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import sandbox  # sandbox/sandbox.py: its helpers need only the standard library
+# The loopback sandbox's helpers (sandbox/): modules that need only the standard library at import.
+import processes
+from airflow_home import read_env_file
+from postgres import SEED_SQL
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "pg-backups:3.3.2"
@@ -54,8 +57,8 @@ HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 IMAGE_CA_DIR = REPO / "deploy" / "ca-certificates"
 
 
-log = functools.partial(sandbox.log, name="compose")
-sh = functools.partial(sandbox.sh, name="compose")
+log = functools.partial(processes.log, name="compose")
+sh = functools.partial(processes.sh, name="compose")
 
 
 class Settings:
@@ -88,7 +91,7 @@ class Settings:
         return argv
 
     def secrets(self) -> dict:
-        return sandbox.read_env_file(self.env_file)
+        return read_env_file(self.env_file)
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,9 +251,8 @@ def prepare(S: Settings) -> None:
         os.chmod(tls / "key.pem", 0o644)  # read by stunnel in its container; a sandbox-only key
     (S.dir / "slack").mkdir(exist_ok=True)
     S.slack_messages.touch()
-    seed = sandbox.SEED_SQL
-    if not (S.dir / "seed.sql").exists() or (S.dir / "seed.sql").read_text() != seed:
-        (S.dir / "seed.sql").write_text(seed)
+    if not (S.dir / "seed.sql").exists() or (S.dir / "seed.sql").read_text() != SEED_SQL:
+        (S.dir / "seed.sql").write_text(SEED_SQL)
     if not S.env_file.exists():
         write_env(S)
 

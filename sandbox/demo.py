@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Run as a script (bin/demo: `python sandbox/demo.py`), sandbox/ is first on sys.path already; this keeps
+# the sibling imports working when the file is loaded another way (runpy, an import from elsewhere).
 sys.path.insert(0, str(HERE))
 
 import airflow_api  # noqa: E402
