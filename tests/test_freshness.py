@@ -204,6 +204,10 @@ def _patched_tasks(monkeypatch, tmp_path, tools, now, results=None, verify=None)
     monkeypatch.setattr(freshness_tasks, "s3_access", lambda c: object())
     bucket = ResultsBucket(results)
     monkeypatch.setattr(freshness_tasks, "s3_client", lambda c: bucket)
+    # The window's end is production's (heartbeats, pg_stat_archiver): the sandbox test reads it for real.
+    monkeypatch.setattr(freshness_tasks.pitr, "windows", lambda c, access, info, backups: [
+        {"tool": tool, "start": "2026-11-20T02:15:40+00:00", "end": "2026-11-25T11:45:00+00:00",
+         "end_source": "heartbeat", "last_archived_segment": None, "empty": False} for tool in tools])
     monkeypatch.setattr(freshness_tasks.walg, "write_config", lambda c, a: [])
     monkeypatch.setattr(freshness_tasks.walg, "backup_list",
                         lambda c, a: walg.parse_backup_list(WALG_BACKUP_LIST_RECORDED_SAMPLE))
@@ -220,6 +224,10 @@ def test_check_backups_walg_recorded_sample_fresh_publishes_metrics(monkeypatch,
     assert [v["tool"] for v in report["backups"]] == ["walg"] and not report["backups"][0]["stale"]
     text = (tmp_path / "pg_backups_asso_walg.prom").read_text()
     assert 'label="base_000000010000000000000010_D_000000010000000000000004"' in text
+    # The recovery window, published with the verdicts (the inventory reads the return value).
+    assert report["recovery_windows"][0]["end"] == "2026-11-25T11:45:00+00:00"
+    window = (tmp_path / "pg_backups_asso_recovery_window.prom").read_text()
+    assert 'pg_backups_recovery_window_end_timestamp_seconds{cluster="asso",stanza="asso",tool="walg"} 1795' in window
 
 
 def test_check_backups_walg_recorded_sample_stale_raises(monkeypatch, tmp_path):

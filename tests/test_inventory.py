@@ -450,3 +450,32 @@ def test_every_newest_backup_verified_is_green_and_says_so(tmp_path):
     row = row_of(inventory.build([cluster], FakeStore([event(newest)], xcoms=drill_xcoms(earlier, again)), AT))
     assert row["backups"]["pgbackrest"]["verification"]["state"] == "verified"
     assert row["status"]["colour"] == "green" and row["status"]["text"].endswith(", newest backups verified")
+
+
+def test_the_recovery_window_and_the_last_pitr_drill_per_tool_and_a_failed_drill_is_red(tmp_path):
+    cluster = make_cluster(tmp_path, drills=True)
+    healthy(tmp_path, cluster)
+    newest = record("20261125-021502D", "diff", AT - timedelta(hours=6))
+    verified = drill_result(newest["label"], "success", AT - timedelta(hours=5, minutes=50))
+    window = {"tool": "pgbackrest", "start": (AT - timedelta(days=30)).isoformat(),
+              "end": (AT - timedelta(minutes=16)).isoformat(), "end_source": "heartbeat"}
+    failed = {"time": (AT - timedelta(hours=3)).isoformat(), "tool": "pgbackrest", "run_id": "scheduled__pitr",
+              "backup_label": "20261124-021502F", "target_time": (AT - timedelta(days=1, hours=2)).isoformat(),
+              "drawn": True, "recovered_to": None, "rpo_gap_seconds": None, "rto_seconds": None, "outcome": "failed",
+              "failed_step": "start", "cause": "drill: failed: ... 00000001000000000000002A ... not found"}
+    xcoms = {**drill_xcoms(verified),
+             ("verify_pitr_asso", "record_evidence", "pitr_result"): [
+                 {"run_id": failed["run_id"], "value": failed, "timestamp": AT - timedelta(hours=3)}],
+             ("backup_freshness_asso", "check_backups", "return_value"): {
+                 "value": {"backups": [], "recovery_windows": [window]}, "timestamp": AT - timedelta(minutes=10),
+                 "run_id": "scheduled__f"}}
+    data = inventory.build([cluster], FakeStore([event(newest)], xcoms=xcoms), AT)
+    row = row_of(data)
+    drills = row["pitr"]["pgbackrest"]
+    assert (drills["window"]["start"], drills["window"]["end"]) == (window["start"], window["end"])
+    assert drills["last_drill"]["run_link"] == "/dags/verify_pitr_asso/runs/scheduled__pitr"
+    assert row["status"]["colour"] == "red"
+    assert any(r.startswith("last PITR drill of pgbackrest failed (target") and "step start" in r
+               for r in row["status"]["reasons"]), row["status"]
+    html = inventory_page.render(data, None, AT)
+    assert 'class="pitr-drill" data-outcome="failed"' in html and 'class="window-start"' in html

@@ -64,14 +64,18 @@ def test_the_cluster_names_its_dags_and_assets():
     asso = build_cluster({"name": "asso"})
     assert [asso.dag_id(k) for k in DAG_KINDS] == ["s3_bucket_config_asso", "pgbackrest_backup_asso",
                                                   "walg_backup_asso", "pgbackrest_verify_asso", "verify_backup_asso",
-                                                  "restore_test_asso", "backup_freshness_asso"]
+                                                  "heartbeat_asso", "verify_pitr_asso", "restore_test_asso",
+                                                  "backup_freshness_asso"]
     assert asso.asset_name("walg") == "walg_backup_asso" and asso.pool == "backups_asso" and asso.stanza == "asso"
     # A backup DAG only for the cluster's tools; the repository's verify only with pgBackRest; a drill
     # unless switched off.
     assert build_cluster({"name": "b", "tools": ["pgbackrest"]}).dag_kinds == [
-        "s3_bucket", "pgbackrest", "pgbackrest_verify", "verify_backup", "restore_test", "freshness"]
+        "s3_bucket", "pgbackrest", "pgbackrest_verify", "verify_backup", "heartbeat", "verify_pitr", "restore_test",
+        "freshness"]
     assert build_cluster({"name": "b", "tools": ["walg"], "restore_test": {"tool": "walg"},
                           "verify": {"enabled": False}}).dag_kinds == ["s3_bucket", "walg", "restore_test", "freshness"]
+    assert build_cluster({"name": "b", "tools": ["pgbackrest"], "verify": {"pitr_enabled": False}}).dag_kinds == [
+        "s3_bucket", "pgbackrest", "pgbackrest_verify", "verify_backup", "restore_test", "freshness"]
     assert set(TOOLS) <= set(DAG_KINDS)  # a backup DAG's kind is its tool
 
 

@@ -8,6 +8,9 @@ operations as the DAGs out.
     python -m pg_backups.cli write-configs       # pgbackrest.conf + walg.json for the database host
     python -m pg_backups.cli pgbackrest-verify   # whole-repository `pgbackrest verify` (weekly)
     python -m pg_backups.cli verify-backup       # the verification drill: VERIFY_TOOL, VERIFY_LABEL (default: newest)
+    python -m pg_backups.cli verify-pitr         # the random-point PITR drill: VERIFY_TOOL, VERIFY_TARGET_TIME
+                                                 # (default: drawn from the recovery window)
+    python -m pg_backups.cli heartbeat           # one heartbeat row into production (cron: every 15 min)
     python -m pg_backups.cli list-pools          # the Airflow pools to create: name, slots, description
     python -m pg_backups.cli check-config [FILE] # every problem of the file (pre-commit, CI); exit 0 or 2
     python -m pg_backups.cli restore-test        # RESTORE_TOOL, STAGING_PGDATA, STAGING_CONNECTION_URI,
@@ -28,7 +31,7 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from pg_backups import alerts, operations, runner, verification
+from pg_backups import alerts, operations, pitr, runner, verification
 from pg_backups.config import build_cluster, check_file, load_config, with_overrides
 from pg_backups.errors import EXIT_FAILED, EXIT_REFUSED, ConfigError, PgBackupsError, RestoreRefused, config_problem
 from pg_backups.s3_access import access_from_env
@@ -37,7 +40,7 @@ from pg_backups.staging import StagingConnection
 log = logging.getLogger("pg_backups")
 
 COMMANDS = ("configure-s3", "pgbackrest-backup", "walg-backup", "archive-command", "write-configs", "restore-test",
-            "list-pools", "check-config", "pgbackrest-verify", "verify-backup")
+            "list-pools", "check-config", "pgbackrest-verify", "verify-backup", "verify-pitr", "heartbeat")
 
 
 def runbook_overrides(env) -> dict:
@@ -230,6 +233,13 @@ def main(argv=None) -> int:
             result = verification.run_drill(cluster, os.environ.get("VERIFY_TOOL") or cluster.restore_test.tool,
                                             access, access.boto3_client(), run_id, os.environ.get("VERIFY_LABEL") or None,
                                             StagingConnection.from_uri(uri).dbname if uri else None)
+        elif args.command == "verify-pitr":
+            uri = os.environ.get("STAGING_CONNECTION_URI")
+            result = pitr.run_drill(cluster, os.environ.get("VERIFY_TOOL") or cluster.restore_test.tool, access,
+                                    access.boto3_client(), run_id, os.environ.get("VERIFY_TARGET_TIME") or None,
+                                    StagingConnection.from_uri(uri).dbname if uri else None)
+        elif args.command == "heartbeat":
+            result = pitr.write_heartbeat(cluster)
         elif args.command == "archive-command":
             print(operations.archive_command(cluster))
             return 0

@@ -11,7 +11,9 @@ cluster's database:
 - the restore-test audit log (``restore_test.audit_log``, one JSON line per run);
 - the verification drills' results (``verification.RESULT_XCOM`` of each ``verify_backup`` run,
   and the lines of ``verify.log`` where this machine can read it: the cron drills): each backup
-  verified, failed or pending, and each tool's last verified backup with its RTO.
+  verified, failed or pending, and each tool's last verified backup with its RTO;
+- the daily PITR drills' results (``pitr.RESULT_XCOM``, and ``verify.log``'s PITR lines) and each
+  tool's recovery window, as the freshness check measured it (``check_backups``'s return value).
 
 Airflow's metadata is reached through a *store* (:class:`Store`): the API server's is
 ``pg_backups.airflow.inventory_store.MetadataStore``; the unit tests and the benchmark use others.
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from pg_backups import audit, costs, freshness, metrics, verification
+from pg_backups import audit, costs, freshness, metrics, pitr, verification
 from pg_backups.times import iso, now, utc
 
 TIMELINE_DAYS = 30
@@ -188,6 +190,39 @@ def _verification_xcoms(clusters: list, store: Store, since: datetime) -> dict[s
             if isinstance(row.get("value"), dict):
                 out.setdefault(dags[row["dag_id"]], []).append(row["value"])
     return out
+
+
+def pitr_results(cluster, xcom_results: list[dict] = ()) -> list[dict]:
+    """The cluster's PITR drill results, oldest first: the DAG runs' XComs and verify.log's PITR lines."""
+    lines = _cached_read(cluster.verify.log, _parse_audit) or []
+    merged = {}
+    from_log = [pitr.result(line) for line in lines if line.get("kind") == pitr.KIND
+                and line.get("cluster") in (None, cluster.name)]
+    for r in [*from_log, *xcom_results]:
+        if isinstance(r, dict):
+            merged[r.get("run_id") or r.get("time")] = r
+    return sorted(merged.values(), key=lambda r: str(r.get("time") or ""))
+
+
+def _pitr(cluster, results: list[dict], windows: dict | None) -> dict:
+    """Per tool: the recovery window (first and last recoverable point) and the last PITR drill."""
+    out = {}
+    for tool in cluster.tools:
+        mine = [r for r in results if r.get("tool") == tool]
+        last = dict(mine[-1]) if mine else None
+        if last:
+            last["run_link"] = run_link(cluster.dag_id("verify_pitr"), last.get("run_id"))
+        out[tool] = {"window": (windows or {}).get(tool), "last_drill": last}
+    return out
+
+
+def _windows(xcom: dict | None) -> dict | None:
+    value = (xcom or {}).get("value")
+    if not isinstance(value, dict) or not isinstance(value.get("recovery_windows"), list):
+        return None
+    return {w["tool"]: {"start": w.get("start"), "end": w.get("end"), "end_source": w.get("end_source"),
+                        "measured_at": iso((xcom or {}).get("timestamp"))} for w in value["recovery_windows"]
+            if isinstance(w, dict) and w.get("tool")}
 
 
 def _drill(cluster, r: dict | None) -> dict | None:
@@ -402,7 +437,7 @@ def _restore(cluster, line: dict | None, at: datetime, endpoint: str | None = No
 
 
 def _status(cluster, backups: dict, last_runs: dict, wal: dict, restore: dict | None, last_success: dict | None,
-            at: datetime) -> dict:
+            at: datetime, pitr_drills: dict | None = None) -> dict:
     red, amber = [], []
     limit = cluster.alerts.max_backup_age_hours
     for tool in cluster.tools:
@@ -425,6 +460,11 @@ def _status(cluster, backups: dict, last_runs: dict, wal: dict, restore: dict | 
                 red.append(text)
             elif verified["state"] == verification.OVERDUE:
                 amber.append(text)
+    for tool, drilled in (pitr_drills or {}).items():
+        last = drilled.get("last_drill")
+        if last and last.get("outcome") != "success":
+            red.append(f"last PITR drill of {tool} failed (target {last.get('target_time')}, step "
+                       f"{last.get('failed_step')}): {last.get('cause') or 'a check failed'}")
     if wal["state"] == "failing":
         red.append(f"WAL archiving failing since {wal['last_failed_time']}")
     elif wal["state"] == "lagging":
@@ -528,6 +568,12 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
     last.update(store.last_runs(freshness_dags, since=xcom_since))
     audit_xcoms = _audit_xcoms(clusters, store)
     verify_xcoms = _verification_xcoms(clusters, store, since)
+    pitr_dags = {c.dag_id("verify_pitr"): c.name for c in clusters if "verify_pitr" in c.dag_kinds}
+    pitr_xcoms: dict[str, list[dict]] = {}
+    for row in store.xcoms_since(list(pitr_dags), *pitr.RESULT_XCOM, since) if pitr_dags else []:
+        if isinstance(row.get("value"), dict):
+            pitr_xcoms.setdefault(pitr_dags[row["dag_id"]], []).append(row["value"])
+    window_xcoms = store.latest_xcoms(freshness_dags, "check_backups", "return_value", xcom_since)
     wal_xcoms = store.latest_xcoms(freshness_dags, "check_wal_archiving", "archiver_stats", xcom_since)
     bucket_xcoms = store.latest_xcoms(freshness_dags, "bucket_usage", "return_value", xcom_since)
 
@@ -560,13 +606,15 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
         lines = audit_lines(c, audit_xcoms.get(c.name, []))
         restore = _restore(c, lines[-1] if lines else None, at, s3_endpoints.get(c.s3.aws_conn_id))
         last_success = next((line for line in reversed(lines) if line.get("outcome") == "success"), None)
+        drills = pitr_results(c, pitr_xcoms.get(c.name, [])) if "verify_pitr" in c.dag_kinds else []
+        pitr_drills = _pitr(c, drills, _windows(window_xcoms.get(c.dag_id("freshness"))))
         wal = _wal(c, wal_xcoms.get(c.dag_id("freshness")), at)
         bucket = _bucket(c, bucket_xcoms.get(c.dag_id("freshness")))
         rows.append({
             "name": c.name,
             "stanza": c.stanza,
             "tools": list(c.tools),
-            "status": _status(c, backups, last_runs, wal, restore, last_success, at),
+            "status": _status(c, backups, last_runs, wal, restore, last_success, at, pitr_drills),
             "backups": backups,
             "last_backup_runs": {tool: last_runs.get(tool) for tool in c.tools},
             "last_freshness_run": last_runs.get("freshness"),
@@ -575,6 +623,7 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
             "restore_test": restore,
             "last_successful_restore_test": iso(last_success.get("time")) if last_success else None,
             "verification": _verification(c, results) if drilled is not None else None,
+            "pitr": pitr_drills,
             "timeline": (c, lines, drilled),  # made below, for the rows shown only
         })
     counts = {colour: sum(1 for r in rows if r["status"]["colour"] == colour) for colour in (GREEN, AMBER, RED)}

@@ -77,6 +77,7 @@ def _backup_cell(row: dict) -> str:
             f'(<span class="stored" title="added to the repository">{escape(b["stored"])} stored</span>)'
             f'<br><small>run {_a(_run_href(b["run_link"]), str(b["run_id"] or "-"), "run")}</small>'
             f'{_verification_html(b.get("verification"), ((row.get("verification") or {}).get(tool) or {}))}'
+            f'{_pitr_html((row.get("pitr") or {}).get(tool))}'
             f'{failed}</div>')
     return "".join(parts)
 
@@ -99,6 +100,29 @@ def _verification_html(state: dict | None, tool_drills: dict) -> str:
             f'<span class="label">{escape(str(last["backup_label"]))}</span>, RTO '
             f'<span class="rto">{escape(str(last["rto_seconds"]))} s</span>, {escape(_when(last["time"]))}'
             if last else '<span class="muted">none in the window</span>') + '</small>')
+    return out
+
+
+def _pitr_html(drills: dict | None) -> str:
+    """The tool's recovery window and its last PITR drill (target, the point reached, its gap)."""
+    if not drills:
+        return ""
+    out = ""
+    w = drills.get("window")
+    if w and w.get("start"):
+        out += (f'<br><small class="window" title="measured {escape(_when(w.get("measured_at")))} '
+                f'(end: {escape(str(w.get("end_source")))})">recoverable <span class="window-start">'
+                f'{escape(_when(w["start"]))}</span> to <span class="window-end">{escape(_when(w.get("end")))}</span>'
+                '</small>')
+    last = drills.get("last_drill")
+    if last:
+        ok = last.get("outcome") == "success"
+        what = (f'to {_when(last.get("target_time"))}, reached {_when(last.get("recovered_to"))} '
+                f'(gap {last.get("rpo_gap_seconds")} s, RTO {last.get("rto_seconds")} s)' if ok else
+                f'to {_when(last.get("target_time"))} failed at {last.get("failed_step")}: {last.get("cause") or "-"}')
+        out += (f'<br><small class="pitr-drill" data-outcome="{escape(str(last.get("outcome")))}">PITR drill '
+                f'{_a(_run_href(last.get("run_link")), "ok" if ok else "FAILED", "ok" if ok else "bad")} '
+                f'{escape(what)}</small>')
     return out
 
 

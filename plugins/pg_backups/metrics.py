@@ -264,6 +264,54 @@ def record_verify(cluster, line: dict) -> dict:
     return publish(cluster, source, verify_samples(cluster, line, previous))
 
 
+def verify_pitr_samples(cluster, line: dict, previous: dict | None = None) -> list[tuple[str, dict, float]]:
+    """``line``: a PITR drill's line (pg_backups.pitr): the target drawn, the recovery point it
+    reached and the gap between them (the achieved RPO of that point), the RTO, the outcome; a
+    failed drill keeps the last success's time."""
+    previous = previous or {}
+    base = {"cluster": cluster.name, "stanza": cluster.stanza, "tool": line.get("tool") or "unknown"}
+    ok = line.get("outcome") == "success"
+    finished = epoch(line.get("time")) or time.time()
+    return [
+        ("verify_pitr_last_run_timestamp_seconds", base, finished),
+        ("verify_pitr_last_success_timestamp_seconds", base, finished if ok else previous.get("success")),
+        ("verify_pitr_last_target_timestamp_seconds", base, epoch(line.get("target_time"))),
+        ("verify_pitr_last_recovered_timestamp_seconds", base, epoch(line.get("recovered_to"))),
+        ("verify_pitr_last_rpo_gap_seconds", base, line.get("rpo_gap_seconds")),
+        ("verify_pitr_last_rto_seconds", base, line.get("rto_seconds")),
+        ("verify_pitr_last_result", base, 1 if ok else 0),
+    ]
+
+
+def record_verify_pitr(cluster, line: dict) -> dict:
+    """After each PITR drill: one file per cluster and tool (``verify_<tool>_pitr``)."""
+    source = f"verify_{line.get('tool') or 'unknown'}_pitr"
+    previous: dict = {}
+    path = textfile_path(cluster, source)
+    if path and path.exists():
+        try:
+            for (name, _labels), value in parse(path.read_text()).items():
+                if name == f"{PREFIX}_verify_pitr_last_success_timestamp_seconds":
+                    previous["success"] = value
+        except OSError:
+            previous = {}
+    return publish(cluster, source, verify_pitr_samples(cluster, line, previous))
+
+
+def recovery_window_samples(cluster, windows: list[dict]) -> list[tuple[str, dict, float]]:
+    """``windows``: pg_backups.pitr.recovery_window of each tool: its first and last recoverable point."""
+    samples = []
+    for w in windows:
+        base = {"cluster": cluster.name, "stanza": cluster.stanza, "tool": w["tool"]}
+        samples += [("recovery_window_start_timestamp_seconds", base, epoch(w.get("start"))),
+                    ("recovery_window_end_timestamp_seconds", base, epoch(w.get("end")))]
+    return samples
+
+
+def record_recovery_window(cluster, windows: list[dict]) -> dict:
+    return publish(cluster, "recovery_window", recovery_window_samples(cluster, windows))
+
+
 def archiver_samples(cluster, stats: dict) -> list[tuple[str, dict, float]]:
     """``stats``: a pg_stat_archiver row (archived_count, failed_count, last_archived_time, ...)."""
     base = {"cluster": cluster.name}

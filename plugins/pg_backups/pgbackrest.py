@@ -372,6 +372,13 @@ def newest_good(stanza_info: dict, label: str | None = None, finished_before: da
     return max(good, key=lambda b: b["timestamp"]["stop"]) if good else None
 
 
+def oldest_good_stop(stanza_info: dict) -> datetime | None:
+    """Where the recovery window begins: the stop time of the oldest good backup kept (the first
+    consistent point; WAL from there on is kept with it)."""
+    stops = [times.utc(b["timestamp"]["stop"]) for b in (stanza_info or {}).get("backup", []) if not b.get("error")]
+    return min(stops) if stops else None
+
+
 def latest_backup(cluster, stanza_info: dict | None = None) -> dict | None:
     return newest_good(info(cluster) if stanza_info is None else stanza_info)
 

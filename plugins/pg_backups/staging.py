@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -294,6 +295,49 @@ def unreachable_target(fatal: str) -> bool:
     return "recovery target" in fatal or "recovery stop point" in fatal
 
 
+# PostgreSQL logs each segment its restore_command brought back (whichever tool): the one after the
+# last of them is where the archive ran out.
+RESTORED_SEGMENT_RE = re.compile(r'restored log file "([0-9A-F]{24})" from archive')
+
+
+def next_segment(name: str, segment_bytes: int = 16 * 2**20) -> str:
+    """The WAL segment after ``name`` on its timeline (segments per 4 GiB "log" file: 2**32 / size)."""
+    per_log = 2**32 // segment_bytes
+    log_id, seg = int(name[8:16], 16), int(name[16:24], 16) + 1
+    if seg >= per_log:
+        log_id, seg = log_id + 1, 0
+    return f"{name[:8]}{log_id:08X}{seg:08X}"
+
+
+def segment_bytes(cluster) -> int:
+    """The restored copy's WAL segment size (pg_controldata), 16 MiB when it cannot be read."""
+    try:
+        out = runner.run([server_binary(cluster, "pg_controldata"), staging_dir(cluster)], os_user=cluster.os_user,
+                         timeout=30, quiet=True).stdout
+        match = re.search(r"Bytes per WAL segment:\s+(\d+)", out)
+        return int(match.group(1)) if match else 16 * 2**20
+    except Exception:  # noqa: BLE001 - only the explanation's precision depends on it
+        return 16 * 2**20
+
+
+def missing_segment(cluster) -> str | None:
+    """Why recovery ended before its target: the segment after the last one restored from the
+    archive (a hole in the archive, or one it could not read), in words; None when no segment was
+    restored at all."""
+    last = None
+    for path in staging_log_paths(cluster):
+        try:
+            found = RESTORED_SEGMENT_RE.findall(path.read_text(errors="replace"))
+        except OSError:
+            continue
+        if found:
+            last = max(found)
+    if last is None:
+        return None
+    return (f"WAL segment {next_segment(last, segment_bytes(cluster))} is missing from the archive or unreadable "
+            f"(the last segment restored was {last})")
+
+
 def last_fatal_line(cluster) -> str | None:
     """The last ``FATAL:`` (or ``PANIC:``) line staging's server logged: why it stopped."""
     for path in staging_log_paths(cluster):
@@ -328,8 +372,10 @@ def wait_recovery_end(cluster, timeout: float = 3600, poll: float = 1.0) -> floa
     while True:
         if not staging_running(cluster):
             fatal = last_fatal_line(cluster) or "no FATAL line in its log"
-            raise ToolError(f"staging PostgreSQL of cluster {cluster.name} stopped during recovery: {fatal} "
-                            f"(log: {staging_log_paths(cluster)[0]})", retryable=not unreachable_target(fatal))
+            hole = missing_segment(cluster) if "recovery ended before" in fatal else None
+            raise ToolError(f"staging PostgreSQL of cluster {cluster.name} stopped during recovery: {fatal}"
+                            + (f"; {hole}" if hole else "") + f" (log: {staging_log_paths(cluster)[0]})",
+                            retryable=not unreachable_target(fatal))
         try:
             if staging_sql(cluster, "SELECT pg_is_in_recovery()", timeout=30) == "f":
                 return time.monotonic() - started

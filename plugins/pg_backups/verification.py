@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 # A restored copy's pgBackRest lock path of its own (pgbackrest.restore_lock_path): never staging's.
 LOCK_COPY = "verify-copy"
 KIND = "verification"
+# The drills of a cluster: each new backup's, and the daily random-point PITR drill's
+# (pg_backups.pitr). Each has a target directory of its own: the drill pool serialises the
+# drills, not their teardowns, so one drill's teardown must never remove the other's target.
+BACKUP, PITR = "backup", "pitr"
 STEPS = ("plan", "restore", "start", "checks")
 # What a backup's drill says of it, for the inventory and the freshness check: proven restorable,
 # drilled and failed, not drilled yet, not drilled within verify.max_delay_minutes of its completion.
@@ -40,17 +44,19 @@ RESULT_XCOM = ("record_evidence", "verification_result")
 RESULTS_KEPT = 100  # per cluster and tool in the bucket's results object: months of daily backups
 
 
-def target(cluster):
+def target(cluster, kind: str = BACKUP):
     """The cluster as the restore test's code sees it, with the drill's target as its staging."""
     v = cluster.verify
-    rt = dataclasses.replace(cluster.restore_test, staging_root=v.root, staging_data_directory=data_directory(cluster),
+    rt = dataclasses.replace(cluster.restore_test, staging_root=v.root,
+                             staging_data_directory=data_directory(cluster, kind),
                              staging_port=v.port, staging_socket_directory=v.socket_directory,
                              staging_queue=v.queue, smoke_log=v.smoke_log, audit_log=v.log)
     return dataclasses.replace(cluster, restore_test=rt)
 
 
-def data_directory(cluster) -> str:
-    return os.path.join(cluster.verify.root, cluster.name)
+def data_directory(cluster, kind: str = BACKUP) -> str:
+    """``<verify.root>/<cluster>`` for a backup's drill, ``<verify.root>/<cluster>-pitr`` for the PITR drill."""
+    return os.path.join(cluster.verify.root, cluster.name if kind == BACKUP else f"{cluster.name}-{kind}")
 
 
 def required_bytes(cluster, record: dict) -> int:
@@ -82,27 +88,30 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def plan(cluster, tool: str, access, label: str | None = None, record: dict | None = None) -> dict:
-    """Which backup (the published record, else read from the repository), the target's guard and
+def plan(cluster, tool: str, access, label: str | None = None, record: dict | None = None, *,
+         kind: str = BACKUP, target_time: str | None = None) -> dict:
+    """Which backup (the published record, else read from the repository: the given label, the
+    newest, or with ``target_time`` the newest that finished before it), the target's guard and
     the disk guard: every refusal comes before the target is touched."""
     if tool not in cluster.tools:
         raise RestoreRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
                              "choose one of the cluster's tools")
     if record is None:
-        record = operations.restore_backup_record(cluster, tool, access, label)  # writes the tool's config
+        record = operations.restore_backup_record(cluster, tool, access, label, target_time)  # writes the tool's config
     elif access is not None:  # the published record: the verification host still needs the tool's config
         (walg if tool == "walg" else pgbackrest).write_config(cluster, access)
-    guarded = staging.guard(target(cluster))
-    return {"tool": tool, "record": record, "target": target_description(cluster), "guard": guarded,
+    guarded = staging.guard(target(cluster, kind))
+    return {"tool": tool, "record": record, "target": target_description(cluster, kind), "guard": guarded,
             "space": check_free_space(cluster, record)}
 
 
-def target_description(cluster) -> dict:
+def target_description(cluster, kind: str = BACKUP) -> dict:
     v = cluster.verify
-    return {"data_directory": data_directory(cluster), "port": v.port, "host": v.queue or "(default queue)"}
+    return {"data_directory": data_directory(cluster, kind), "port": v.port, "host": v.queue or "(default queue)"}
 
 
-def drill(cluster, tool: str, access, record: dict, progress=None, dbname: str | None = None) -> dict:
+def drill(cluster, tool: str, access, record: dict, progress=None, dbname: str | None = None, *,
+          kind: str = BACKUP, target_time: str | None = None, extra_checks=None) -> dict:
     """Restore ``record``'s backup onto the target, start it, wait for recovery's end, run the
     restore test's checks; the target's server is stopped at the end whatever happened (the next
     drill on the host may use the port), and the directory is left to :func:`teardown`.
@@ -110,18 +119,29 @@ def drill(cluster, tool: str, access, record: dict, progress=None, dbname: str |
     ``progress(step, result)`` is called after each step (the DAG keeps them as XComs, so that the
     evidence names what was done when a step fails). RTO = restore + start + recovery. ``dbname``:
     the database of ``restore_test.check_tables``, as the restore test has it (its staging
-    connection's database)."""
-    t = target(cluster)
+    connection's database). ``target_time``: recover to that point (PITR) instead of the end of
+    the archived WAL. ``extra_checks(target)``: more check results (the PITR drill's heartbeats),
+    judged with the others."""
+    t = target(cluster, kind)
     report = progress or (lambda step, result: None)
     try:
         staging.stop_staging(t)  # a server left by an interrupted drill
         staging.purge_staging(t)  # the target's directory, empty, 0700, the OS user's
-        done = operations.restore_latest_backup(t, tool, access, record=record, copy=LOCK_COPY)
+        done = operations.restore_latest_backup(t, tool, access, target_time=target_time, record=record,
+                                                copy=LOCK_COPY)
         report("restore", done)
         started = operations.restore_start_staging(t)
         report("start", started)
         smoke = checks.smoke(t, dbname)
-        results = checks.data_checks(t, record, dbname)
+        extra = extra_checks(t) if extra_checks else []
+        try:
+            results = checks.data_checks(t, record, dbname)
+        except CheckFailed as exc:
+            raise CheckFailed(str(exc), exc.checks + extra) from None
+        results += extra
+        failed = [c["check"] for c in extra if c["result"] != "ok"]
+        if failed:
+            raise CheckFailed(f"restored cluster failed checks: {', '.join(failed)}", results)
         report("checks", {"smoke": smoke, "checks": results})
     finally:
         try:
@@ -132,9 +152,9 @@ def drill(cluster, tool: str, access, record: dict, progress=None, dbname: str |
             "rto_seconds": round(done["restore_seconds"] + started["startup_seconds"], 2)}
 
 
-def teardown(cluster) -> dict:
+def teardown(cluster, kind: str = BACKUP) -> dict:
     """Stop the target's server if it runs, and remove its directory (guarded: only under verify.root)."""
-    t = target(cluster)
+    t = target(cluster, kind)
     stopped = staging.stop_staging(t)
     path = staging.staging_dir(t)
     removed = False
@@ -154,7 +174,7 @@ def failed_step(steps_done: dict) -> str:
 
 
 def verification_line(cluster, *, run_id: str, tool: str, record: dict | None, steps: dict,
-                      errors: list[str], started_at: str | None = None) -> dict:
+                      errors: list[str], started_at: str | None = None, kind: str = BACKUP) -> dict:
     """One JSON line per drill, in the verification log beside the audit: which backup, tool and
     target, the RTO, every check, the outcome, and when it failed the step and the cause."""
     restore, start, checked = steps.get("restore"), steps.get("start"), steps.get("checks") or {}
@@ -174,7 +194,7 @@ def verification_line(cluster, *, run_id: str, tool: str, record: dict | None, s
         "backup_type": record.get("type"),
         "backup_time": record.get("stop_time"),
         "backup_run_id": record.get("airflow_run_id"),
-        "target": target_description(cluster),
+        "target": target_description(cluster, kind),
         "restore_seconds": restore and restore["restore_seconds"],
         "startup_seconds": start and start["startup_seconds"],
         "rto_seconds": rto,
@@ -194,14 +214,14 @@ def record_evidence(cluster, client, line: dict) -> dict:
     path = audit.append_audit(t, line)
     uris = audit.archive_logs(t, client, line["run_id"]) if client is not None else []
     published = None
-    if client is not None:
+    if client is not None and line.get("kind") == KIND:  # the backups' results; not the PITR drill's
         try:  # without it the freshness check calls the backup unverified: an alert, nothing hidden
             publish_result(cluster, client, line)
             published = f"s3://{cluster.s3.bucket}/{results_key(cluster, line.get('tool') or 'unknown')}"
         except Exception as exc:  # noqa: BLE001
             log.warning("drill result not published to the bucket: %s: %s", type(exc).__name__, exc)
     try:
-        metrics.record_verify(cluster, line)
+        (metrics.record_verify if line.get("kind") == KIND else metrics.record_verify_pitr)(cluster, line)
     except Exception as exc:  # noqa: BLE001
         log.warning("verification metrics not published: %s: %s", type(exc).__name__, exc)
     return {"verify_log": path, "archived": uris, "results": published, "outcome": line["outcome"]}

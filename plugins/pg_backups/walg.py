@@ -131,6 +131,11 @@ def finished(backup: dict) -> datetime:
     return times.utc(backup.get("finish_time") or backup.get("time") or backup.get("start_time"))
 
 
+def oldest_finished(backups: list[dict]) -> datetime | None:
+    """Where the recovery window begins: the finish time of the oldest backup kept."""
+    return min((finished(b) for b in backups), default=None)
+
+
 def newest(backups: list[dict], label: str | None = None, finished_before: datetime | None = None) -> dict | None:
     """The one rule for "the newest good backup" (``backup-list`` shows only completed ones): the
     given label if any, finished before ``finished_before`` if given (a PITR target), and the

@@ -11,7 +11,7 @@ import logging
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-from pg_backups import costs, freshness, metrics, pgbackrest, verification, walg
+from pg_backups import costs, freshness, metrics, pgbackrest, pitr, verification, walg
 from pg_backups.airflow.common import cluster_named, context, s3_access, s3_client, task_body
 from pg_backups.errors import NotVerified, StaleBackup, Unreachable, WalArchivingProblem
 from pg_backups.times import now
@@ -28,6 +28,7 @@ def check_backups(cluster_name: str) -> dict:
     at = now()
     limit = cluster.alerts.max_backup_age_hours
     verdicts = []
+    stanza_info = backups = None
     if "pgbackrest" in cluster.tools:
         stanza_info = pgbackrest.info(cluster)
         newest = freshness.newest_pgbackrest(stanza_info)
@@ -51,6 +52,7 @@ def check_backups(cluster_name: str) -> dict:
     for verdict in verdicts:
         log.info("%s: newest good backup %s, finished %s, %s h old (limit %s h)", verdict["tool"],
                  verdict["label"], verdict["finished_at"], verdict["age_hours"], limit)
+    windows = recovery_windows(cluster, stanza_info, backups)
     message = freshness.stale_message(cluster.name, verdicts)
     if message:
         raise StaleBackup(message)
@@ -59,7 +61,21 @@ def check_backups(cluster_name: str) -> dict:
         raise NotVerified(f"cluster {cluster.name}: " + "; ".join(unverified),
                           "see the verify_backup run of that backup (its Slack alert names the step and cause), "
                           "or run verify_backup by hand for it")
-    return {"cluster": cluster.name, "max_backup_age_hours": limit, "backups": verdicts}
+    return {"cluster": cluster.name, "max_backup_age_hours": limit, "backups": verdicts, "recovery_windows": windows}
+
+
+def recovery_windows(cluster, stanza_info, backups) -> list[dict]:
+    """Each tool's first and last recoverable point, as metrics (and the return value: the
+    inventory). Informational: a failure to read it is logged, the backups' verdict stands."""
+    try:
+        windows = pitr.windows(cluster, s3_access(cluster), stanza_info, backups)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("recovery window not measured: %s: %s", type(exc).__name__, exc)
+        return []
+    metrics.record_recovery_window(cluster, windows)
+    for w in windows:
+        log.info("%s recovery window: %s to %s (%s)", w["tool"], w["start"], w["end"], w["end_source"])
+    return windows
 
 
 def archiver_stats(cluster) -> dict:

@@ -32,11 +32,15 @@ DAG_KINDS = {
     "walg": "walg_backup_{cluster}",
     "pgbackrest_verify": "pgbackrest_verify_{cluster}",
     "verify_backup": "verify_backup_{cluster}",
+    "heartbeat": "heartbeat_{cluster}",
+    "verify_pitr": "verify_pitr_{cluster}",
     "restore_test": "restore_test_{cluster}",
     "freshness": "backup_freshness_{cluster}",
 }
 # The DAG kinds a cluster has only with a tool or a setting (Cluster.dag_kinds).
-_KIND_NEEDS = {"pgbackrest_verify": lambda c: "pgbackrest" in c.tools, "verify_backup": lambda c: c.verify.enabled}
+_KIND_NEEDS = {"pgbackrest_verify": lambda c: "pgbackrest" in c.tools, "verify_backup": lambda c: c.verify.enabled,
+               "heartbeat": lambda c: c.verify.enabled and c.verify.pitr_enabled,
+               "verify_pitr": lambda c: c.verify.enabled and c.verify.pitr_enabled}
 # The asset a backup DAG updates (its events carry the backup record); the inventory reads it back.
 BACKUP_ASSET = "{tool}_backup_{cluster}"
 # In a text setting, replaced by the cluster's name: what must differ between clusters does by default.

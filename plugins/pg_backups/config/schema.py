@@ -218,6 +218,13 @@ class VerifySettings(Settings):
     # One JSON line per drill, archived to S3 beside the restore test's audit.
     log: str = "/var/log/{cluster}_verify.log"
     smoke_log: str = "/tmp/{cluster}_verify_smoke.log"
+    # The daily random-point PITR drill (dags/verify_pitr.py) and the heartbeat rows of production
+    # it checks the recovered copy against (dags/heartbeat.py): false switches both off.
+    pitr_enabled: bool = True
+    pitr_schedule: str = setting("40 5 * * *", cron=True)
+    # A heartbeat row into production every this many minutes: the finest point the PITR drill can
+    # check (16 bytes a row, kept as long as the longest retention and a week).
+    heartbeat_minutes: int = setting(15, minimum=1, maximum=1440)
     # A backup not verified within this many minutes of its completion is late: the freshness check
     # fails (NotVerified), the inventory turns amber, Prometheus fires PgBackupNotVerified.
     max_delay_minutes: int = setting(60, minimum=1)
@@ -271,7 +278,8 @@ FLEET_SIZE = 10
 # The schedules schedule_spread moves (section.field of Cluster): every nightly slot of a cluster,
 # moved by the same offset, so that their order and gaps stay (pgBackRest 30 min before WAL-G).
 # A new nightly DAG (a daily verification drill) adds its schedule here.
-SPREAD_SCHEDULES = ("pgbackrest.schedule", "walg.schedule", "restore_test.schedule", "pgbackrest.verify_schedule")
+SPREAD_SCHEDULES = ("pgbackrest.schedule", "walg.schedule", "restore_test.schedule", "pgbackrest.verify_schedule",
+                    "verify.pitr_schedule")
 
 
 @dataclass(frozen=True)
