@@ -1,137 +1,34 @@
-"""One sandbox per test session: real PostgreSQL, real pgBackRest, moto S3 behind stunnel TLS, a
-Slack receiver and Airflow, on ports of their own (TEST_SANDBOX_PORT_BASE, default 26400).
+"""The session fixtures every layer uses: one sandbox per test session (real PostgreSQL, real
+pgBackRest, moto S3 behind stunnel TLS, a Slack receiver and Airflow, on ports of their own:
+TEST_SANDBOX_PORT_BASE, default 26400), and the real Airflow over it (``stack``).
 
-Tests marked ``sandbox`` use it; ``pytest -m "not sandbox"`` runs the fast unit tests alone.
-KEEP_SANDBOX=1 keeps it after the session and reuses it in the next (for debugging); otherwise
-each session starts from a new one.
+The tests are sorted by layer (docs/testing.md): tests/unit needs no server, tests/sandbox the
+sandbox, tests/scheduler the real scheduler, tests/compose the compose stack. The markers say the
+same, so ``pytest -m "not sandbox"`` runs the fast unit tests alone. KEEP_SANDBOX=1 keeps the
+sandbox after the session and reuses it in the next (for debugging); otherwise each session starts
+from a new one.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PORT_BASE = int(os.environ.get("TEST_SANDBOX_PORT_BASE", "26400"))
-SANDBOX_DIR = Path(os.environ.get("TEST_SANDBOX_DIR", f"/var/tmp/pg-backups-test-{PORT_BASE}"))
+import sandbox as sandbox_module  # sandbox/sandbox.py (pytest.ini's pythonpath)
+from airflow_api import Client
+from support import REPO, SANDBOX_DIR, Sandbox, session_environment
 
-sys.path.insert(0, str(REPO / "plugins"))
-sys.path.insert(0, str(REPO / "sandbox"))
-
-# Airflow reads its configuration when first imported: point it at the test sandbox first.
-os.environ.update({
-    "SANDBOX_DIR": str(SANDBOX_DIR),
-    "SANDBOX_PORT_BASE": str(PORT_BASE),
-    "AIRFLOW_HOME": str(SANDBOX_DIR / "airflow"),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "PG_BACKUPS_CONFIG": os.environ.get("PG_BACKUPS_CONFIG_FOR_TESTS", str(REPO / "include/config/clusters.yaml")),
-    # The last good copies the tests' loads keep go into the session's sandbox, not ~/.local/state.
-    "PG_BACKUPS_STATE_DIR": str(SANDBOX_DIR / "state"),
-    # Two clusters side by side, as Ops run several: asso (the runbook's) and billing.
-    "SANDBOX_CLUSTERS": "asso,billing",
-})
-
-import sandbox as sandbox_module  # noqa: E402  (sandbox/sandbox.py)
-from airflow_api import Client, wait_for  # noqa: E402,F401  (sandbox/airflow_api.py; tests import it from here)
+# The e-mail and PagerDuty receivers: module fixtures of the unit and the sandbox alert-channel tests.
+pytest_plugins = ["alert_receivers"]
 
 
-@dataclass
-class Sandbox:
-    layout: "sandbox_module.Layout"
-    env: dict
-
-    @property
-    def python(self) -> str:
-        return sys.executable
-
-    def run(self, *argv, check=True, timeout=900, env=None, **kw) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(a) for a in argv], env={**os.environ, **self.env, **(env or {})}, text=True,
-                              capture_output=True, timeout=timeout, cwd=REPO, **kw)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{argv} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-        return proc
-
-    def psql(self, sql: str, db: str = "app", port: int | None = None) -> str:
-        return sandbox_module.psql(self.layout, sql, db=db, port=port)
-
-    # Airflow ------------------------------------------------------------------------------
-    def airflow(self, *args, check=True, timeout=900, env=None) -> subprocess.CompletedProcess:
-        return self.run(Path(sys.executable).parent / "airflow", *args, check=check, timeout=timeout, env=env)
-
-    def dags_test(self, dag_id: str, conf: dict | None = None, timeout=900, env=None) -> "DagRunResult":
-        """Run a DAG for real with `airflow dags test`, then read its run from Airflow's database."""
-        before = {r for r, in self._db("SELECT run_id FROM dag_run WHERE dag_id = ?", dag_id)}
-        args = ["dags", "test", dag_id]
-        if conf:
-            args += ["--conf", json.dumps(conf)]
-        proc = self.airflow(*args, check=False, timeout=timeout, env=env)
-        runs = [r for r, in self._db("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id", dag_id) if r not in before]
-        assert runs, f"no run of {dag_id} was created:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        run_id = runs[-1]
-        (state,), = self._db("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", dag_id, run_id)
-        tasks = {t: (s, n) for t, s, n in self._db(
-            "SELECT task_id, state, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?", dag_id, run_id)}
-        xcoms = {}
-        for task_id, value in self._db("SELECT task_id, value FROM xcom WHERE dag_id = ? AND run_id = ? "
-                                       "AND key = 'return_value'", dag_id, run_id):
-            xcoms[task_id] = json.loads(value) if isinstance(value, (str, bytes)) else value
-        return DagRunResult(dag_id, run_id, state, {t: s for t, (s, _) in tasks.items()},
-                            {t: n for t, (_, n) in tasks.items()}, xcoms, proc.stdout + proc.stderr)
-
-    def _db(self, sql: str, *params):
-        with sqlite3.connect(self.layout.airflow_home / "airflow.db") as db:
-            return db.execute(sql, params).fetchall()
-
-    # Slack --------------------------------------------------------------------------------
-    def slack_messages(self) -> list[dict]:
-        path = self.layout.slack_messages
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-    def slack_texts_since(self, count: int) -> list[str]:
-        return [m["body"].get("text", "") for m in self.slack_messages()[count:]]
-
-    # S3 -----------------------------------------------------------------------------------
-    def stop_s3(self) -> None:
-        sandbox_module.stop_daemon("stunnel", self.layout)
-
-    def start_s3(self) -> None:
-        sandbox_module.start_s3(self.layout)
-
-    def s3_client(self):
-        from pg_backups.s3_access import S3Access
-
-        return S3Access(region="eu-west-3", access_key=self.env["AWS_ACCESS_KEY_ID"],
-                        secret_key=self.env["AWS_SECRET_ACCESS_KEY"], endpoint_url=self.env["AWS_ENDPOINT_URL"],
-                        ca_file=self.env["AWS_CA_BUNDLE"]).boto3_client()
-
-    def cluster(self):
-        from pg_backups.config import load_config
-
-        return load_config(self.layout.clusters_file).cluster("asso")
-
-    def secrets(self) -> list[str]:
-        creds = json.loads(self.layout.credentials_file.read_text())
-        return [creds["aws_secret_access_key"], creds["aws_access_key_id"], creds["pg_password"], creds["slack_token"]]
-
-
-@dataclass
-class DagRunResult:
-    dag_id: str
-    run_id: str
-    state: str
-    task_states: dict
-    try_numbers: dict
-    xcoms: dict
-    output: str
+def pytest_configure(config):
+    # Airflow reads its configuration when first imported: point it at the test sandbox before
+    # any test module (or what it imports) is collected.
+    os.environ.update(session_environment())
 
 
 @pytest.fixture(scope="session")
