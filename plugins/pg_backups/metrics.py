@@ -247,20 +247,27 @@ def verify_samples(cluster, line: dict, previous: dict | None = None) -> list[tu
     ]
 
 
-def record_verify(cluster, line: dict) -> dict:
-    """After each verification drill: one file per cluster and tool (``verify_<tool>``)."""
-    source = f"verify_{line.get('tool') or 'unknown'}"
+def kept_values(cluster, source: str, names: dict[str, str]) -> dict:
+    """What the source's textfile holds for the metrics a failed run keeps (``names``: key -> metric
+    name without the prefix): a failure must not erase the last success."""
     previous: dict = {}
     path = textfile_path(cluster, source)
     if path and path.exists():
         try:
+            wanted = {f"{PREFIX}_{metric}": key for key, metric in names.items()}
             for (name, _labels), value in parse(path.read_text()).items():
-                if name == f"{PREFIX}_verify_last_success_timestamp_seconds":
-                    previous["success"] = value
-                elif name == f"{PREFIX}_verify_last_verified_backup_timestamp_seconds":
-                    previous["backup"] = value
+                if name in wanted:
+                    previous[wanted[name]] = value
         except OSError:
             previous = {}
+    return previous
+
+
+def record_verify(cluster, line: dict) -> dict:
+    """After each verification drill: one file per cluster and tool (``verify_<tool>``)."""
+    source = f"verify_{line.get('tool') or 'unknown'}"
+    previous = kept_values(cluster, source, {"success": "verify_last_success_timestamp_seconds",
+                                             "backup": "verify_last_verified_backup_timestamp_seconds"})
     return publish(cluster, source, verify_samples(cluster, line, previous))
 
 
@@ -286,15 +293,7 @@ def verify_pitr_samples(cluster, line: dict, previous: dict | None = None) -> li
 def record_verify_pitr(cluster, line: dict) -> dict:
     """After each PITR drill: one file per cluster and tool (``verify_<tool>_pitr``)."""
     source = f"verify_{line.get('tool') or 'unknown'}_pitr"
-    previous: dict = {}
-    path = textfile_path(cluster, source)
-    if path and path.exists():
-        try:
-            for (name, _labels), value in parse(path.read_text()).items():
-                if name == f"{PREFIX}_verify_pitr_last_success_timestamp_seconds":
-                    previous["success"] = value
-        except OSError:
-            previous = {}
+    previous = kept_values(cluster, source, {"success": "verify_pitr_last_success_timestamp_seconds"})
     return publish(cluster, source, verify_pitr_samples(cluster, line, previous))
 
 

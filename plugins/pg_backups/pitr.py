@@ -34,7 +34,7 @@ import time
 from datetime import datetime, timedelta
 
 from pg_backups import marker, pgbackrest, runner, staging, times, verification, walg
-from pg_backups.errors import CheckFailed, RestoreRefused, ToolError
+from pg_backups.errors import RestoreRefused, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -251,10 +251,7 @@ def pitr_line(cluster, *, run_id: str, chosen: dict | None, record: dict | None,
 
 def result(line: dict) -> dict:
     """A PITR drill's result, small (the inventory reads a month of them): the line without its checks."""
-    out = {field: line.get(field) for field in RESULT_FIELDS}
-    errors = line.get("errors") or []
-    out["cause"] = str(errors[0])[:300] if errors else None
-    return out
+    return verification.result(line, RESULT_FIELDS)
 
 
 def failure_text(line: dict) -> str:
@@ -270,23 +267,10 @@ def run_drill(cluster, tool: str, access, client, run_id: str, target_time: str 
     started_at = times.iso(times.now())
     chosen = choose_target(cluster, tool, access, run_id, target_time)  # a refusal writes no line
     planned = verification.plan(cluster, tool, access, kind=verification.PITR, target_time=chosen["target_time"])
-    steps: dict = {}
-    errors: list[str] = []
     clock = time.monotonic()
-    try:
-        verification.drill(cluster, tool, access, planned["record"], lambda step, result: steps.__setitem__(step, result),
-                           dbname, kind=verification.PITR, target_time=chosen["target_time"],
-                           extra_checks=lambda t: heartbeat_checks(t, chosen))
-    except CheckFailed as exc:
-        steps["checks_failed"] = exc.checks
-        errors.append(str(exc))
-    except Exception as exc:  # noqa: BLE001 - every failure is evidence
-        errors.append(f"{type(exc).__name__}: {exc}")
-    finally:
-        try:
-            verification.teardown(cluster, verification.PITR)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(f"teardown: {type(exc).__name__}: {exc}")
+    steps, errors = verification.attempt(cluster, verification.PITR, lambda progress: verification.drill(
+        cluster, tool, access, planned["record"], progress, dbname, kind=verification.PITR,
+        target_time=chosen["target_time"], extra_checks=lambda t: heartbeat_checks(t, chosen)))
     line = pitr_line(cluster, run_id=run_id, chosen=chosen, record=planned["record"], steps=steps, errors=errors,
                      started_at=started_at)
     log.info("PITR drill to %s took %.1f s", chosen["target_time"], time.monotonic() - clock)

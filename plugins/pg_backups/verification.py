@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 
 from pg_backups import audit, checks, metrics, operations, pgbackrest, staging, times, walg
-from pg_backups.errors import CheckFailed, RestoreRefused
+from pg_backups.errors import CheckFailed, RestoreRefused, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +227,10 @@ def record_evidence(cluster, client, line: dict) -> dict:
     return {"verify_log": path, "archived": uris, "results": published, "outcome": line["outcome"]}
 
 
-def result(line: dict) -> dict:
+def result(line: dict, fields: tuple[str, ...] = RESULT_FIELDS) -> dict:
     """A drill's result, small enough to keep a hundred of (the bucket's results object, an XCom
     the inventory reads): which backup, the outcome, the RTO, the failed step and the first cause."""
-    out = {field: line.get(field) for field in RESULT_FIELDS}
+    out = {field: line.get(field) for field in fields}
     errors = line.get("errors") or []
     out["cause"] = str(errors[0])[:300] if errors else None
     return out
@@ -325,16 +325,13 @@ def failure_text(line: dict) -> str:
             f"{'; '.join(line.get('errors') or []) or 'a check failed'}")
 
 
-def run_drill(cluster, tool: str, access, client, run_id: str, label: str | None = None,
-              dbname: str | None = None) -> dict:
-    """The whole drill for cron: plan, drill, evidence, teardown; raises when it did not pass."""
-    started_at = times.iso(times.now())
-    planned = plan(cluster, tool, access, label)  # a refusal writes no line: nothing happened
+def attempt(cluster, kind: str, run) -> tuple[dict, list[str]]:
+    """Run a drill, ``run(progress)``, for the cron path: the steps it reported and every error,
+    the target torn down whatever happened."""
     steps: dict = {}
     errors: list[str] = []
-    clock = time.monotonic()
     try:
-        drill(cluster, tool, access, planned["record"], lambda step, result: steps.__setitem__(step, result), dbname)
+        run(lambda step, done: steps.__setitem__(step, done))
     except CheckFailed as exc:
         steps["checks_failed"] = exc.checks
         errors.append(str(exc))
@@ -342,15 +339,24 @@ def run_drill(cluster, tool: str, access, client, run_id: str, label: str | None
         errors.append(f"{type(exc).__name__}: {exc}")
     finally:
         try:
-            teardown(cluster)
+            teardown(cluster, kind)
         except Exception as exc:  # noqa: BLE001
             errors.append(f"teardown: {type(exc).__name__}: {exc}")
+    return steps, errors
+
+
+def run_drill(cluster, tool: str, access, client, run_id: str, label: str | None = None,
+              dbname: str | None = None) -> dict:
+    """The whole drill for cron: plan, drill, evidence, teardown; raises when it did not pass."""
+    started_at = times.iso(times.now())
+    planned = plan(cluster, tool, access, label)  # a refusal writes no line: nothing happened
+    clock = time.monotonic()
+    steps, errors = attempt(cluster, BACKUP, lambda progress: drill(cluster, tool, access, planned["record"], progress,
+                                                                    dbname))
     line = verification_line(cluster, run_id=run_id, tool=tool, record=planned["record"], steps=steps,
                              errors=errors, started_at=started_at)
     log.info("drill of %s took %.1f s", planned["record"]["label"], time.monotonic() - clock)
     result = record_evidence(cluster, client, line)
     if line["outcome"] != "success":
-        from pg_backups.errors import ToolError
-
         raise ToolError(failure_text(line), retryable=False)
     return {**result, "line": line}
