@@ -42,14 +42,14 @@ def staging_listing(sandbox) -> list[str]:
     return sorted(str(p.relative_to(data)) for p in data.glob("*")) if data.exists() else []
 
 
-def drill_of(stack, before: set, label: str) -> dict | None:
+def drill_of(stack, before: set, label: str, drill_dag: str = DRILL_DAG) -> dict | None:
     """The asset-triggered drill run that chose backup ``label``: unpausing the backup DAG also
     starts a run for its latest slot, whose backup gets a drill of its own."""
-    for run in stack.runs(DRILL_DAG, "asset_triggered"):
+    for run in stack.runs(drill_dag, "asset_triggered"):
         if run["dag_run_id"] in before:
             continue
         try:
-            chosen = stack.xcom(DRILL_DAG, run["dag_run_id"], "choose_backup")
+            chosen = stack.xcom(drill_dag, run["dag_run_id"], "choose_backup")
         except Exception:  # noqa: BLE001 - not chosen yet (no XCom: the API answers 404)
             continue
         if chosen and chosen["record"]["label"] == label:
@@ -167,6 +167,36 @@ def test_a_backup_altered_in_the_bucket_fails_its_drill_with_one_alert(stack, sa
     assert newest["verification"]["drill"]["run_id"] == run_id
     assert row["status"]["colour"] == "red" and any(label in r and "drill failed at restore" in r
                                                     for r in row["status"]["reasons"]), row["status"]
+
+
+def test_two_clusters_backups_at_once_are_drilled_one_after_the_other_on_their_shared_host(stack, sandbox):
+    """asso's and billing's drills run on the same verification host, so they share its pool
+    (verify.pool, one slot): both backups at once, then both drills, one after the other, both pass."""
+    from pg_backups.config import load_config
+
+    clusters = {c.name: c for c in load_config(sandbox.layout.clusters_file).clusters}
+    assert clusters["asso"].verify.pool == clusters["billing"].verify.pool  # one host, one pool
+    dags = {name: (c.dag_id("pgbackrest"), c.dag_id("verify_backup")) for name, c in clusters.items()
+            if name in ("asso", "billing")}
+    ready(stack, *[dag for pair in dags.values() for dag in pair])
+    before = {name: {r["dag_run_id"] for r in stack.runs(drill)} for name, (_, drill) in dags.items()}
+    drills = {}
+    try:
+        backups = {name: stack.trigger(backup) for name, (backup, _) in dags.items()}
+        for name, (backup, drill) in dags.items():
+            assert stack.wait_run(backup, backups[name])["state"] == "success"
+            label = stack.xcom(backup, backups[name], "publish_backup")["label"]
+            drills[name] = wait_for(lambda: drill_of(stack, before[name], label, drill), 900, every=5,
+                                    what=f"the drill of {name}'s backup {label}")["dag_run_id"]
+        finals = {name: stack.wait_run(dags[name][1], run_id, seconds=900)["state"] for name, run_id in drills.items()}
+    finally:
+        for _, drill in dags.values():
+            stack.unpause(drill, paused=True)
+    assert finals == {"asso": "success", "billing": "success"}, finals
+    spans = sorted((stack.tasks(dags[name][1], run_id)["drill"]["start_date"],
+                    stack.tasks(dags[name][1], run_id)["drill"]["end_date"]) for name, run_id in drills.items())
+    (_, first_end), (second_start, _) = spans
+    assert first_end <= second_start, f"the drills overlapped: {spans}"
 
 
 def test_the_disk_guard_refuses_a_backup_that_does_not_fit(stack, sandbox):
