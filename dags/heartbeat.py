@@ -1,8 +1,6 @@
 """A heartbeat row into each configured cluster's production every verify.heartbeat_minutes: what
 the daily PITR drill checks a recovered point against (pg_backups.pitr)."""
 
-from datetime import timedelta
-
 from airflow.sdk import DAG, task
 
 from pg_backups.airflow import verify_tasks
@@ -24,7 +22,7 @@ for cluster in load_config(strict=False).clusters:
     minutes = cluster.verify.heartbeat_minutes
     with DAG(
         dag_id=cluster.dag_id("heartbeat"),
-        schedule=timedelta(minutes=minutes),
+        schedule=cluster.heartbeat_schedule,
         **dag_args(cluster, "verify", queue=cluster.database_queue),
         doc_md=DOC.format(name=cluster.name, minutes=minutes, table=HEARTBEAT_TABLE,
                           drill=cluster.dag_id("verify_pitr")),

@@ -124,6 +124,7 @@ def test_up_to_a_fleet_size_of_clusters_keep_the_runbooks_exact_times():
         ("15 2 * * *", "45 2 * * *", "0 2 * 1,4,7,10 0#1")}
     assert not any(c.schedule_spread.enabled for c in config.clusters)
     assert {(c.hourly_schedule, c.daily_schedule) for c in config.clusters} == {("@hourly", "@daily")}
+    assert {c.heartbeat_schedule for c in config.clusters} == {"0-59/15 * * * *"}
 
 
 def test_a_fleet_is_spread_over_the_window_deterministically_from_the_names():
@@ -140,6 +141,9 @@ def test_a_fleet_is_spread_over_the_window_deterministically_from_the_names():
         assert h1 * 60 + m1 == 2 * 60 + 15 + c.spread_minutes
         assert c.restore_test.schedule.split()[2:] == ["*", "1,4,7,10", "0#1"]  # the first Sunday stays
         assert c.hourly_schedule == f"{c.spread_minutes % 60} * * * *"  # the hourly check at its own minute
+        assert c.heartbeat_schedule == f"{c.spread_minutes % 15}-59/15 * * * *"  # heartbeats too
+        (hp, mp) = fixed_time(c.verify.pitr_schedule)
+        assert hp * 60 + mp == 5 * 60 + 40 + c.spread_minutes  # the PITR drill moves with the night
     # Pinned: the offset comes from the name alone (sha256), the same at every parse on every
     # machine; a change here would move every fleet's night.
     assert {c.name: c.spread_minutes for c in first.clusters[:3]} == {"cluster0000": 100, "cluster0001": 110,

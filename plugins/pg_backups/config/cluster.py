@@ -157,6 +157,13 @@ class Cluster(Settings):
         return f"{self.spread_minutes % 60} * * * *" if self.spread_minutes else "@hourly"
 
     @property
+    def heartbeat_schedule(self) -> str:
+        """Every ``verify.heartbeat_minutes``, from minute 0, or from the cluster's own minute when
+        spread (a fleet's heartbeats in the same minute otherwise)."""
+        every = self.verify.heartbeat_minutes
+        return f"{self.spread_minutes % every}-59/{every} * * * *"
+
+    @property
     def daily_schedule(self) -> str:
         """The bucket check's: ``@daily`` (00:00), or moved by the cluster's offset when spread."""
         return shifted("0 0 * * *", self.spread_minutes) if self.spread_minutes else "@daily"

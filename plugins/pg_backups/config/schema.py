@@ -224,7 +224,7 @@ class VerifySettings(Settings):
     pitr_schedule: str = setting("40 5 * * *", cron=True)
     # A heartbeat row into production every this many minutes: the finest point the PITR drill can
     # check (16 bytes a row, kept as long as the longest retention and a week).
-    heartbeat_minutes: int = setting(15, minimum=1, maximum=1440)
+    heartbeat_minutes: int = setting(15, minimum=1, maximum=60)
     # A backup not verified within this many minutes of its completion is late: the freshness check
     # fails (NotVerified), the inventory turns amber, Prometheus fires PgBackupNotVerified.
     max_delay_minutes: int = setting(60, minimum=1)
