@@ -193,9 +193,10 @@ def choose_target(cluster, tool: str, access, run_id: str, target_time: str | No
 # The copy against production
 
 
-def heartbeat_checks(target_cluster, chosen: dict) -> list[dict]:
+def heartbeat_checks(target_cluster, chosen: dict, backup_stop: str | None = None) -> list[dict]:
     """On the recovered copy: the newest heartbeat at or before the target is production's, none
-    is after it; and the achieved recovery point (the newest commit recovered) with its gap."""
+    is after it; and the achieved recovery point with its gap to the target: the newest commit
+    recovered, or the backup's stop (``backup_stop``) when recovery replayed no commit after it."""
     target = times.utc(chosen["target_time"])
     exp = chosen["expected"]
     checks = []
@@ -221,13 +222,16 @@ def heartbeat_checks(target_cluster, chosen: dict) -> list[dict]:
                    "detail": f"{after or 0} heartbeats after the target (production's next: "
                              f"{exp.get('first_after') or 'none'})"})
     replayed = sql("SELECT coalesce(extract(epoch FROM pg_last_xact_replay_timestamp())::text, '')")
-    recovered = times.utc(float(replayed)) if replayed else newest
+    # NULL when recovery replayed no commit after the backup: the copy is the backup's consistent state.
+    recovered = times.utc(float(replayed)) if replayed else times.utc(backup_stop)
     gap = round((target - recovered).total_seconds(), 3) if recovered else None
     ok = recovered is not None and recovered <= target
+    what = "newest commit recovered" if replayed else "no commit replayed after the backup, its stop"
     checks.append({"check": "recovery_point", "result": "ok" if ok else "failed",
                    "recovered_to": times.iso(recovered), "gap_seconds": gap,
-                   "detail": f"newest commit recovered {times.iso(recovered) or 'unknown'}, {gap} s before the target"
-                             if recovered else "no commit recovered"})
+                   "source": "last replayed commit" if replayed else "backup stop",
+                   "detail": f"{what} {times.iso(recovered)}, {gap} s before the target" if recovered
+                   else "no commit replayed and no backup stop time"})
     return checks
 
 
@@ -270,7 +274,8 @@ def run_drill(cluster, tool: str, access, client, run_id: str, target_time: str 
     clock = time.monotonic()
     steps, errors = verification.attempt(cluster, verification.PITR, lambda progress: verification.drill(
         cluster, tool, access, planned["record"], progress, dbname, kind=verification.PITR,
-        target_time=chosen["target_time"], extra_checks=lambda t: heartbeat_checks(t, chosen)))
+        target_time=chosen["target_time"],
+        extra_checks=lambda t: heartbeat_checks(t, chosen, planned["record"].get("stop_time"))))
     line = pitr_line(cluster, run_id=run_id, chosen=chosen, record=planned["record"], steps=steps, errors=errors,
                      started_at=started_at)
     log.info("PITR drill to %s took %.1f s", chosen["target_time"], time.monotonic() - clock)

@@ -44,7 +44,9 @@ def test_a_point_before_a_wal_hole_recovers_and_one_after_it_fails_naming_the_se
     cluster = sandbox.cluster()
     access = sandbox_module.access(sandbox.layout, sandbox_module.credentials(sandbox.layout))
     client = sandbox.s3_client()
-    time.sleep(1.5)  # the first heartbeat after the newest backup's stop
+    time.sleep(1.5)  # the heartbeats after the newest backup's stop
+    earlier = _beat_and_archive(sandbox, cluster)  # production's newest heartbeat before the first target
+    time.sleep(3)
     before_hole = _beat_and_archive(sandbox, cluster)
     time.sleep(3)
     in_hole = _beat_and_archive(sandbox, cluster)
@@ -74,8 +76,12 @@ def test_a_point_before_a_wal_hole_recovers_and_one_after_it_fails_naming_the_se
         assert line["outcome"] == "success" and line["target_time"] == before and not line["drawn"], line
         checks = {c["check"]: c for c in line["checks"]}
         assert checks["heartbeat_before_target"]["result"] == "ok" and checks["no_heartbeat_after_target"]["result"] == "ok"
-        assert line["expected"]["first_after"] == times.iso(times.utc(before_hole["beat_at"]))
-        assert times.utc(line["recovered_to"]) <= times.utc(before) and line["rpo_gap_seconds"] >= 0
+        assert line["expected"] == {"last_before": times.iso(times.utc(earlier["beat_at"])),
+                                    "first_after": times.iso(times.utc(before_hole["beat_at"]))}
+        # The newest commit recovered: after the earlier heartbeat (its archiving's commits), not after the target.
+        assert checks["recovery_point"]["source"] == "last replayed commit"
+        assert times.utc(earlier["beat_at"]) <= times.utc(line["recovered_to"]) <= times.utc(before)
+        assert line["rpo_gap_seconds"] >= 0
         assert line["target"]["data_directory"].endswith("/asso-pitr")
         assert not (sandbox.layout.verify_root / "asso-pitr").exists()  # torn down
         prom = (sandbox.layout.root / "metrics" / "pg_backups_asso_verify_pgbackrest_pitr.prom").read_text()

@@ -186,7 +186,8 @@ def test_two_clusters_backups_at_once_are_drilled_one_after_the_other_on_their_s
         for name, (backup, drill) in dags.items():
             assert stack.wait_run(backup, backups[name])["state"] == "success"
             label = stack.xcom(backup, backups[name], "publish_backup")["label"]
-            drills[name] = wait_for(lambda: drill_of(stack, before[name], label, drill), 900, every=5,
+            drills[name] = wait_for(lambda seen=before[name], label=label, drill=drill: drill_of(stack, seen, label, drill),
+                                    900, every=5,
                                     what=f"the drill of {name}'s backup {label}")["dag_run_id"]
         finals = {name: stack.wait_run(dags[name][1], run_id, seconds=900)["state"] for name, run_id in drills.items()}
     finally:

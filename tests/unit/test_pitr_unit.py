@@ -138,3 +138,23 @@ def test_the_segment_after_the_last_one_restored_is_named_as_missing(tmp_path, m
                                              "unreadable (the last segment restored was 000000010000000000000006)")
     log.write_text("FATAL:  recovery ended before configured recovery target was reached\n")
     assert staging.missing_segment(None) is None
+
+
+def test_the_recovery_point_is_the_last_replayed_commit_or_else_the_backup_stop(monkeypatch):
+    """On a copy where recovery replayed no commit after the backup (pg_last_xact_replay_timestamp()
+    is NULL then: seen in the sandbox), the point reached is the backup's consistent state."""
+    from pg_backups import staging
+
+    chosen = {"target_time": "2026-12-02T10:00:00+00:00",
+              "expected": {"last_before": None, "first_after": "2026-12-02T10:00:01+00:00"}}
+    answers = {"to_regclass": "t", "max(beat_at)": "", "count(*)": "0", "pg_last_xact_replay_timestamp": ""}
+    monkeypatch.setattr(staging, "staging_sql", lambda c, sql, db=None: next(v for k, v in answers.items() if k in sql))
+    point = {c["check"]: c for c in pitr.heartbeat_checks(None, chosen, "2026-12-02T09:59:30+00:00")}
+    assert point["heartbeat_before_target"]["result"] == point["no_heartbeat_after_target"]["result"] == "ok"
+    assert (point["recovery_point"]["source"], point["recovery_point"]["gap_seconds"]) == ("backup stop", 30.0)
+    answers["pg_last_xact_replay_timestamp"] = str(times.utc("2026-12-02T09:59:58+00:00").timestamp())
+    point = {c["check"]: c for c in pitr.heartbeat_checks(None, chosen, "2026-12-02T09:59:30+00:00")}
+    assert (point["recovery_point"]["source"], point["recovery_point"]["gap_seconds"]) == ("last replayed commit", 2.0)
+    answers["count(*)"] = "1"  # a heartbeat after the target came back: recovery went too far
+    assert {c["check"]: c["result"] for c in pitr.heartbeat_checks(None, chosen, None)}["no_heartbeat_after_target"] \
+        == "failed"

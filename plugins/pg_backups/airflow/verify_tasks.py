@@ -70,7 +70,7 @@ def drill(cluster_name: str, planned: dict, chosen: dict | None = None) -> dict:
 
     pitr_args = {} if chosen is None else {
         "kind": verification.PITR, "target_time": chosen["target_time"],
-        "extra_checks": lambda target: pitr.heartbeat_checks(target, chosen)}
+        "extra_checks": lambda target: pitr.heartbeat_checks(target, chosen, planned["record"].get("stop_time"))}
     try:
         # The check tables' database: the restore test's (its staging connection's), judged the same way.
         return verification.drill(cluster, planned["tool"], s3_access(cluster), planned["record"], progress,
