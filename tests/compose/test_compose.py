@@ -380,6 +380,29 @@ def test_s3_endpoint_stopped_during_a_backup_fails_the_backup_and_alerts(stack):
         stack.compose("start", "s3")
 
 
+def test_the_verification_drill_runs_on_the_newer_pair_on_the_staging_host(stack):
+    """The drill of the newest backup (PostgreSQL 17, pgBackRest 2.55.1) on the verification host
+    (here the staging host: verify.queue), by hand as Ops would; the DAG is paused again after, and
+    every drill it started meanwhile (asset events of the earlier backups) is waited for."""
+    dag_id = f"verify_backup_{CLUSTER}"
+    label = stack.backups()[-1]["label"]
+    run_id = stack.api.trigger(dag_id, {"tool": "pgbackrest", "backup_label": label})
+    try:
+        state = stack.api.wait_run(dag_id, run_id, 900)
+    finally:
+        stack.api.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True})
+        for run in stack.api.request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]:
+            stack.api.wait_run(dag_id, run["dag_run_id"], 900)
+    tasks = stack.api.tasks(dag_id, run_id)
+    assert state == "success", stack.api.failure(dag_id, run_id)
+    assert_ran_on(tasks, STAGING_HOST, STAGING_HOST)
+    log = stack.compose("exec", "-T", STAGING_HOST, "cat", "/var/log/postgresql/asso_verify.log").stdout
+    line = next(json.loads(raw) for raw in reversed(log.splitlines()) if json.loads(raw)["run_id"] == run_id)
+    assert line["outcome"] == "success" and line["backup_label"] == label, line
+    assert line["target"]["data_directory"] == "/var/lib/postgresql/verify/asso" and line["target"]["port"] == 5435
+    print(f"{dag_id}: drilled {label} on {STAGING_HOST}, RTO {line['rto_seconds']} s")
+
+
 DELETE_REPOSITORY = """
 import os, boto3
 s3 = boto3.client("s3")
