@@ -372,9 +372,10 @@ def wait_recovery_end(cluster, timeout: float = 3600, poll: float = 1.0) -> floa
     while True:
         if not staging_running(cluster):
             fatal = last_fatal_line(cluster) or "no FATAL line in its log"
+            # The cause first: an alert keeps the first 400 characters.
             hole = missing_segment(cluster) if "recovery ended before" in fatal else None
-            raise ToolError(f"staging PostgreSQL of cluster {cluster.name} stopped during recovery: {fatal}"
-                            + (f"; {hole}" if hole else "") + f" (log: {staging_log_paths(cluster)[0]})",
+            raise ToolError(f"staging PostgreSQL of cluster {cluster.name} stopped during recovery: "
+                            + (f"{hole}; " if hole else "") + f"{fatal} (log: {staging_log_paths(cluster)[0]})",
                             retryable=not unreachable_target(fatal))
         try:
             if staging_sql(cluster, "SELECT pg_is_in_recovery()", timeout=30) == "f":
