@@ -25,6 +25,17 @@ SANDBOX_DIR = Path(os.environ.get("TEST_SANDBOX_DIR", f"/var/tmp/pg-backups-test
 # The alert-channel receivers (alert_receivers.py) and a port nobody listens on.
 SMTP_PORT, PAGERDUTY_PORT, CLOSED_PORT = PORT_BASE + 20, PORT_BASE + 21, PORT_BASE + 22
 ROUTING_KEY = "R0UT1NGKEY-0123456789abcdef"
+# The DAG kinds whose failed run alerts once, and the tasks that send that alert (from the run's
+# evidence, which names the failed step and its cause, and from its teardown); every other task of
+# every DAG alerts itself. A contract asserted from outside, so declared here and not read from the DAGs.
+ALERT_ONCE_TASKS = {"restore_test": ("audit_and_archive", "stop_staging_after"),
+                    "verify_backup": ("record_evidence", "remove_target"),
+                    "verify_pitr": ("record_evidence", "remove_target")}
+
+
+def alerts_itself(dag_kind: str, task_id: str) -> bool:
+    """Whether a task of a DAG of that kind carries the failure notifier (ALERT_ONCE_TASKS)."""
+    return task_id in ALERT_ONCE_TASKS.get(dag_kind, (task_id,))
 
 
 def session_environment() -> dict[str, str]:

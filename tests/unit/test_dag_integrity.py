@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pg_backups.config import dag_kind
-from support import load_dagbag
+from support import alerts_itself, load_dagbag
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOK_SCHEDULES = {
@@ -40,9 +40,7 @@ def test_every_dag_follows_the_house_rules(dagbag):
             where = f"{dag_id}.{t['task_id']}"
             assert t["owner"] and t["owner"] != "airflow", where
             assert t["retries"] >= 1 and t["retry_delay"] > 0, where
-            # The restore test and the drills alert once per failed run, from their evidence and teardown.
-            if dag_kind(dag_id) not in ("restore_test", "verify_backup", "verify_pitr") or t["task_id"] in (
-                    "audit_and_archive", "stop_staging_after", "record_evidence", "remove_target"):
+            if alerts_itself(dag_kind(dag_id), t["task_id"]):  # the drills and the restore test: once a run
                 assert t["on_failure_callback"], where
             # A teardown decides its run's state: Airflow ignores a teardown's state otherwise, and a run
             # marked failed by hand (its audit skipped, its teardown run) ended success.
