@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from layout import APP_DB, STANZA, Layout
@@ -95,6 +96,27 @@ INSERT INTO events (title, starts_at, attendees)
 def psql(L: Layout, sql: str, db: str = APP_DB, port: int | None = None) -> str:
     return sh(PG_BIN / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", L.run_dir, "-p", port or L.pg_port,
               "-d", db, "-At", "-c", sql, user="postgres").stdout.strip()
+
+
+def archive_past(L: Layout, segment: str | None = None, timeout: float = 120) -> str:
+    """Production's WAL moved on as hours of traffic would move it (two segments switched out, a
+    commit in each), then waited for until a segment after ``segment`` (default: the current one)
+    is archived; returns the newest archived. A heartbeat counts as archived, and so as a point a
+    PITR drill can prove, only once a WAL record after it is: the demo and the PITR test, which
+    compress a day into minutes, make it so."""
+    segment = segment or psql(L, "SELECT pg_walfile_name(pg_current_wal_insert_lsn())", db="postgres")
+    for _ in range(2):
+        psql(L, "SELECT txid_current()", db="postgres")  # a commit: the segment is not empty
+        psql(L, "SELECT pg_switch_wal()", db="postgres")
+    deadline = time.monotonic() + timeout
+    while True:
+        last = psql(L, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver", db="postgres")
+        if last > segment:
+            return last
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no WAL after {segment} archived within {timeout:.0f} s (last archived: "
+                               f"{last or 'none'}): is archive_command working?")
+        time.sleep(1)
 
 
 # The second cluster's application: small, but real rows that a restore must bring back.

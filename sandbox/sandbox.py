@@ -50,7 +50,17 @@ from airflow_home import (
 )
 from clusters_file import HAND_ADDED_MARK, hand_added_clusters
 from layout import APP_DB, BUCKET, EPHEMERAL_PORTS, REGION, REPO, SECOND, STANZA, Layout, credentials
-from postgres import PG_BIN, SECOND_SEED_SQL, SEED_SQL, pg_ctl, pg_running, psql, seed, start_production
+from postgres import (
+    PG_BIN,
+    SECOND_SEED_SQL,
+    SEED_SQL,
+    archive_past,
+    pg_ctl,
+    pg_running,
+    psql,
+    seed,
+    start_production,
+)
 from processes import log, pid_alive, port_open, sh, start_daemon, stop_daemon, wait_port
 from s3 import access, ensure_tls, start_s3
 
@@ -63,7 +73,7 @@ sys.path.insert(0, str(REPO / "plugins"))
 __all__ = [
     "AIRFLOW_COMPONENTS", "APP_DB", "BUCKET", "EPHEMERAL_PORTS", "HAND_ADDED_MARK", "PG_BIN", "REGION", "REPO",
     "SECOND", "SECOND_SEED_SQL", "SEED_SQL", "STANZA", "WALG_LOCAL", "WALG_MISSING", "WALG_VERSION", "Layout",
-    "access", "airflow_env", "airflow_health", "airflow_healthy", "credentials", "down", "ensure_tls",
+    "access", "airflow_env", "airflow_health", "archive_past", "airflow_healthy", "credentials", "down", "ensure_tls",
     "find_walg", "hand_added_clusters", "log", "main", "pg_ctl", "pg_running", "pid_alive", "port_open", "psql",
     "read_env_file", "seed", "setup_airflow", "sh", "stack_env", "start_airflow", "start_daemon",
     "start_production", "start_s3", "start_slack", "status", "stop_airflow", "stop_daemon", "up", "wait_port",

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from pg_backups import freshness, runner
 from pg_backups.errors import ArchivingBroken, ToolError
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,7 @@ WAITING_SQL = (f"SELECT pid, extract(epoch FROM now() - state_change)::int FROM 
                f"WHERE wait_event = '{ARCHIVE_WAIT_EVENT}'")
 
 
-def archiver_stats(cluster, quiet: bool = False) -> dict:
+def archiver_stats(cluster: Cluster, quiet: bool = False) -> dict:
     """``pg_stat_archiver`` and the count of waiting ``.ready`` segments (freshness.ARCHIVER_SQL)."""
     values = runner.production_sql(cluster, " ".join(freshness.ARCHIVER_SQL.split()), quiet=quiet).split("|")
     return {k: (v or None) for k, v in zip(freshness.ARCHIVER_COLUMNS, values, strict=True)}
@@ -46,14 +50,14 @@ def problem(stats: dict) -> str | None:
     return None
 
 
-def fix(cluster) -> str:
+def fix(cluster: Cluster) -> str:
     both = ("; with both tools, both must succeed: a pgBackRest stanza that does not exist yet fails it (run "
             f"{cluster.dag_id('pgbackrest')} first)") if {"pgbackrest", "walg"} <= set(cluster.tools) else ""
     return (f"make archive_command of cluster {cluster.name} work (PostgreSQL's log says why: 'archive command "
             f"failed'; check the repository is reachable{both}), then run the backup again")
 
 
-def check_before_backup(cluster, tool: str, wait_seconds: float | None = None, poll: float = 5.0) -> dict:
+def check_before_backup(cluster: Cluster, tool: str, wait_seconds: float | None = None, poll: float = 5.0) -> dict:
     """Refuse a backup while WAL archiving fails: it could never complete. A failing archiver gets
     ``archive_wait_seconds`` to succeed again (PostgreSQL retries a failed segment every minute)."""
     wait_seconds = cluster.archive_wait_seconds if wait_seconds is None else wait_seconds
@@ -74,7 +78,7 @@ def check_before_backup(cluster, tool: str, wait_seconds: float | None = None, p
         time.sleep(poll)
 
 
-def watchdog(cluster, tool: str, limit: float | None = None):
+def watchdog(cluster: Cluster, tool: str, limit: float | None = None):
     """A ``runner.run`` watch for a backup: raises :class:`ArchivingBroken` once a session has waited
     in ``pg_backup_stop()`` for archiving longer than ``limit`` (default ``archive_wait_seconds``),
     after ending that session (its client is about to be stopped; nothing else waits on it)."""

@@ -9,9 +9,13 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pg_backups import runner
 from pg_backups.times import now, utc
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 
 def _now() -> str:
@@ -24,7 +28,7 @@ def backup_age_seconds(record: dict | None, at: datetime | None = None) -> float
     return round(((at or now()) - utc(record["stop_time"])).total_seconds(), 1)
 
 
-def audit_record(cluster, *, run_id: str, tool: str, record: dict | None, restore_seconds: float | None,
+def audit_record(cluster: Cluster, *, run_id: str, tool: str, record: dict | None, restore_seconds: float | None,
                  smoke_result: dict | None, checks: list[dict] | None, signoff: dict | None,
                  errors: list[str] | None = None, target_time: str | None = None,
                  cancelled: dict | None = None) -> dict:
@@ -66,7 +70,7 @@ def scrub(value):
     return json.loads(runner.redact(json.dumps(value, default=str), secrets))
 
 
-def append_audit(cluster, line: dict) -> str:
+def append_audit(cluster: Cluster, line: dict) -> str:
     path = Path(cluster.restore_test.audit_log)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as out:
@@ -74,13 +78,13 @@ def append_audit(cluster, line: dict) -> str:
     return str(path)
 
 
-def archive_key(cluster, run_id: str, filename: str, day: datetime | None = None) -> str:
+def archive_key(cluster: Cluster, run_id: str, filename: str, day: datetime | None = None) -> str:
     day = day or now()
     safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in run_id)
     return f"{cluster.restore_test.audit_prefix.strip('/')}/{cluster.name}/{day:%Y}/{safe}/{filename}"
 
 
-def archive_logs(cluster, client, run_id: str) -> list[str]:
+def archive_logs(cluster: Cluster, client, run_id: str) -> list[str]:
     """Upload the smoke log and the audit log (kept outside the worker); returns s3:// URIs."""
     uris = []
     for path in (cluster.restore_test.smoke_log, cluster.restore_test.audit_log):
@@ -100,7 +104,7 @@ def recovery_text(line: dict) -> str:
     return f"*Target:* {target} (point in time)" if target else "*Target:* latest (the end of the archived WAL)"
 
 
-def summary_text(cluster, line: dict) -> str:
+def summary_text(cluster: Cluster, line: dict) -> str:
     checks = ", ".join(f"{c['check']} {c['result']}" for c in line["checks"])
     age = line.get("backup_age_seconds")
     return (f":white_check_mark: *Restore test passed* - cluster `{cluster.name}` ({line['tool']})\n"
@@ -111,7 +115,7 @@ def summary_text(cluster, line: dict) -> str:
             f"*Sign-off:* {line['signoff'].get('status')} by {line['signoff'].get('by') or '-'}")
 
 
-def cancelled_text(cluster, line: dict) -> str:
+def cancelled_text(cluster: Cluster, line: dict) -> str:
     """The one Slack message of a cancelled drill: which run, which step it stopped in, what ran."""
     steps = line["cancelled"]["steps"]
     stopped = [task for task, state in steps.items() if state == "failed"]

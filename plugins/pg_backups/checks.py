@@ -6,16 +6,20 @@ Nothing here imports Airflow.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pg_backups import marker
 from pg_backups.errors import CheckFailed
 from pg_backups.staging import DEFAULT_DATABASE, staging_sql
 from pg_backups.times import now
 
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
+
 SMOKE_SQL = "SELECT count(*) FROM pg_catalog.pg_tables;"  # runbook 3, step 3
 
 
-def smoke(cluster, dbname: str | None = None) -> dict:
+def smoke(cluster: Cluster, dbname: str | None = None) -> dict:
     """The runbook's smoke query, its result appended to the smoke log."""
     count = int(staging_sql(cluster, SMOKE_SQL, dbname))
     path = Path(cluster.restore_test.smoke_log)
@@ -33,7 +37,7 @@ AMCHECK_SQL = (
     "WHERE a.amname = 'btree' AND i.indisvalid AND i.indisready AND c.relpersistence <> 't') s;")
 
 
-def data_checks(cluster, record: dict, dbname: str | None = None) -> list[dict]:
+def data_checks(cluster: Cluster, record: dict, dbname: str | None = None) -> list[dict]:
     """Checks proving the data came back; raises :class:`CheckFailed` (with every result) if one fails."""
     checks: list[dict] = []
 

@@ -30,12 +30,16 @@ import logging
 import os
 import sys
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from pg_backups import alerts, operations, pitr, runner, verification
 from pg_backups.config import build_cluster, check_file, load_config, with_overrides
 from pg_backups.errors import EXIT_FAILED, EXIT_REFUSED, ConfigError, PgBackupsError, RestoreRefused, config_problem
 from pg_backups.s3_access import access_from_env
 from pg_backups.staging import StagingConnection
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger("pg_backups")
 
@@ -165,7 +169,7 @@ def alert_slack(text: str, env=os.environ) -> None:
         log.warning("could not alert Slack: %s", type(exc).__name__)
 
 
-def restore_test(cluster, access, run_id: str, env=os.environ) -> dict:
+def restore_test(cluster: Cluster, access, run_id: str, env=os.environ) -> dict:
     """Runbook 3 for cron: the whole drill, its audit line with the sign-off "pending"."""
     if not env.get("STAGING_CONNECTION_URI"):
         # The checks need staging's database; without it they would look in `postgres` and fail late.

@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 from pg_backups.config import REGION_PRICES
 from pg_backups.s3_bucket import STORAGE_CLASS_ORDER
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 GIB = 2 ** 30
 DAYS_PER_MONTH = 30  # AWS prorates by the day; a month is 30 days here
@@ -42,7 +46,7 @@ def price_field(storage_class: str) -> str:
     return storage_class.lower()
 
 
-def prices(cluster) -> tuple[dict[str, float], str]:
+def prices(cluster: Cluster) -> tuple[dict[str, float], str]:
     """Price per GB-month of each class: ``s3.prices`` over the default table of the bucket's region."""
     given = {k: v for k, v in dataclasses.asdict(cluster.s3.prices).items() if k != "currency" and v is not None}
     region = REGION_PRICES.get(cluster.s3.region, {})
@@ -50,7 +54,7 @@ def prices(cluster) -> tuple[dict[str, float], str]:
     return {**region, **given}, ", ".join(source) or "none"
 
 
-def current_days(cluster) -> int:
+def current_days(cluster: Cluster) -> int:
     """How long a backup's objects stay current: until the tool that keeps backups longest deletes them.
     pgBackRest (time retention) keeps the newest full backup older than the retention, so up to one
     full-backup interval more; WAL-G deletes what is older than its retention."""
@@ -63,7 +67,7 @@ def current_days(cluster) -> int:
     return max(days)
 
 
-def stays(cluster) -> list[dict]:
+def stays(cluster: Cluster) -> list[dict]:
     """The classes a backup object passes through, in order: {storage_class, start, end, days, left_as}
     (days since it was written; ``end`` None: kept forever; ``left_as`` the version state it leaves in)."""
     lifecycle = cluster.s3.lifecycle
@@ -91,7 +95,7 @@ def _stay(storage_class: str, start: int, end: int | None, current: int) -> dict
             "minimum_days": MINIMUM_DAYS.get(storage_class, 0)}
 
 
-def estimate(cluster, usage: dict) -> dict:
+def estimate(cluster: Cluster, usage: dict) -> dict:
     """The monthly estimate of a bucket usage (``metrics.bucket_usage``'s shape): rows of
     {storage_class, version, charge, monthly}, totals, and what it could not price."""
     table, source = prices(cluster)
@@ -141,7 +145,7 @@ def money(value: float | None, currency: str = "USD") -> str:
     return "-" if value is None else f"{currency} {value:,.2f}"
 
 
-def samples(cluster, usage: dict) -> list[tuple[str, dict, float]]:
+def samples(cluster: Cluster, usage: dict) -> list[tuple[str, dict, float]]:
     """The estimate as Prometheus samples: pg_backups_s3_bucket_monthly_cost_estimate{cluster, bucket,
     storage_class, version, charge, currency}."""
     result = estimate(cluster, usage)

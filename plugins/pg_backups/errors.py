@@ -85,9 +85,18 @@ class VersionMismatch(Refused):
 class RestoreRefused(Refused):
     """The restore test's guard refused: nothing was stopped or deleted."""
 
+    refusal = "restore test refused, nothing was deleted"
+
     def __init__(self, setting: str, problem: str, fix: str):
         self.setting = setting
-        super().__init__(problem, fix, head=f"restore test refused, nothing was deleted: {setting}: {problem}")
+        super().__init__(problem, fix, head=f"{self.refusal}: {setting}: {problem}")
+
+
+class DrillRefused(RestoreRefused):
+    """A verification drill (of a backup, or of a point in time) refused before its disposable
+    target was touched."""
+
+    refusal = "verification drill refused, nothing was restored"
 
 
 class NothingToDo(PgBackupsError):

@@ -27,11 +27,14 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 from urllib.parse import quote
 
 from pg_backups import audit, costs, freshness, metrics, pitr, verification
 from pg_backups.times import iso, now, utc
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 TIMELINE_DAYS = 30
 HISTORY_DAYS = 365
@@ -43,6 +46,31 @@ CANCELLED_AUDIT_XCOM = ("stop_staging_after", "audit")
 GREEN, AMBER, RED = "green", "amber", "red"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SAME_CHECK = timedelta(minutes=2)
+
+
+class Status(TypedDict):
+    """A cluster's colour and why: every red reason first, then the amber ones."""
+    colour: str  # GREEN, AMBER or RED
+    reasons: list[str]
+    text: str
+
+
+class InventoryRow(TypedDict):
+    """One cluster of the inventory: an item of the JSON API's ``clusters``, a row of the page."""
+    name: str
+    stanza: str
+    tools: list[str]
+    status: Status
+    backups: dict[str, dict | None]  # by tool: the newest good backup, with its drill's state
+    last_backup_runs: dict[str, dict | None]  # by tool
+    last_freshness_run: dict | None
+    wal: dict  # state (ok, lagging, failing, unknown) and pg_stat_archiver's figures
+    bucket: dict
+    restore_test: dict | None  # the newest audit line, as shown
+    last_successful_restore_test: str | None  # ISO time
+    verification: dict | None  # None where drills are off: the last verified backup, its RTO
+    pitr: dict  # by tool: the recovery window and the last PITR drill
+    timeline: list[dict]  # oldest first; made for the rows shown only (after paging)
 
 
 class Store(Protocol):
@@ -147,7 +175,7 @@ def _parse_audit(text: str) -> list[dict]:
     return lines
 
 
-def audit_lines(cluster, xcom_lines: list[dict] = ()) -> list[dict]:
+def audit_lines(cluster: Cluster, xcom_lines: list[dict] = ()) -> list[dict]:
     """The cluster's restore-test audit lines, oldest first: the audit log file (which may be shared
     by clusters, or out of this machine's reach) and the lines ``audit_and_archive`` (or, for a
     cancelled drill, its teardown) also left as XComs, once per run."""
@@ -159,7 +187,7 @@ def audit_lines(cluster, xcom_lines: list[dict] = ()) -> list[dict]:
     return sorted(merged.values(), key=lambda line: str(line.get("time") or ""))
 
 
-def _audit_xcoms(clusters: list, store: Store) -> dict[str, list[dict]]:
+def _audit_xcoms(clusters: list[Cluster], store: Store) -> dict[str, list[dict]]:
     dags = {c.dag_id("restore_test"): c.name for c in clusters}
     out: dict[str, list[dict]] = {}
     for task_key in (AUDIT_XCOM, CANCELLED_AUDIT_XCOM):
@@ -169,7 +197,7 @@ def _audit_xcoms(clusters: list, store: Store) -> dict[str, list[dict]]:
     return out
 
 
-def verification_results(cluster, xcom_results: list[dict] = ()) -> list[dict]:
+def verification_results(cluster: Cluster, xcom_results: list[dict] = ()) -> list[dict]:
     """The cluster's drill results (``verification.result``), oldest first: those the DAG runs left
     as XComs and the lines of ``verify.log`` this machine can read (the cron drills), once per run."""
     lines = _cached_read(cluster.verify.log, _parse_audit) or []
@@ -182,7 +210,7 @@ def verification_results(cluster, xcom_results: list[dict] = ()) -> list[dict]:
     return sorted(merged.values(), key=lambda r: str(r.get("time") or ""))
 
 
-def _verification_xcoms(clusters: list, store: Store, since: datetime) -> dict[str, list[dict]]:
+def _verification_xcoms(clusters: list[Cluster], store: Store, since: datetime) -> dict[str, list[dict]]:
     dags = {c.dag_id("verify_backup"): c.name for c in clusters if c.verify.enabled}
     out: dict[str, list[dict]] = {}
     if dags:
@@ -192,7 +220,7 @@ def _verification_xcoms(clusters: list, store: Store, since: datetime) -> dict[s
     return out
 
 
-def pitr_results(cluster, xcom_results: list[dict] = ()) -> list[dict]:
+def pitr_results(cluster: Cluster, xcom_results: list[dict] = ()) -> list[dict]:
     """The cluster's PITR drill results, oldest first: the DAG runs' XComs and verify.log's PITR lines."""
     lines = _cached_read(cluster.verify.log, _parse_audit) or []
     merged = {}
@@ -204,7 +232,7 @@ def pitr_results(cluster, xcom_results: list[dict] = ()) -> list[dict]:
     return sorted(merged.values(), key=lambda r: str(r.get("time") or ""))
 
 
-def _pitr(cluster, results: list[dict], windows: dict | None) -> dict:
+def _pitr(cluster: Cluster, results: list[dict], windows: dict | None) -> dict:
     """Per tool: the recovery window (first and last recoverable point) and the last PITR drill."""
     out = {}
     for tool in cluster.tools:
@@ -225,7 +253,7 @@ def _windows(xcom: dict | None) -> dict | None:
             if isinstance(w, dict) and w.get("tool")}
 
 
-def _drill(cluster, r: dict | None) -> dict | None:
+def _drill(cluster: Cluster, r: dict | None) -> dict | None:
     if not r:
         return None
     return {"backup_label": r.get("backup_label"), "backup_time": r.get("backup_time"), "time": r.get("time"),
@@ -234,7 +262,7 @@ def _drill(cluster, r: dict | None) -> dict | None:
             "run_link": run_link(cluster.dag_id("verify_backup"), r.get("run_id"))}
 
 
-def _backup_verification(cluster, tool: str, backup: dict | None, drilled: dict, at: datetime) -> dict | None:
+def _backup_verification(cluster: Cluster, tool: str, backup: dict | None, drilled: dict, at: datetime) -> dict | None:
     """The newest backup's state: verified, failed, pending or overdue (verification.backup_state)."""
     if backup is None:
         return None
@@ -243,7 +271,7 @@ def _backup_verification(cluster, tool: str, backup: dict | None, drilled: dict,
                                                                  if state["result"] else {})}
 
 
-def _verification(cluster, results: list[dict]) -> dict:
+def _verification(cluster: Cluster, results: list[dict]) -> dict:
     """Per tool: the last drill, and the last verified backup with its RTO."""
     out = {}
     for tool in cluster.tools:
@@ -254,7 +282,7 @@ def _verification(cluster, results: list[dict]) -> dict:
     return out
 
 
-def textfile(cluster, source: str) -> dict | None:
+def textfile(cluster: Cluster, source: str) -> dict | None:
     path = metrics.textfile_path(cluster, source)
     return _cached_read(str(path), metrics.parse) if path else None
 
@@ -342,7 +370,7 @@ def _newest(candidates: list[tuple]) -> tuple:
     return candidates[-1]
 
 
-def _wal(cluster, xcom: dict | None, at: datetime | None = None) -> dict:
+def _wal(cluster: Cluster, xcom: dict | None, at: datetime | None = None) -> dict:
     """Newest of the freshness DAG's XCom and the textfile."""
     candidates = []
     if xcom and isinstance(xcom.get("value"), dict):
@@ -373,7 +401,7 @@ def _wal(cluster, xcom: dict | None, at: datetime | None = None) -> dict:
     }
 
 
-def _bucket(cluster, xcom: dict | None) -> dict:
+def _bucket(cluster: Cluster, xcom: dict | None) -> dict:
     candidates = []
     if xcom and isinstance(xcom.get("value"), dict) and "by_class" in xcom["value"]:
         candidates.append(("xcom", utc(xcom.get("timestamp")), xcom["value"]))
@@ -393,7 +421,7 @@ def _bucket(cluster, xcom: dict | None) -> dict:
             "cost": costs.estimate(cluster, usage)}
 
 
-def audit_object(cluster, line: dict, endpoint: str | None = None) -> dict:
+def audit_object(cluster: Cluster, line: dict, endpoint: str | None = None) -> dict:
     """Where audit_and_archive put the audit log of this run (``audit.archive_key``); ``endpoint``:
     the AWS connection's endpoint, when ``s3.endpoint_url`` does not override it."""
     day = utc(line.get("time")) or now()
@@ -409,7 +437,7 @@ def audit_object(cluster, line: dict, endpoint: str | None = None) -> dict:
     return {"uri": f"s3://{bucket}/{key}", "url": url}
 
 
-def _restore(cluster, line: dict | None, at: datetime, endpoint: str | None = None) -> dict | None:
+def _restore(cluster: Cluster, line: dict | None, at: datetime, endpoint: str | None = None) -> dict | None:
     if not line:
         return None
     checks = line.get("checks") or []
@@ -436,8 +464,8 @@ def _restore(cluster, line: dict | None, at: datetime, endpoint: str | None = No
     }
 
 
-def _status(cluster, backups: dict, last_runs: dict, wal: dict, restore: dict | None, last_success: dict | None,
-            at: datetime, pitr_drills: dict | None = None) -> dict:
+def _status(cluster: Cluster, backups: dict, last_runs: dict, wal: dict, restore: dict | None, last_success: dict | None,
+            at: datetime, pitr_drills: dict | None = None) -> Status:
     red, amber = [], []
     limit = cluster.alerts.max_backup_age_hours
     for tool in cluster.tools:
@@ -497,7 +525,7 @@ def _item(when: datetime | None, kind: str, **fields) -> dict:
     return {"time": iso(when), "epoch": when.timestamp() if when else None, "kind": kind, **fields}
 
 
-def _timeline(cluster, events: list[dict], failed: list[dict], audit: list[dict], since: datetime,
+def _timeline(cluster: Cluster, events: list[dict], failed: list[dict], audit: list[dict], since: datetime,
               drilled: dict | None = None, at: datetime | None = None) -> list[dict]:
     """Oldest first. Each item: time (ISO) and epoch (Unix seconds), kind (backup, restore_test,
     failure), and what it is; backups name their run (dag_id, run_id) and, where drills run, what
@@ -537,7 +565,7 @@ def _timeline(cluster, events: list[dict], failed: list[dict], audit: list[dict]
 # The whole installation
 
 
-def cluster_dag_ids(cluster) -> dict[str, str]:
+def cluster_dag_ids(cluster: Cluster) -> dict[str, str]:
     """The DAGs whose last run a row shows: each backup DAG (by tool) and the freshness check."""
     return {kind: cluster.dag_id(kind) for kind in (*cluster.tools, "freshness")}
 
@@ -545,7 +573,7 @@ def cluster_dag_ids(cluster) -> dict[str, str]:
 WORST_FIRST = {RED: 0, AMBER: 1, GREEN: 2}
 
 
-def build(clusters: list, store: Store, at: datetime | None = None, timeline_days: int = TIMELINE_DAYS,
+def build(clusters: list[Cluster], store: Store, at: datetime | None = None, timeline_days: int = TIMELINE_DAYS,
           s3_endpoints: dict[str, str | None] | None = None, offset: int = 0, limit: int | None = None) -> dict:
     """The inventory of every cluster: what the page and ``/api/inventory`` show. ``s3_endpoints``:
     the endpoint of each AWS connection id (for the audit objects' links; none: AWS itself).
@@ -587,7 +615,7 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
         if run["dag_id"] in dag_owner:
             failed_by_cluster.setdefault(dag_owner[run["dag_id"]], []).append(run)
 
-    rows = []
+    rows: list[InventoryRow] = []
     for c in clusters:
         backups = {tool: _backup(newest.get(c.asset_name(tool)), at) for tool in c.tools}
         last_runs = {key: _run(last.get(dag_id)) for key, dag_id in cluster_dag_ids(c).items()}
@@ -640,7 +668,7 @@ def build(clusters: list, store: Store, at: datetime | None = None, timeline_day
     return out
 
 
-def history(cluster, store: Store, at: datetime | None = None, days: int = HISTORY_DAYS) -> dict:
+def history(cluster: Cluster, store: Store, at: datetime | None = None, days: int = HISTORY_DAYS) -> dict:
     """Backup duration and sizes per tool and type, and restore RTO, over ``days``: the trend chart."""
     at = at or now()
     since = at - timedelta(days=days)

@@ -8,9 +8,13 @@ Nothing here imports Airflow.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from pg_backups import runner
 from pg_backups.errors import ToolError
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ def marker_sql(run_id: str, tool: str) -> str:
             f"INSERT INTO {MARKER_TABLE} (run_id, tool) VALUES ({quote(run_id)}, {quote(tool)});")
 
 
-def write_marker(cluster, run_id: str | None, tool: str) -> bool:
+def write_marker(cluster: Cluster, run_id: str | None, tool: str) -> bool:
     """Insert the backup's marker row into production just before the backup. Never fails a backup:
     a missing marker is reported by the restore test instead."""
     if not run_id:

@@ -23,9 +23,13 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pg_backups import costs, freshness
 from pg_backups.times import epoch
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +130,7 @@ def parse(text: str) -> dict[tuple[str, tuple], float]:
     return out
 
 
-def textfile_path(cluster, source: str) -> Path | None:
+def textfile_path(cluster: Cluster, source: str) -> Path | None:
     directory = cluster.metrics.textfile_directory
     return Path(directory) / f"{PREFIX}_{cluster.name}_{source}.prom" if directory else None
 
@@ -155,7 +159,7 @@ def push(url: str, cluster_name: str, source: str, text: str) -> None:
         response.read()
 
 
-def publish(cluster, source: str, samples: list[tuple[str, dict, float]]) -> dict:
+def publish(cluster: Cluster, source: str, samples: list[tuple[str, dict, float]]) -> dict:
     """Write the textfile and/or push; never raises. Returns where the metrics went."""
     samples = [*samples, ("metrics_last_write_timestamp_seconds", {"cluster": cluster.name, "source": source},
                           time.time())]
@@ -184,7 +188,7 @@ def publish(cluster, source: str, samples: list[tuple[str, dict, float]]) -> dic
 # What the jobs publish
 
 
-def backup_samples(cluster, record: dict) -> list[tuple[str, dict, float]]:
+def backup_samples(cluster: Cluster, record: dict) -> list[tuple[str, dict, float]]:
     tool = record.get("tool") or "unknown"
     base = {"cluster": cluster.name, "stanza": cluster.stanza, "tool": tool}
     typed = {**base, "backup_type": record.get("type") or "unknown"}
@@ -200,14 +204,14 @@ def backup_samples(cluster, record: dict) -> list[tuple[str, dict, float]]:
     ]
 
 
-def record_backup(cluster, record: dict) -> dict:
+def record_backup(cluster: Cluster, record: dict) -> dict:
     """After each backup (DAG ``publish_backup`` task and cron): the record of
     ``operations.pgbackrest_latest_record`` / ``walg_latest_record``, one file per cluster and tool."""
     tool = record.get("tool") or "unknown"
     return publish(cluster, tool, backup_samples(cluster, record))
 
 
-def restore_samples(cluster, audit: dict, previous_success: float | None = None) -> list[tuple[str, dict, float]]:
+def restore_samples(cluster: Cluster, audit: dict, previous_success: float | None = None) -> list[tuple[str, dict, float]]:
     tool = audit.get("tool") or "unknown"
     base = {"cluster": cluster.name, "stanza": cluster.stanza, "tool": tool}
     ok = str(audit.get("outcome", "")).lower() == "success"
@@ -221,7 +225,7 @@ def restore_samples(cluster, audit: dict, previous_success: float | None = None)
     ]
 
 
-def record_restore(cluster, audit: dict) -> dict:
+def record_restore(cluster: Cluster, audit: dict) -> dict:
     """After each restore test. ``audit``: tool, backup_label, restore_duration_seconds, outcome
     ('success'/'failed'), finished_at. A failed test keeps the time of the last successful one."""
     previous = None
@@ -236,7 +240,7 @@ def record_restore(cluster, audit: dict) -> dict:
     return publish(cluster, "restore_test", restore_samples(cluster, audit, previous))
 
 
-def verify_samples(cluster, line: dict, previous: dict | None = None) -> list[tuple[str, dict, float]]:
+def verify_samples(cluster: Cluster, line: dict, previous: dict | None = None) -> list[tuple[str, dict, float]]:
     """``line``: a verification line (pg_backups.verification). A failed drill keeps the last
     success's time and the last verified backup's (``previous``), so freshness rules still see them."""
     previous = previous or {}
@@ -256,7 +260,7 @@ def verify_samples(cluster, line: dict, previous: dict | None = None) -> list[tu
     ]
 
 
-def kept_values(cluster, source: str, names: dict[str, str]) -> dict:
+def kept_values(cluster: Cluster, source: str, names: dict[str, str]) -> dict:
     """What the source's textfile holds for the metrics a failed run keeps (``names``: key -> metric
     name without the prefix): a failure must not erase the last success."""
     previous: dict = {}
@@ -272,7 +276,7 @@ def kept_values(cluster, source: str, names: dict[str, str]) -> dict:
     return previous
 
 
-def record_verify(cluster, line: dict) -> dict:
+def record_verify(cluster: Cluster, line: dict) -> dict:
     """After each verification drill: one file per cluster and tool (``verify_<tool>``)."""
     source = f"verify_{line.get('tool') or 'unknown'}"
     previous = kept_values(cluster, source, {"success": "verify_last_success_timestamp_seconds",
@@ -280,7 +284,7 @@ def record_verify(cluster, line: dict) -> dict:
     return publish(cluster, source, verify_samples(cluster, line, previous))
 
 
-def verify_pitr_samples(cluster, line: dict, previous: dict | None = None) -> list[tuple[str, dict, float]]:
+def verify_pitr_samples(cluster: Cluster, line: dict, previous: dict | None = None) -> list[tuple[str, dict, float]]:
     """``line``: a PITR drill's line (pg_backups.pitr): the target drawn, the recovery point it
     reached and the gap between them (the achieved RPO of that point), the RTO, the outcome; a
     failed drill keeps the last success's time."""
@@ -299,14 +303,14 @@ def verify_pitr_samples(cluster, line: dict, previous: dict | None = None) -> li
     ]
 
 
-def record_verify_pitr(cluster, line: dict) -> dict:
+def record_verify_pitr(cluster: Cluster, line: dict) -> dict:
     """After each PITR drill: one file per cluster and tool (``verify_<tool>_pitr``)."""
     source = f"verify_{line.get('tool') or 'unknown'}_pitr"
     previous = kept_values(cluster, source, {"success": "verify_pitr_last_success_timestamp_seconds"})
     return publish(cluster, source, verify_pitr_samples(cluster, line, previous))
 
 
-def recovery_window_samples(cluster, windows: list[dict]) -> list[tuple[str, dict, float]]:
+def recovery_window_samples(cluster: Cluster, windows: list[dict]) -> list[tuple[str, dict, float]]:
     """``windows``: pg_backups.pitr.recovery_window of each tool: its first and last recoverable point."""
     samples = []
     for w in windows:
@@ -316,11 +320,11 @@ def recovery_window_samples(cluster, windows: list[dict]) -> list[tuple[str, dic
     return samples
 
 
-def record_recovery_window(cluster, windows: list[dict]) -> dict:
+def record_recovery_window(cluster: Cluster, windows: list[dict]) -> dict:
     return publish(cluster, "recovery_window", recovery_window_samples(cluster, windows))
 
 
-def archiver_samples(cluster, stats: dict) -> list[tuple[str, dict, float]]:
+def archiver_samples(cluster: Cluster, stats: dict) -> list[tuple[str, dict, float]]:
     """``stats``: a pg_stat_archiver row (archived_count, failed_count, last_archived_time, ...)."""
     base = {"cluster": cluster.name}
     return [
@@ -333,7 +337,7 @@ def archiver_samples(cluster, stats: dict) -> list[tuple[str, dict, float]]:
     ]
 
 
-def record_archiver(cluster, stats: dict) -> dict:
+def record_archiver(cluster: Cluster, stats: dict) -> dict:
     return publish(cluster, "wal_archive", archiver_samples(cluster, stats))
 
 
@@ -361,7 +365,7 @@ def bucket_usage(client, bucket: str) -> dict:
             "by_class": [{"storage_class": c, "version": v, **n} for (c, v), n in sorted(usage.items())]}
 
 
-def bucket_samples(cluster, usage: dict) -> list[tuple[str, dict, float]]:
+def bucket_samples(cluster: Cluster, usage: dict) -> list[tuple[str, dict, float]]:
     base = {"cluster": cluster.name, "bucket": usage["bucket"]}
     samples = [("s3_bucket_delete_markers", base, usage["delete_markers"])]
     if not usage["by_class"]:
@@ -373,7 +377,7 @@ def bucket_samples(cluster, usage: dict) -> list[tuple[str, dict, float]]:
     return samples + costs.samples(cluster, usage)
 
 
-def record_bucket(cluster, client) -> dict:
+def record_bucket(cluster: Cluster, client) -> dict:
     usage = bucket_usage(client, cluster.s3.bucket)
     publish(cluster, "s3", bucket_samples(cluster, usage))
     return usage

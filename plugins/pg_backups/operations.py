@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pg_backups import (
     archiving,
@@ -27,6 +28,9 @@ from pg_backups import (
 from pg_backups.errors import CheckFailed, NothingToDo, Refused, RestoreRefused, ToolError, Unreachable
 from pg_backups.s3_access import S3Access
 
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
+
 log = logging.getLogger(__name__)
 
 BACKUP_TIMEOUT_SECONDS = 6 * 3600
@@ -34,7 +38,7 @@ BACKUP_TIMEOUT_SECONDS = 6 * 3600
 BACKFILL = "backfill"
 
 
-def archive_command(cluster) -> str:
+def archive_command(cluster: Cluster) -> str:
     """One archive_command feeding every configured tool. ``&&``: if either tool fails the
     command fails and PostgreSQL retries the segment, so neither repository silently loses WAL
     (pg_wal grows meanwhile: watch it)."""
@@ -46,7 +50,7 @@ def archive_command(cluster) -> str:
     return " && ".join(parts)
 
 
-def write_tool_configs(cluster, access: S3Access) -> list[str]:
+def write_tool_configs(cluster: Cluster, access: S3Access) -> list[str]:
     """pgbackrest.conf (+ credentials include) and walg.json, owner-only, for the configured tools."""
     written = []
     if "pgbackrest" in cluster.tools:
@@ -60,7 +64,7 @@ def write_tool_configs(cluster, access: S3Access) -> list[str]:
 # S3 bucket
 
 
-def configure_bucket(cluster, client) -> dict:
+def configure_bucket(cluster: Cluster, client) -> dict:
     return s3_bucket.reconcile(client, cluster.s3).as_dict()
 
 
@@ -73,7 +77,7 @@ LOGIN_REFUSED = ("password authentication failed", "does not exist", "no pg_hba.
                  "peer authentication failed", "no password supplied")
 
 
-def check_postgres_reachable(cluster, timeout: int = 10) -> None:
+def check_postgres_reachable(cluster: Cluster, timeout: int = 10) -> None:
     """Fail fast, naming the server and the user, when production PostgreSQL does not let the
     tools in: pgBackRest's own messages for it ("unable to find primary cluster", "no database
     found") hide the cause. A login PostgreSQL refuses is not retried; a server that does not
@@ -94,7 +98,7 @@ def check_postgres_reachable(cluster, timeout: int = 10) -> None:
                       "(PGHOST/PGPORT for the cron scripts)")
 
 
-def pgbackrest_preflight(cluster, access: S3Access) -> dict:
+def pgbackrest_preflight(cluster: Cluster, access: S3Access) -> dict:
     pgbackrest.check_options(cluster)  # a hand-written file: its options, before anything runs
     access.check_reachable(cluster.s3.bucket)
     check_postgres_reachable(cluster)
@@ -117,7 +121,7 @@ def refuse_covered_backfill(tool: str, schedule: str, newest_label: str | None, 
                           f"{newest_label}, started {times.iso(newest_start)}")
 
 
-def pgbackrest_backup(cluster, backup_type: str, run_id: str | None, run_type: str | None = None) -> dict:
+def pgbackrest_backup(cluster: Cluster, backup_type: str, run_id: str | None, run_type: str | None = None) -> dict:
     """One backup under the cluster's lock (a second run waits); returns its record. ``run_type``
     ``backfill``: see :func:`refuse_covered_backfill`; the backup's annotation says it is a backfill
     run's, taken now.
@@ -137,7 +141,7 @@ def pgbackrest_backup(cluster, backup_type: str, run_id: str | None, run_type: s
         return pgbackrest_latest_record(cluster, entry["label"])
 
 
-def pgbackrest_expire(cluster) -> dict:
+def pgbackrest_expire(cluster: Cluster) -> dict:
     with runner.cluster_lock(cluster.lock_directory, cluster.name):  # never while a backup runs
         before = len(pgbackrest.info(cluster).get("backup", []))
         pgbackrest.expire(cluster)
@@ -145,7 +149,7 @@ def pgbackrest_expire(cluster) -> dict:
     return {"expired": before - after, "kept": after}
 
 
-def pgbackrest_verify(cluster, label: str | None = None) -> str:
+def pgbackrest_verify(cluster: Cluster, label: str | None = None) -> str:
     """``label``: that backup, right after it, where pgBackRest verifies one backup (``verify --set``,
     2.55+); older versions are skipped (NothingToDo): the whole repository's verify grows with every
     backup kept and stays off the backup's path, and the backup's verification drill
@@ -160,7 +164,7 @@ def pgbackrest_verify(cluster, label: str | None = None) -> str:
         return pgbackrest.verify(cluster, label)
 
 
-def pgbackrest_latest_record(cluster, label: str | None = None) -> dict:
+def pgbackrest_latest_record(cluster: Cluster, label: str | None = None) -> dict:
     stanza_info = pgbackrest.info(cluster)
     entry = pgbackrest.newest_good(stanza_info, label)
     if entry is None:
@@ -169,7 +173,7 @@ def pgbackrest_latest_record(cluster, label: str | None = None) -> dict:
     return pgbackrest.backup_record(cluster, entry, stanza_info)
 
 
-def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetime | None = None) -> dict:
+def pgbackrest_daily(cluster: Cluster, access: S3Access, run_id: str | None, day: datetime | None = None) -> dict:
     """The whole daily chain, for cron: the DAG runs the same steps as separate tasks. The backup
     is published (metrics) before expire, which then fails on its own, then verified alone where
     pgBackRest can (2.55+). The repository's verify is a command of its own (``pgbackrest-verify``,
@@ -189,7 +193,7 @@ def pgbackrest_daily(cluster, access: S3Access, run_id: str | None, day: datetim
 # WAL-G
 
 
-def walg_backup(cluster, access: S3Access, run_id: str | None, run_type: str | None = None) -> dict:
+def walg_backup(cluster: Cluster, access: S3Access, run_id: str | None, run_type: str | None = None) -> dict:
     """As :func:`pgbackrest_backup`, with WAL-G: returns the backup's record, read right after it."""
     access.check_reachable(cluster.s3.bucket)
     versions.check_cluster(cluster)  # as pgbackrest_preflight: one PostgreSQL major, before WAL-G runs
@@ -208,12 +212,12 @@ def walg_backup(cluster, access: S3Access, run_id: str | None, run_type: str | N
         return walg_latest_record(cluster, access, entry["backup_name"])
 
 
-def walg_delete_old(cluster, access: S3Access) -> dict:
+def walg_delete_old(cluster: Cluster, access: S3Access) -> dict:
     with runner.cluster_lock(cluster.lock_directory, cluster.name):  # never while a backup runs
         return walg.delete_old(cluster, access)
 
 
-def walg_latest_record(cluster, access: S3Access, label: str | None = None) -> dict:
+def walg_latest_record(cluster: Cluster, access: S3Access, label: str | None = None) -> dict:
     backups = walg.backup_list(cluster, access)
     chosen = walg.newest(backups, label)
     if chosen is None:
@@ -222,7 +226,7 @@ def walg_latest_record(cluster, access: S3Access, label: str | None = None) -> d
     return walg.backup_record(cluster, chosen, backups)
 
 
-def walg_daily(cluster, access: S3Access, run_id: str | None) -> dict:
+def walg_daily(cluster: Cluster, access: S3Access, run_id: str | None) -> dict:
     record = walg_backup(cluster, access, run_id)
     metrics.record_backup(cluster, record)  # Prometheus textfile / Pushgateway; never fails the backup
     walg_delete_old(cluster, access)  # after the publication: its failure does not hide the backup
@@ -235,19 +239,19 @@ def walg_daily(cluster, access: S3Access, run_id: str | None) -> dict:
 RESTORE_TIMEOUT_SECONDS = 6 * 3600
 
 
-def restore_guard(cluster, staging_conn=None) -> dict:
+def restore_guard(cluster: Cluster, staging_conn=None) -> dict:
     return staging.guard(cluster, staging_conn)
 
 
-def restore_stop_staging(cluster, staging_conn=None) -> str:
+def restore_stop_staging(cluster: Cluster, staging_conn=None) -> str:
     return staging.stop_staging(cluster, staging_conn)
 
 
-def restore_purge_staging(cluster, staging_conn=None) -> dict:
+def restore_purge_staging(cluster: Cluster, staging_conn=None) -> dict:
     return staging.purge_staging(cluster, staging_conn)
 
 
-def restore_backup_record(cluster, tool: str, access: S3Access | None, label: str | None = None,
+def restore_backup_record(cluster: Cluster, tool: str, access: S3Access | None, label: str | None = None,
                           target_time: str | None = None) -> dict:
     """The backup to restore, read from the repository (``pgbackrest info`` / ``backup-list``): the
     given label, else the newest good one; with a PITR target, the newest that finished before it
@@ -293,11 +297,11 @@ def _target(target_time: str | None):
     return target
 
 
-def _retention_days(cluster, tool: str) -> int:
+def _retention_days(cluster: Cluster, tool: str) -> int:
     return cluster.walg.retention_days if tool == "walg" else cluster.pgbackrest.retention_full_days
 
 
-def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: str | None = None,
+def restore_latest_backup(cluster: Cluster, tool: str, access: S3Access | None, label: str | None = None,
                           target_time: str | None = None, staging_conn=None, record: dict | None = None,
                           copy: str = "restored-copy") -> dict:
     """Restore ``label`` (default: the latest good backup) into staging; returns its record and
@@ -320,28 +324,28 @@ def restore_latest_backup(cluster, tool: str, access: S3Access | None, label: st
             "target_time": target_time}
 
 
-def restore_lock(cluster, timeout: float = RESTORE_TIMEOUT_SECONDS):
+def restore_lock(cluster: Cluster, timeout: float = RESTORE_TIMEOUT_SECONDS):
     """Held while a restore writes staging; whoever releases staging takes it first (a restore
     killed with its run may take a moment to go)."""
     return runner.cluster_lock(cluster.lock_directory, cluster.name, timeout=timeout, poll=1.0, kind="restore")
 
 
-def restore_start_staging(cluster) -> dict:
+def restore_start_staging(cluster: Cluster) -> dict:
     started = time.monotonic()
     staging.start_staging(cluster, timeout=RESTORE_TIMEOUT_SECONDS)
     staging.wait_recovery_end(cluster, timeout=RESTORE_TIMEOUT_SECONDS)
     return {"state": "started", "startup_seconds": round(time.monotonic() - started, 2)}
 
 
-def restore_smoke(cluster, dbname: str | None = None) -> dict:
+def restore_smoke(cluster: Cluster, dbname: str | None = None) -> dict:
     return checks.smoke(cluster, dbname)
 
 
-def restore_data_checks(cluster, record: dict, dbname: str | None = None) -> list[dict]:
+def restore_data_checks(cluster: Cluster, record: dict, dbname: str | None = None) -> list[dict]:
     return checks.data_checks(cluster, record, dbname)
 
 
-def restore_audit_and_archive(cluster, client, line: dict) -> dict:
+def restore_audit_and_archive(cluster: Cluster, client, line: dict) -> dict:
     """Append the audit line, archive both logs to S3, publish the metrics (when available)."""
     path = audit.append_audit(cluster, line)
     uris = audit.archive_logs(cluster, client, line["run_id"])
@@ -352,7 +356,7 @@ def restore_audit_and_archive(cluster, client, line: dict) -> dict:
     return {"audit_log": path, "archived": uris, "outcome": line["outcome"]}
 
 
-def restore_test(cluster, tool: str, access: S3Access | None, client, run_id: str, label: str | None = None,
+def restore_test(cluster: Cluster, tool: str, access: S3Access | None, client, run_id: str, label: str | None = None,
                  target_time: str | None = None, staging_conn=None, dbname: str | None = None) -> dict:
     """The whole drill for cron: the audit line is written (sign-off "pending") whatever happens,
     and a drill that did not pass raises after it."""

@@ -15,10 +15,14 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pg_backups import files, runner, times, versions
 from pg_backups.errors import ConfigError, ToolError
 from pg_backups.s3_access import S3Access
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +45,11 @@ RUNBOOK_ARCHIVE_RETENTION_NOTE = (
     "follows the full backups kept by repo1-retention-full-type=time")
 
 
-def include_path(cluster) -> str:
+def include_path(cluster: Cluster) -> str:
     return str(Path(cluster.pgbackrest.config_path).parent / "conf.d")
 
 
-def block_incremental(cluster, version: tuple[int, ...]) -> tuple[bool, str]:
+def block_incremental(cluster: Cluster, version: tuple[int, ...]) -> tuple[bool, str]:
     """Whether repo1-block goes into the file, and why (written beside it)."""
     pb = cluster.pgbackrest
     if not pb.block_incremental:
@@ -58,7 +62,7 @@ def block_incremental(cluster, version: tuple[int, ...]) -> tuple[bool, str]:
     return True, "repo1-block: diff and incr backups store changed blocks, not whole files"
 
 
-def render_config(cluster, access: S3Access, version: tuple[int, ...]) -> str:
+def render_config(cluster: Cluster, access: S3Access, version: tuple[int, ...]) -> str:
     """pgbackrest.conf for a cluster, without secrets (they go to :func:`render_credentials`), for
     the pgBackRest ``version`` of the host (the options it has)."""
     pb, s3 = cluster.pgbackrest, cluster.s3
@@ -115,7 +119,7 @@ def render_credentials(access: S3Access) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-def write_config(cluster, access: S3Access) -> list[str]:
+def write_config(cluster: Cluster, access: S3Access) -> list[str]:
     """Write pgbackrest.conf (and its credentials include, 0600) when the project manages it."""
     pb = cluster.pgbackrest
     if not pb.manage_config:
@@ -140,7 +144,7 @@ def write_config(cluster, access: S3Access) -> list[str]:
 # Command lines
 
 
-def command(cluster, name: str, *options: str) -> list[str]:
+def command(cluster: Cluster, name: str, *options: str) -> list[str]:
     pb = cluster.pgbackrest
     argv = [BINARY, f"--config={pb.config_path}"]
     # The credentials include beside the file: always for the generated file, and for a file given
@@ -156,7 +160,7 @@ def command(cluster, name: str, *options: str) -> list[str]:
 PROBE_COMMANDS = ("backup", "expire")
 
 
-def check_options(cluster) -> None:
+def check_options(cluster: Cluster) -> None:
     """Refuse a hand-written pgbackrest.conf whose options pgBackRest rejects, naming the file, the
     line and the fix, before anything runs (the generated file is checked by the loader)."""
     pb = cluster.pgbackrest
@@ -200,12 +204,12 @@ def option_error(config_path: str, line: str) -> ConfigError:
     return ConfigError(config_path, where, f"pgBackRest refuses it: {line.removeprefix('ERROR: ')}", fix)
 
 
-def archive_command(cluster) -> str:
+def archive_command(cluster: Cluster) -> str:
     """The archive_command fragment that pushes one WAL segment (``%p``) to the repository."""
     return shlex.join(command(cluster, "archive-push")) + " %p"
 
 
-def run(cluster, name: str, *options: str, timeout: float | None = None, check: bool = True, watch=None):
+def run(cluster: Cluster, name: str, *options: str, timeout: float | None = None, check: bool = True, watch=None):
     try:
         return runner.run(command(cluster, name, *options), env=runner.pg_password_env(cluster), os_user=cluster.os_user,
                           timeout=timeout, check=check, watch=watch)
@@ -217,7 +221,7 @@ def run(cluster, name: str, *options: str, timeout: float | None = None, check: 
         raise
 
 
-def backup_type_for(cluster, day: datetime) -> str:
+def backup_type_for(cluster: Cluster, day: datetime) -> str:
     """Full on the configured weekdays (of the run's logical date, UTC), the incremental type otherwise."""
     return "full" if times.weekday(day) in cluster.pgbackrest.full_backup_days else cluster.pgbackrest.incremental_type
 
@@ -231,7 +235,7 @@ def backup_type_for(cluster, day: datetime) -> str:
 STANZA_MISSING_CODES = (1, 3)
 
 
-def ensure_stanza(cluster) -> str:
+def ensure_stanza(cluster: Cluster) -> str:
     """Create the stanza on the first run (stanza-create is idempotent), then prove archiving works."""
     info = parse_info(run(cluster, "info", "--output=json").stdout, cluster.stanza)
     created = False
@@ -244,7 +248,7 @@ def ensure_stanza(cluster) -> str:
     return "created" if created else "exists"
 
 
-def _stanza_create(cluster, wait_seconds: float = 180) -> None:
+def _stanza_create(cluster: Cluster, wait_seconds: float = 180) -> None:
     """stanza-create, waiting out the archive lock: on a cluster that archived before its stanza
     existed, the asynchronous archive-push holds that lock while it retries (error [050])."""
     deadline = time.monotonic() + wait_seconds
@@ -267,7 +271,7 @@ def _stanza_create(cluster, wait_seconds: float = 180) -> None:
         time.sleep(5)
 
 
-def backup(cluster, backup_type: str, run_id: str | None = None, timeout: float | None = None,
+def backup(cluster: Cluster, backup_type: str, run_id: str | None = None, timeout: float | None = None,
            run_type: str | None = None, watch=None) -> dict:
     """Take one backup, annotated with the Airflow run that made it (and its kind: scheduled,
     manual, backfill); a failed or interrupted backup raises, it is never reported as a success.
@@ -286,7 +290,7 @@ def backup(cluster, backup_type: str, run_id: str | None = None, timeout: float 
     return latest
 
 
-def expire(cluster) -> None:
+def expire(cluster: Cluster) -> None:
     run(cluster, "expire")
 
 
@@ -300,7 +304,7 @@ def verify_scope(label: str | None, version: tuple[int, ...]) -> list[str]:
     return []
 
 
-def verify(cluster, label: str | None = None) -> str:
+def verify(cluster: Cluster, label: str | None = None) -> str:
     """pgbackrest verify of backup ``label`` (the one just taken) where pgBackRest can verify one
     backup, else of the whole repository (which grows with it: 35 s with 5 backups kept, 79 s with
     8, in the sandbox). Judged by its output: it has exited 0 while printing errors (#2502)."""
@@ -331,7 +335,7 @@ def verify_problems(output: str) -> list[str]:
     return problems
 
 
-def async_archive_errors(cluster) -> list[str]:
+def async_archive_errors(cluster: Cluster) -> list[str]:
     """What asynchronous archive-push says went wrong: its ``<segment>.error`` and ``global.error``
     files in the spool (pgBackRest writes them when a push fails, before PostgreSQL hears of it)."""
     out = Path(cluster.pgbackrest.spool_path) / "archive" / cluster.stanza / "out"
@@ -345,7 +349,7 @@ def async_archive_errors(cluster) -> list[str]:
     return found
 
 
-def info(cluster) -> dict:
+def info(cluster: Cluster) -> dict:
     return parse_info(run(cluster, "info", "--output=json").stdout, cluster.stanza)
 
 
@@ -379,11 +383,11 @@ def oldest_good_stop(stanza_info: dict) -> datetime | None:
     return min(stops) if stops else None
 
 
-def latest_backup(cluster, stanza_info: dict | None = None) -> dict | None:
+def latest_backup(cluster: Cluster, stanza_info: dict | None = None) -> dict | None:
     return newest_good(info(cluster) if stanza_info is None else stanza_info)
 
 
-def backup_record(cluster, backup_entry: dict, stanza_info: dict) -> dict:
+def backup_record(cluster: Cluster, backup_entry: dict, stanza_info: dict) -> dict:
     """What a restore test and a dashboard need, in the form both tools publish."""
     start, stop = backup_entry["timestamp"]["start"], backup_entry["timestamp"]["stop"]
     archive = backup_entry.get("archive") or {}
@@ -406,7 +410,7 @@ def backup_record(cluster, backup_entry: dict, stanza_info: dict) -> dict:
     }
 
 
-def restore_lock_path(cluster, copy: str = "restored-copy") -> str:
+def restore_lock_path(cluster: Cluster, copy: str = "restored-copy") -> str:
     """The lock path of a restored copy (staging; ``copy`` names another kind, e.g. the
     verification drill's target, so that two copies on one host never share it): apart from production's.
 
@@ -418,7 +422,7 @@ def restore_lock_path(cluster, copy: str = "restored-copy") -> str:
     return str(Path(cluster.pgbackrest.lock_path) / copy)
 
 
-def restore(cluster, target_directory: str, *, set_label: str | None = None, target_time: str | None = None,
+def restore(cluster: Cluster, target_directory: str, *, set_label: str | None = None, target_time: str | None = None,
             timeout: float | None = None, copy: str = "restored-copy") -> None:
     """Restore into another directory. Archiving stays off there: staging never writes to the repo.
     ``--lock-path`` on the command line goes into the ``restore_command`` that pgBackRest writes

@@ -32,9 +32,13 @@ import random
 import re
 import time
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pg_backups import marker, pgbackrest, runner, staging, times, verification, walg
-from pg_backups.errors import RestoreRefused, ToolError
+from pg_backups.errors import DrillRefused, ToolError
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +67,12 @@ def heartbeat_sql(keep_days: int) -> str:
             f"INSERT INTO {HEARTBEAT_TABLE} DEFAULT VALUES RETURNING extract(epoch FROM beat_at), lsn;")
 
 
-def keep_days(cluster) -> int:
+def keep_days(cluster: Cluster) -> int:
     """Heartbeats are kept as long as the longest retention, and a week more."""
     return max(cluster.pgbackrest.retention_full_days, cluster.walg.retention_days) + 7
 
 
-def write_heartbeat(cluster) -> dict:
+def write_heartbeat(cluster: Cluster) -> dict:
     """One heartbeat row in production (psql as the cluster's OS user, as the marker rows)."""
     out = runner.production_sql(cluster, heartbeat_sql(keep_days(cluster)), quiet=True)
     epoch, lsn = out.splitlines()[-1].split("|")
@@ -81,7 +85,7 @@ HEARTBEATS_SQL = (f"SELECT extract(epoch FROM beat_at), pg_walfile_name(lsn) FRO
                   "WHERE beat_at >= to_timestamp({since}) ORDER BY beat_at")
 
 
-def heartbeats(cluster, since: datetime) -> list[tuple[float, str]]:
+def heartbeats(cluster: Cluster, since: datetime) -> list[tuple[float, str]]:
     """(Unix time, WAL file) of production's heartbeats since ``since``, oldest first."""
     exists = runner.production_sql(cluster, f"SELECT to_regclass('{HEARTBEAT_TABLE}') IS NOT NULL", quiet=True)
     if exists.strip() != "t":
@@ -95,7 +99,7 @@ def heartbeats(cluster, since: datetime) -> list[tuple[float, str]]:
     return rows
 
 
-def last_archived(cluster) -> tuple[str | None, datetime | None]:
+def last_archived(cluster: Cluster) -> tuple[str | None, datetime | None]:
     """The WAL segment pg_stat_archiver last archived (of a ``.backup`` or ``.partial`` name: its
     segment), and when."""
     out = runner.production_sql(cluster, "SELECT coalesce(last_archived_wal, '') || '|' || "
@@ -116,7 +120,7 @@ def archived(walfile: str, last_segment: str | None) -> bool:
 # The recovery window and the draw
 
 
-def oldest_backup_stop(cluster, tool: str, access) -> datetime | None:
+def oldest_backup_stop(cluster: Cluster, tool: str, access) -> datetime | None:
     """Where the tool's recovery window begins (its oldest good backup kept)."""
     if tool == "walg":
         walg.write_config(cluster, access)
@@ -157,7 +161,7 @@ def expected(beats: list[tuple[float, str]], target: datetime) -> dict:
             "first_after": times.iso(times.utc(min(after))) if after else None}
 
 
-def choose_target(cluster, tool: str, access, run_id: str, target_time: str | None = None) -> dict:
+def choose_target(cluster: Cluster, tool: str, access, run_id: str, target_time: str | None = None) -> dict:
     """On the database host: the tool's recovery window, the target (drawn, or ``target_time``),
     and production's heartbeats around it. Refuses, before anything is restored, a window without
     an archived heartbeat and a target outside the window."""
@@ -166,7 +170,7 @@ def choose_target(cluster, tool: str, access, run_id: str, target_time: str | No
     beats = heartbeats(cluster, since)
     window = recovery_window(tool, start, beats, last_archived(cluster)[0])
     if window["empty"]:
-        raise RestoreRefused("verify.heartbeat_minutes", f"the {tool} recovery window of cluster {cluster.name} has no "
+        raise DrillRefused("verify.heartbeat_minutes", f"the {tool} recovery window of cluster {cluster.name} has no "
                              f"archived heartbeat after its oldest backup ({window['start'] or 'no backup'}; "
                              f"{len(beats)} heartbeats, last archived segment {window['last_archived_segment']}): "
                              "no point can be proven yet; nothing was restored",
@@ -175,7 +179,7 @@ def choose_target(cluster, tool: str, access, run_id: str, target_time: str | No
     if target_time:
         target = times.utc(target_time)
         if not times.utc(window["start"]) < target < times.utc(window["end"]):
-            raise RestoreRefused("target_time", f"{times.iso(target)} is outside cluster {cluster.name}'s {tool} "
+            raise DrillRefused("target_time", f"{times.iso(target)} is outside cluster {cluster.name}'s {tool} "
                                  f"recovery window ({window['start']} to {window['end']}, the newest archived "
                                  "heartbeat); nothing was restored", "choose a time inside the window")
         drawn = False
@@ -235,7 +239,7 @@ def heartbeat_checks(target_cluster, chosen: dict, backup_stop: str | None = Non
     return checks
 
 
-def pitr_line(cluster, *, run_id: str, chosen: dict | None, record: dict | None, steps: dict, errors: list[str],
+def pitr_line(cluster: Cluster, *, run_id: str, chosen: dict | None, record: dict | None, steps: dict, errors: list[str],
               started_at: str | None = None) -> dict:
     """The verification line of the drill, with the target, how it was chosen, the window, the
     recovery point reached and its gap to the target."""
@@ -264,7 +268,7 @@ def failure_text(line: dict) -> str:
             f"{'; '.join(line.get('errors') or []) or 'a check failed'}")
 
 
-def run_drill(cluster, tool: str, access, client, run_id: str, target_time: str | None = None,
+def run_drill(cluster: Cluster, tool: str, access, client, run_id: str, target_time: str | None = None,
               dbname: str | None = None) -> dict:
     """The whole PITR drill for cron (one host: production, the repository and the target's root
     reachable): choose, plan, drill, evidence, teardown; raises when it did not pass."""
@@ -285,7 +289,7 @@ def run_drill(cluster, tool: str, access, client, run_id: str, target_time: str 
     return {**result, "line": line}
 
 
-def windows(cluster, access, stanza_info: dict | None = None, backups: list | None = None) -> list[dict]:
+def windows(cluster: Cluster, access, stanza_info: dict | None = None, backups: list | None = None) -> list[dict]:
     """Each tool's recovery window now (the freshness check publishes it: metrics, inventory)."""
     out = []
     last, last_time = last_archived(cluster)

@@ -19,8 +19,12 @@ import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pg_backups.errors import PgBackupsError, ToolError
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def tool_env(extra: dict | None = None) -> dict:
     return {**env, **(extra or {})}
 
 
-def pg_password_env(cluster) -> dict:
+def pg_password_env(cluster: Cluster) -> dict:
     """PGPASSWORD for a tool that connects to the cluster over TCP (a socket uses peer
     authentication and needs none): only there, and only when it is set."""
     if cluster.socket_directory or not os.environ.get("PGPASSWORD"):
@@ -201,7 +205,7 @@ def failure_summary(argv: list[str], returncode: int, output: str) -> tuple[str,
     return message, fix
 
 
-def psql_command(cluster, host: str | None, port: int, dbname: str, sql: str) -> list[str]:
+def psql_command(cluster: Cluster, host: str | None, port: int, dbname: str, sql: str) -> list[str]:
     """The one psql command line: unaligned, quiet, stops at the first error."""
     from pg_backups.versions import bin_directory  # versions runs its commands through this module
 
@@ -213,7 +217,7 @@ def psql_command(cluster, host: str | None, port: int, dbname: str, sql: str) ->
 PRODUCTION_DATABASE = "postgres"
 
 
-def production_psql(cluster, sql: str, *, timeout: float = 60, check: bool = True, quiet: bool = False,
+def production_psql(cluster: Cluster, sql: str, *, timeout: float = 60, check: bool = True, quiet: bool = False,
                     connect_timeout: int | None = None) -> subprocess.CompletedProcess:
     """The one path to production SQL (the login check, the archiving pre-check and watchdog, the
     marker row): psql as the cluster's OS user, to its socket directory or, over TCP, to its host
@@ -227,7 +231,7 @@ def production_psql(cluster, sql: str, *, timeout: float = 60, check: bool = Tru
     return run(argv, env=env, os_user=cluster.os_user, timeout=timeout, check=check, quiet=quiet)
 
 
-def production_sql(cluster, sql: str, *, timeout: float = 60, quiet: bool = False) -> str:
+def production_sql(cluster: Cluster, sql: str, *, timeout: float = 60, quiet: bool = False) -> str:
     """What :func:`production_psql` prints, stripped; a :class:`ToolError` when psql fails."""
     return production_psql(cluster, sql, timeout=timeout, quiet=quiet).stdout.strip()
 

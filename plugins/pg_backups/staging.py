@@ -20,10 +20,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pg_backups import files, pgbackrest, runner, versions, walg
 from pg_backups.errors import RestoreRefused, ToolError
 from pg_backups.times import now
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ class StagingConnection:
 # Who holds staging: one restore test at a time
 
 
-def claim_path(cluster) -> Path:
+def claim_path(cluster: Cluster) -> Path:
     # Beside the backup lock, not in staging: the purge empties staging.
     return Path(cluster.lock_directory) / f"{cluster.name}.restore-test-claim.json"
 
@@ -77,7 +81,7 @@ def pid_owner_alive(owner: str) -> bool:
 
 
 @contextmanager
-def _claim_lock(cluster):
+def _claim_lock(cluster: Cluster):
     path = claim_path(cluster).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
@@ -88,14 +92,14 @@ def _claim_lock(cluster):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def claim_holder(cluster) -> str | None:
+def claim_holder(cluster: Cluster) -> str | None:
     try:
         return json.loads(claim_path(cluster).read_text()).get("owner")
     except (FileNotFoundError, ValueError):
         return None
 
 
-def claim(cluster, owner: str, is_active) -> str | None:
+def claim(cluster: Cluster, owner: str, is_active) -> str | None:
     """Claim staging for ``owner`` (an Airflow run, or :func:`pid_owner`). None when it is ours now;
     else the owner that holds it. A claim whose owner is no longer active (``is_active(owner)``
     false: its run ended without its teardown) is taken over, and the log says so."""
@@ -111,7 +115,7 @@ def claim(cluster, owner: str, is_active) -> str | None:
         return None
 
 
-def release(cluster, owner: str) -> bool:
+def release(cluster: Cluster, owner: str) -> bool:
     """Give staging back (only a claim ``owner`` holds). True when it was released."""
     with _claim_lock(cluster):
         if claim_holder(cluster) != owner:
@@ -124,7 +128,7 @@ def release(cluster, owner: str) -> bool:
 # Paths and the guard
 
 
-def staging_dir(cluster) -> str:
+def staging_dir(cluster: Cluster) -> str:
     return os.path.realpath(cluster.restore_test.staging_data_directory)
 
 
@@ -162,7 +166,7 @@ def pid_running(pid: int | None) -> bool:
     return True
 
 
-def guard(cluster, staging_conn: StagingConnection | None = None) -> dict:
+def guard(cluster: Cluster, staging_conn: StagingConnection | None = None) -> dict:
     """Refuse to touch staging unless it is provably not production. Deletes nothing itself."""
     rt = cluster.restore_test
     staging, root, prod = staging_dir(cluster), os.path.realpath(rt.staging_root), \
@@ -214,23 +218,23 @@ def guard(cluster, staging_conn: StagingConnection | None = None) -> dict:
 # Staging server
 
 
-def server_binary(cluster, name: str) -> str:
+def server_binary(cluster: Cluster, name: str) -> str:
     """A server binary of staging's major: the restored data directory's PG_VERSION (production's
     major), the newest installed when there is none yet."""
     return str(Path(versions.bin_directory(cluster, versions.data_directory_major(staging_dir(cluster)))) / name)
 
 
-def pg_ctl(cluster, *args: str, timeout: float | None = 120, check: bool = True):
+def pg_ctl(cluster: Cluster, *args: str, timeout: float | None = 120, check: bool = True):
     return runner.run([server_binary(cluster, "pg_ctl"), "-D", staging_dir(cluster), *args],
                       os_user=cluster.os_user, timeout=timeout, check=check)
 
 
-def staging_running(cluster) -> bool:
+def staging_running(cluster: Cluster) -> bool:
     pid = read_postmaster_pid(staging_dir(cluster))
     return bool(pid and pid_running(pid.get("pid")))
 
 
-def stop_staging(cluster, staging_conn: StagingConnection | None = None) -> str:
+def stop_staging(cluster: Cluster, staging_conn: StagingConnection | None = None) -> str:
     if not os.path.isdir(staging_dir(cluster)) or not staging_running(cluster):
         return "not running"
     guard(cluster, staging_conn)  # never stop a server that is not staging
@@ -238,7 +242,7 @@ def stop_staging(cluster, staging_conn: StagingConnection | None = None) -> str:
     return "stopped"
 
 
-def purge_staging(cluster, staging_conn: StagingConnection | None = None) -> dict:
+def purge_staging(cluster: Cluster, staging_conn: StagingConnection | None = None) -> dict:
     """Empty and recreate the staging data directory (0700, owned by the cluster's OS user)."""
     info = guard(cluster, staging_conn)
     if staging_running(cluster):
@@ -259,7 +263,7 @@ def purge_staging(cluster, staging_conn: StagingConnection | None = None) -> dic
     return {"staging_data_directory": staging, "entries_removed": removed}
 
 
-def start_staging_command(cluster) -> list[str]:
+def start_staging_command(cluster: Cluster) -> list[str]:
     rt = cluster.restore_test
     options = f"-p {rt.staging_port} -c archive_mode=off"
     if rt.staging_socket_directory:
@@ -269,7 +273,7 @@ def start_staging_command(cluster) -> list[str]:
             "-o", options, "-w", "-t", "3600", "start"]
 
 
-def start_staging(cluster, timeout: float = 3600) -> str:
+def start_staging(cluster: Cluster, timeout: float = 3600) -> str:
     try:
         runner.run(start_staging_command(cluster), os_user=cluster.os_user, timeout=timeout + 60)
     except ToolError as exc:  # pg_ctl says "could not start server": the server's log says why
@@ -281,7 +285,7 @@ def start_staging(cluster, timeout: float = 3600) -> str:
     return "started"
 
 
-def staging_log_paths(cluster) -> list[Path]:
+def staging_log_paths(cluster: Cluster) -> list[Path]:
     """Where staging's server writes: pg_ctl's log, then the newest files of logging_collector's."""
     staging = Path(staging_dir(cluster))
     collected = sorted((p for p in (staging / "log").glob("*") if p.is_file()), key=lambda p: p.stat().st_mtime)
@@ -309,7 +313,7 @@ def next_segment(name: str, segment_bytes: int = 16 * 2**20) -> str:
     return f"{name[:8]}{log_id:08X}{seg:08X}"
 
 
-def segment_bytes(cluster) -> int:
+def segment_bytes(cluster: Cluster) -> int:
     """The restored copy's WAL segment size (pg_controldata), 16 MiB when it cannot be read."""
     try:
         out = runner.run([server_binary(cluster, "pg_controldata"), staging_dir(cluster)], os_user=cluster.os_user,
@@ -320,7 +324,7 @@ def segment_bytes(cluster) -> int:
         return 16 * 2**20
 
 
-def missing_segment(cluster) -> str | None:
+def missing_segment(cluster: Cluster) -> str | None:
     """Why recovery ended before its target: the segment after the last one restored from the
     archive (a hole in the archive, or one it could not read), in words; None when no segment was
     restored at all."""
@@ -338,7 +342,7 @@ def missing_segment(cluster) -> str | None:
             f"(the last segment restored was {last})")
 
 
-def last_fatal_line(cluster) -> str | None:
+def last_fatal_line(cluster: Cluster) -> str | None:
     """The last ``FATAL:`` (or ``PANIC:``) line staging's server logged: why it stopped."""
     for path in staging_log_paths(cluster):
         try:
@@ -351,18 +355,18 @@ def last_fatal_line(cluster) -> str | None:
     return None
 
 
-def psql_command(cluster, sql: str, dbname: str | None = None) -> list[str]:
+def psql_command(cluster: Cluster, sql: str, dbname: str | None = None) -> list[str]:
     rt = cluster.restore_test
     # Staging is local: its socket (the configured one, or libpq's default, where pg_ctl starts
     # it without -k) with peer authentication as the OS user; no password is ever needed.
     return runner.psql_command(cluster, rt.staging_socket_directory, rt.staging_port, dbname or DEFAULT_DATABASE, sql)
 
 
-def staging_sql(cluster, sql: str, dbname: str | None = None, timeout: float = 600) -> str:
+def staging_sql(cluster: Cluster, sql: str, dbname: str | None = None, timeout: float = 600) -> str:
     return runner.run(psql_command(cluster, sql, dbname), os_user=cluster.os_user, timeout=timeout).stdout.strip()
 
 
-def wait_recovery_end(cluster, timeout: float = 3600, poll: float = 1.0) -> float:
+def wait_recovery_end(cluster: Cluster, timeout: float = 3600, poll: float = 1.0) -> float:
     """Wait until staging has finished recovery (``pg_is_in_recovery()`` false); seconds waited.
 
     Each poll first checks that staging's postmaster is alive: a server that died in recovery
@@ -391,12 +395,12 @@ def wait_recovery_end(cluster, timeout: float = 3600, poll: float = 1.0) -> floa
 # Restore
 
 
-def staging_is_empty(cluster) -> bool:
+def staging_is_empty(cluster: Cluster) -> bool:
     staging = staging_dir(cluster)
     return not os.path.isdir(staging) or not any(os.scandir(staging))
 
 
-def restore_into_staging(cluster, tool: str, access, label: str | None = None, target_time: str | None = None,
+def restore_into_staging(cluster: Cluster, tool: str, access, label: str | None = None, target_time: str | None = None,
                          timeout: float | None = None, copy: str = "restored-copy") -> None:
     """Restore ``label`` (a backup of ``tool``) into the staging data directory, archiving off.
     ``copy``: the pgBackRest lock path's name for this kind of copy (see pgbackrest.restore_lock_path)."""
@@ -408,7 +412,7 @@ def restore_into_staging(cluster, tool: str, access, label: str | None = None, t
                            copy=copy)
 
 
-def walg_recovery_settings(cluster, target_time: str | None = None) -> dict[str, str]:
+def walg_recovery_settings(cluster: Cluster, target_time: str | None = None) -> dict[str, str]:
     """What WAL-G's restore needs in postgresql.auto.conf (with recovery.signal beside it)."""
     settings = {"restore_command": walg.restore_command(cluster), "archive_mode": "off"}
     if target_time:
@@ -423,7 +427,7 @@ def render_auto_conf(settings: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def restore_walg(cluster, access, label: str | None = None, target_time: str | None = None,
+def restore_walg(cluster: Cluster, access, label: str | None = None, target_time: str | None = None,
                  timeout: float | None = None) -> None:
     staging = staging_dir(cluster)
     walg.backup_fetch(cluster, access, staging, label or "LATEST", timeout=timeout)

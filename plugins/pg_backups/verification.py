@@ -20,9 +20,13 @@ import os
 import shutil
 import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pg_backups import audit, checks, metrics, operations, pgbackrest, staging, times, walg
-from pg_backups.errors import CheckFailed, RestoreRefused, ToolError
+from pg_backups.errors import CheckFailed, DrillRefused, ToolError
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ RESULT_XCOM = ("record_evidence", "verification_result")
 RESULTS_KEPT = 100  # per cluster and tool in the bucket's results object: months of daily backups
 
 
-def target(cluster, kind: str = BACKUP):
+def target(cluster: Cluster, kind: str = BACKUP):
     """The cluster as the restore test's code sees it, with the drill's target as its staging."""
     v = cluster.verify
     rt = dataclasses.replace(cluster.restore_test, staging_root=v.root,
@@ -54,12 +58,12 @@ def target(cluster, kind: str = BACKUP):
     return dataclasses.replace(cluster, restore_test=rt)
 
 
-def data_directory(cluster, kind: str = BACKUP) -> str:
+def data_directory(cluster: Cluster, kind: str = BACKUP) -> str:
     """``<verify.root>/<cluster>`` for a backup's drill, ``<verify.root>/<cluster>-pitr`` for the PITR drill."""
     return os.path.join(cluster.verify.root, cluster.name if kind == BACKUP else f"{cluster.name}-{kind}")
 
 
-def required_bytes(cluster, record: dict) -> int:
+def required_bytes(cluster: Cluster, record: dict) -> int:
     """What the restored copy needs: the database size the backup restores (pgBackRest ``info.size``,
     WAL-G's uncompressed size), plus ``verify.free_space_margin_percent`` for the WAL replayed."""
     size = record.get("database_size_bytes") or record.get("backup_size_bytes") or 0
@@ -73,11 +77,11 @@ def free_bytes(path: str) -> int:
     return shutil.disk_usage(path).free
 
 
-def check_free_space(cluster, record: dict) -> dict:
+def check_free_space(cluster: Cluster, record: dict) -> dict:
     """Refuse before anything is restored when ``verify.root`` cannot hold the backup."""
     need, free = required_bytes(cluster, record), free_bytes(cluster.verify.root)
     if need > free:
-        raise RestoreRefused("verify.root", f"{cluster.verify.root} has {_size(free)} free, and backup "
+        raise DrillRefused("verify.root", f"{cluster.verify.root} has {_size(free)} free, and backup "
                              f"{record.get('label')} needs {_size(need)} (database {_size(record.get('database_size_bytes') or 0)}"
                              f" + verify.free_space_margin_percent {cluster.verify.free_space_margin_percent} %); "
                              "nothing was restored", "free space there, or point verify.root at a larger filesystem")
@@ -88,13 +92,13 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def plan(cluster, tool: str, access, label: str | None = None, record: dict | None = None, *,
+def plan(cluster: Cluster, tool: str, access, label: str | None = None, record: dict | None = None, *,
          kind: str = BACKUP, target_time: str | None = None) -> dict:
     """Which backup (the published record, else read from the repository: the given label, the
     newest, or with ``target_time`` the newest that finished before it), the target's guard and
     the disk guard: every refusal comes before the target is touched."""
     if tool not in cluster.tools:
-        raise RestoreRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
+        raise DrillRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
                              "choose one of the cluster's tools")
     if record is None:
         record = operations.restore_backup_record(cluster, tool, access, label, target_time)  # writes the tool's config
@@ -105,12 +109,12 @@ def plan(cluster, tool: str, access, label: str | None = None, record: dict | No
             "space": check_free_space(cluster, record)}
 
 
-def target_description(cluster, kind: str = BACKUP) -> dict:
+def target_description(cluster: Cluster, kind: str = BACKUP) -> dict:
     v = cluster.verify
     return {"data_directory": data_directory(cluster, kind), "port": v.port, "host": v.queue or "(default queue)"}
 
 
-def drill(cluster, tool: str, access, record: dict, progress=None, dbname: str | None = None, *,
+def drill(cluster: Cluster, tool: str, access, record: dict, progress=None, dbname: str | None = None, *,
           kind: str = BACKUP, target_time: str | None = None, extra_checks=None) -> dict:
     """Restore ``record``'s backup onto the target, start it, wait for recovery's end, run the
     restore test's checks; the target's server is stopped at the end whatever happened (the next
@@ -152,7 +156,7 @@ def drill(cluster, tool: str, access, record: dict, progress=None, dbname: str |
             "rto_seconds": round(done["restore_seconds"] + started["startup_seconds"], 2)}
 
 
-def teardown(cluster, kind: str = BACKUP) -> dict:
+def teardown(cluster: Cluster, kind: str = BACKUP) -> dict:
     """Stop the target's server if it runs, and remove its directory (guarded: only under verify.root)."""
     t = target(cluster, kind)
     stopped = staging.stop_staging(t)
@@ -173,7 +177,7 @@ def failed_step(steps_done: dict) -> str:
     return "checks"
 
 
-def verification_line(cluster, *, run_id: str, tool: str, record: dict | None, steps: dict,
+def verification_line(cluster: Cluster, *, run_id: str, tool: str, record: dict | None, steps: dict,
                       errors: list[str], started_at: str | None = None, kind: str = BACKUP) -> dict:
     """One JSON line per drill, in the verification log beside the audit: which backup, tool and
     target, the RTO, every check, the outcome, and when it failed the step and the cause."""
@@ -206,7 +210,7 @@ def verification_line(cluster, *, run_id: str, tool: str, record: dict | None, s
     }
 
 
-def record_evidence(cluster, client, line: dict) -> dict:
+def record_evidence(cluster: Cluster, client, line: dict) -> dict:
     """Append the line to ``verify.log``, archive it (and the drill's smoke log) to S3 beside the
     restore test's audit, publish the metrics; the line is the evidence, a metrics outage changes
     nothing."""
@@ -236,12 +240,12 @@ def result(line: dict, fields: tuple[str, ...] = RESULT_FIELDS) -> dict:
     return out
 
 
-def results_key(cluster, tool: str) -> str:
+def results_key(cluster: Cluster, tool: str) -> str:
     """Beside the drills' archived lines: ``<restore_test.audit_prefix>/<cluster>/verification-<tool>.json``."""
     return f"{cluster.restore_test.audit_prefix.strip('/')}/{cluster.name}/verification-{tool}.json"
 
 
-def read_results(cluster, client, tool: str) -> list[dict]:
+def read_results(cluster: Cluster, client, tool: str) -> list[dict]:
     """The newest drill results of the tool, newest first ([] before the first drill)."""
     try:
         body = client.get_object(Bucket=cluster.s3.bucket, Key=results_key(cluster, tool))["Body"].read()
@@ -253,7 +257,7 @@ def read_results(cluster, client, tool: str) -> list[dict]:
     return results if isinstance(results, list) else []
 
 
-def publish_result(cluster, client, line: dict) -> list[dict]:
+def publish_result(cluster: Cluster, client, line: dict) -> list[dict]:
     """Put the drill's result first in the tool's results object (the newest RESULTS_KEPT), where the
     freshness check of the database host reads it: that host cannot read the verification host's log.
     Drills of a cluster run one at a time, so nothing else writes the object meanwhile."""
@@ -273,7 +277,7 @@ def by_backup(results) -> dict[tuple[str, str], dict]:
     return out
 
 
-def backup_state(cluster, tool: str, label: str | None, finished_at, drilled: dict, at: datetime) -> dict:
+def backup_state(cluster: Cluster, tool: str, label: str | None, finished_at, drilled: dict, at: datetime) -> dict:
     """What the drills say of one backup: ``state`` (VERIFIED, FAILED, PENDING, OVERDUE), the result
     that decided it, and a sentence; OVERDUE once ``verify.max_delay_minutes`` have passed since the
     backup finished without a drill of it. ``drilled``: :func:`by_backup` of the results."""
@@ -293,7 +297,7 @@ def backup_state(cluster, tool: str, label: str | None, finished_at, drilled: di
     return {"state": PENDING, "result": None, "text": "drill pending"}
 
 
-def problem(cluster, tool: str, label: str | None, state: dict) -> str | None:
+def problem(cluster: Cluster, tool: str, label: str | None, state: dict) -> str | None:
     """The freshness check's and the inventory's words for a backup that is not proven in time."""
     if state["state"] == FAILED:
         return f"{tool} backup {label}: {state['text']}"
@@ -302,7 +306,7 @@ def problem(cluster, tool: str, label: str | None, state: dict) -> str | None:
     return None
 
 
-def unverified(cluster, client, verdicts: list[dict], at: datetime) -> list[str]:
+def unverified(cluster: Cluster, client, verdicts: list[dict], at: datetime) -> list[str]:
     """The freshness check's judgement: each tool's newest backup (``verdicts``: freshness.judge_backup's)
     proven by its drill within verify.max_delay_minutes, read from the bucket's results objects (the
     verification host's log is out of the database host's reach). Sets each verdict's ``verification``."""
@@ -325,7 +329,7 @@ def failure_text(line: dict) -> str:
             f"{'; '.join(line.get('errors') or []) or 'a check failed'}")
 
 
-def attempt(cluster, kind: str, run) -> tuple[dict, list[str]]:
+def attempt(cluster: Cluster, kind: str, run) -> tuple[dict, list[str]]:
     """Run a drill, ``run(progress)``, for the cron path: the steps it reported and every error,
     the target torn down whatever happened."""
     steps: dict = {}
@@ -345,7 +349,7 @@ def attempt(cluster, kind: str, run) -> tuple[dict, list[str]]:
     return steps, errors
 
 
-def run_drill(cluster, tool: str, access, client, run_id: str, label: str | None = None,
+def run_drill(cluster: Cluster, tool: str, access, client, run_id: str, label: str | None = None,
               dbname: str | None = None) -> dict:
     """The whole drill for cron: plan, drill, evidence, teardown; raises when it did not pass."""
     started_at = times.iso(times.now())

@@ -14,8 +14,12 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pg_backups.errors import ToolError, VersionMismatch
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")  # Debian's PostgreSQL packages: <root>/<major>/bin
 
@@ -60,7 +64,7 @@ def installed_majors(root: Path | None = None) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "bin" / "pg_ctl").exists())
 
 
-def bin_directory(cluster, major: int | None = None) -> str:
+def bin_directory(cluster: Cluster, major: int | None = None) -> str:
     """The cluster's ``bin_directory`` when set; else Debian's directory of ``major``; else (a client
     such as psql, which reads any older server) the newest major installed."""
     if cluster.bin_directory:
@@ -100,7 +104,7 @@ def pgbackrest_version(binary: str = "pgbackrest") -> tuple[int, ...]:
     return _pgbackrest_version(binary)
 
 
-def judge(cluster, server_num: int, data_major: int | None, binaries_major: int | None, binaries: str) -> int:
+def judge(cluster: Cluster, server_num: int, data_major: int | None, binaries_major: int | None, binaries: str) -> int:
     """Refuse a cluster whose server, data directory and binaries disagree; returns the major."""
     major = major_from_num(server_num)
     where = f"{cluster.host}:{cluster.port}"
@@ -125,7 +129,7 @@ def judge(cluster, server_num: int, data_major: int | None, binaries_major: int 
     return major
 
 
-def check_cluster(cluster) -> dict:
+def check_cluster(cluster: Cluster) -> dict:
     """Read the versions on the database host and judge them (the backup DAGs' preflight and the
     cron scripts, before any tool runs). Returns what was read."""
     from pg_backups import runner
@@ -142,7 +146,7 @@ def check_cluster(cluster) -> dict:
     return {"postgres_major": major, "server_version_num": server_num, "bin_directory": binaries}
 
 
-def _read_data_major(cluster) -> int | None:
+def _read_data_major(cluster: Cluster) -> int | None:
     """PG_VERSION as the tools' user reads it (the data directory is that user's, mode 0700)."""
     found = data_directory_major(cluster.data_directory)
     if found is not None or not cluster.os_user:

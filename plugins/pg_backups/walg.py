@@ -11,15 +11,19 @@ import json
 import logging
 import shlex
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pg_backups import files, runner, times
 from pg_backups.errors import ToolError
 from pg_backups.s3_access import S3Access
 
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
+
 log = logging.getLogger(__name__)
 
 
-def settings(cluster, access: S3Access, *, secrets: bool = True) -> dict[str, str]:
+def settings(cluster: Cluster, access: S3Access, *, secrets: bool = True) -> dict[str, str]:
     w = cluster.walg
     env = {
         "WALG_S3_PREFIX": cluster.walg_s3_prefix,
@@ -45,33 +49,33 @@ def settings(cluster, access: S3Access, *, secrets: bool = True) -> dict[str, st
     return env
 
 
-def write_config(cluster, access: S3Access) -> list[str]:
+def write_config(cluster: Cluster, access: S3Access) -> list[str]:
     """walg.json for archive_command on the database host (it holds the S3 keys: mode 0600)."""
     files.write_private(cluster.walg.config_path, json.dumps(settings(cluster, access), indent=2, sort_keys=True) + "\n",
                   cluster.os_user)
     return [cluster.walg.config_path]
 
 
-def command(cluster, name: str, *args: str) -> list[str]:
+def command(cluster: Cluster, name: str, *args: str) -> list[str]:
     return [cluster.walg.binary, "--config", cluster.walg.config_path, name, *args]
 
 
-def archive_command(cluster) -> str:
+def archive_command(cluster: Cluster) -> str:
     return shlex.join(command(cluster, "wal-push")) + " %p"
 
 
-def restore_command(cluster) -> str:
+def restore_command(cluster: Cluster) -> str:
     return shlex.join(command(cluster, "wal-fetch")) + " %f %p"
 
 
-def run(cluster, access: S3Access, name: str, *args: str, extra_env: dict | None = None,
+def run(cluster: Cluster, access: S3Access, name: str, *args: str, extra_env: dict | None = None,
         timeout: float | None = None, check: bool = True, watch=None):
     env = {**settings(cluster, access), **runner.pg_password_env(cluster), **(extra_env or {})}
     return runner.run(command(cluster, name, *args), env=env, os_user=cluster.os_user, timeout=timeout, check=check,
                       watch=watch)
 
 
-def backup_push(cluster, access: S3Access, run_id: str | None = None, timeout: float | None = None,
+def backup_push(cluster: Cluster, access: S3Access, run_id: str | None = None, timeout: float | None = None,
                 run_type: str | None = None, watch=None) -> dict:
     """One backup, tagged with the Airflow run that made it (and its kind: scheduled, manual,
     backfill); never reported without a listed result."""
@@ -96,7 +100,7 @@ LIST_S3_MAX_RETRIES = 3
 LIST_TIMEOUT_SECONDS = 300
 
 
-def backup_list(cluster, access: S3Access) -> list[dict]:
+def backup_list(cluster: Cluster, access: S3Access) -> list[dict]:
     proc = run(cluster, access, "backup-list", "--json", "--detail", check=False, timeout=LIST_TIMEOUT_SECONDS,
                extra_env={"WALG_S3_MAX_RETRIES": str(LIST_S3_MAX_RETRIES)})
     if proc.returncode != 0:
@@ -180,7 +184,7 @@ def retention_target(backups: list[dict], now: datetime, days: int) -> str | Non
     return oldest_kept["backup_name"]
 
 
-def delete_old(cluster, access: S3Access, now: datetime | None = None) -> dict:
+def delete_old(cluster: Cluster, access: S3Access, now: datetime | None = None) -> dict:
     """Retention. The runbook's `wal-g delete before --confirm` names no target and is not valid."""
     now = now or times.now()
     backups = backup_list(cluster, access)
@@ -217,7 +221,7 @@ def wal_file_name(timeline: int, lsn, segment_bytes: int = WAL_SEGMENT_BYTES) ->
     return f"{timeline:08X}{segment // per_id:08X}{segment % per_id:08X}"
 
 
-def backup_record(cluster, backup: dict, backups: list[dict]) -> dict:
+def backup_record(cluster: Cluster, backup: dict, backups: list[dict]) -> dict:
     """The record pgBackRest's backups get too. Sizes mean the same for both tools: the database
     (uncompressed, of a full backup), the data the backup copied (uncompressed: pgBackRest's
     ``info.delta``) and what it added to the repository (compressed: ``info.repository.delta``)."""
@@ -244,6 +248,6 @@ def backup_record(cluster, backup: dict, backups: list[dict]) -> dict:
     }
 
 
-def backup_fetch(cluster, access: S3Access, target_directory: str, name: str = "LATEST",
+def backup_fetch(cluster: Cluster, access: S3Access, target_directory: str, name: str = "LATEST",
                  timeout: float | None = None) -> None:
     run(cluster, access, "backup-fetch", target_directory, name, timeout=timeout)

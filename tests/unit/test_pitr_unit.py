@@ -86,6 +86,8 @@ def test_choose_target_draws_or_takes_the_given_time_and_refuses_outside_the_win
         pitr.choose_target(cluster, "pgbackrest", None, "manual__x")
     text = str(refused.value)
     assert "verify.heartbeat_minutes" in text and "nothing was restored" in text and "heartbeat_asso" in text
+    # A drill's refusal, named so (it read "restore test refused, nothing was deleted" before).
+    assert text.startswith("verification drill refused, nothing was restored: verify.heartbeat_minutes: ")
 
 
 def test_heartbeat_sql_keeps_the_longest_retention_and_a_week():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from airflow.sdk import Asset, get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -18,6 +19,9 @@ from pg_backups.errors import NothingToDo, PgBackupsError
 from pg_backups.operations import BACKFILL
 from pg_backups.s3_access import S3Access
 from pg_backups.times import now
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,7 @@ def keep_error(exc: BaseException) -> None:
         log.warning("could not keep the error for the audit: %s", type(problem).__name__)
 
 
-def alert_args(cluster, purpose: str = "") -> dict:
+def alert_args(cluster: Cluster, purpose: str = "") -> dict:
     """The alert channels of the task's final failure (and of each retry when alerts.notify_on_retry)."""
     args = {"on_failure_callback": notifiers.failure_notifiers(cluster, purpose)}
     if cluster.alerts.notify_on_retry:
@@ -73,7 +77,7 @@ def alert_args(cluster, purpose: str = "") -> dict:
     return args
 
 
-def default_args(cluster, queue: str | None = None, purpose: str = "", alerts: bool = True) -> dict:
+def default_args(cluster: Cluster, queue: str | None = None, purpose: str = "", alerts: bool = True) -> dict:
     args = {
         "owner": cluster.owner,
         "retries": cluster.retries,
@@ -86,7 +90,7 @@ def default_args(cluster, queue: str | None = None, purpose: str = "", alerts: b
     return args
 
 
-def dag_args(cluster, purpose: str, queue: str | None = None, alert_every_task: bool = True) -> dict:
+def dag_args(cluster: Cluster, purpose: str, queue: str | None = None, alert_every_task: bool = True) -> dict:
     """What every DAG of a cluster shares: its start, no catchup, one run at a time, retries and
     Slack alerts, tags to filter by in the UI; ``queue``: the Celery queue of the host whose
     worker runs its tasks (the database host for backups, the staging host for the restore test).
@@ -97,7 +101,7 @@ def dag_args(cluster, purpose: str, queue: str | None = None, alert_every_task: 
             "tags": ["backups", purpose, cluster.name]}
 
 
-def backup_asset(cluster, tool: str) -> Asset:
+def backup_asset(cluster: Cluster, tool: str) -> Asset:
     """The asset a backup DAG updates; its events carry the backup record (label, times, sizes)."""
     path = cluster.pgbackrest.repo_path.strip("/") + f"/backup/{cluster.stanza}" if tool == "pgbackrest" \
         else cluster.walg.prefix.strip("/") + "/basebackups_005"
@@ -141,14 +145,14 @@ def params(ctx=None) -> dict:
     return dict((ctx or context()).get("params") or {})
 
 
-def s3_hook(cluster):
+def s3_hook(cluster: Cluster):
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     return S3Hook(aws_conn_id=cluster.s3.aws_conn_id, region_name=cluster.s3.region,
                   verify=cluster.s3.ca_file or None)
 
 
-def s3_access(cluster) -> S3Access:
+def s3_access(cluster: Cluster) -> S3Access:
     """Credentials and endpoint from the cluster's Airflow AWS connection (never from code)."""
     hook = s3_hook(cluster)
     credentials = hook.get_credentials()
@@ -159,7 +163,7 @@ def s3_access(cluster) -> S3Access:
                     ca_file=verify)
 
 
-def s3_client(cluster):
+def s3_client(cluster: Cluster):
     if cluster.s3.endpoint_url:  # the configuration overrides the connection's endpoint
         return s3_access(cluster).boto3_client()
     return s3_hook(cluster).get_conn()

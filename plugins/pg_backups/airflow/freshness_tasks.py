@@ -8,6 +8,7 @@ last try. Metrics are published on the way, problem or not.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
@@ -15,6 +16,9 @@ from pg_backups import costs, freshness, metrics, pgbackrest, pitr, verification
 from pg_backups.airflow.common import cluster_named, context, s3_access, s3_client, task_body
 from pg_backups.errors import NotVerified, StaleBackup, Unreachable, WalArchivingProblem
 from pg_backups.times import now
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ def check_backups(cluster_name: str) -> dict:
     return {"cluster": cluster.name, "max_backup_age_hours": limit, "backups": verdicts, "recovery_windows": windows}
 
 
-def recovery_windows(cluster, stanza_info, backups) -> list[dict]:
+def recovery_windows(cluster: Cluster, stanza_info, backups) -> list[dict]:
     """Each tool's first and last recoverable point, as metrics (and the return value: the
     inventory). Informational: a failure to read it is logged, the backups' verdict stands."""
     try:
@@ -78,7 +82,7 @@ def recovery_windows(cluster, stanza_info, backups) -> list[dict]:
     return windows
 
 
-def archiver_stats(cluster) -> dict:
+def archiver_stats(cluster: Cluster) -> dict:
     row = PostgresHook(postgres_conn_id=cluster.pg_conn_id).get_first(freshness.ARCHIVER_SQL)
     return dict(zip(freshness.ARCHIVER_COLUMNS, row, strict=True))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from html import escape
+from typing import TYPE_CHECKING
 
 from airflow.providers.pagerduty.hooks.pagerduty_events import PagerdutyEventsHook, prepare_event_data
 from airflow.providers.pagerduty.notifications.pagerduty import PagerdutyNotifier
@@ -30,6 +31,9 @@ from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
 from pg_backups import alerts
 from pg_backups.errors import PgBackupsError
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +199,7 @@ def _send_pagerduty(conn_id: str, events_url: str, event: dict) -> str:
     return client.send_event(**event)
 
 
-def channels(cluster, severity: str) -> list[str]:
+def channels(cluster: Cluster, severity: str) -> list[str]:
     if severity == CRITICAL:
         return list(cluster.alerts.critical_channels)
     if severity == WARNING:
@@ -203,7 +207,7 @@ def channels(cluster, severity: str) -> list[str]:
     return ["slack"]
 
 
-def _notifiers(cluster, severity: str, purpose: str, slack_text: str, line: str) -> list:
+def _notifiers(cluster: Cluster, severity: str, purpose: str, slack_text: str, line: str) -> list:
     a, name = cluster.alerts, cluster.name
     out = []
     for channel in channels(cluster, severity):
@@ -222,16 +226,16 @@ def _notifiers(cluster, severity: str, purpose: str, slack_text: str, line: str)
     return out
 
 
-def failure_notifiers(cluster, purpose: str = "") -> list:
+def failure_notifiers(cluster: Cluster, purpose: str = "") -> list:
     """The notifiers of a final failure, one per channel of its severity."""
     return _notifiers(cluster, FAILURE_SEVERITY.get(purpose, CRITICAL), purpose, FAILURE_TEXT, ONE_LINE)
 
 
-def retry_notifiers(cluster, purpose: str = "") -> list:
+def retry_notifiers(cluster: Cluster, purpose: str = "") -> list:
     return _notifiers(cluster, WARNING, purpose, RETRY_TEXT, RETRY_LINE)
 
 
-def failure_notifier(cluster, purpose: str = "") -> OpsSlackNotifier:
+def failure_notifier(cluster: Cluster, purpose: str = "") -> OpsSlackNotifier:
     """The Slack notifier of a final failure (whatever the channels: for its format)."""
     return OpsSlackNotifier(slack_webhook_conn_id=cluster.alerts.slack_conn_id, purpose=purpose,
                             text=FAILURE_TEXT.format(cluster=cluster.name), timeout=alerts.SLACK_TIMEOUT_SECONDS)
@@ -245,7 +249,7 @@ def plain(text: str) -> str:
     return "\n".join(_MRKDWN.sub("", line) for line in text.splitlines())
 
 
-def post(cluster, text: str, severity: str = INFO) -> None:
+def post(cluster: Cluster, text: str, severity: str = INFO) -> None:
     """A message that is not a failure (drift repaired: WARNING; restore test summary: INFO, Slack
     only). Each channel of the severity; a channel that fails is logged, the others still go, and
     the first failure is raised at the end (the caller decides whether it matters)."""

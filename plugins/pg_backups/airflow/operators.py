@@ -4,10 +4,14 @@ Reject that fails the run and an answer that is kept for the audit line."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 SIGNOFF_XCOM_KEY = "signoff"
 
@@ -40,7 +44,7 @@ class QASignoffOperator(ApprovalOperator):
         return super().execute_complete(context=context, event=event)
 
 
-def qa_signoff_operator(cluster, **kwargs) -> QASignoffOperator:
+def qa_signoff_operator(cluster: Cluster, **kwargs) -> QASignoffOperator:
     """QA's sign-off, assigned to restore_test.qa_users, waiting signoff_timeout_days at most."""
     rt = cluster.restore_test
     return QASignoffOperator(

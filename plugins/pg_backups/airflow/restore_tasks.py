@@ -12,6 +12,7 @@ reports success for a restore that did not happen.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
@@ -34,6 +35,9 @@ from pg_backups.airflow.operators import SIGNOFF_XCOM_KEY
 from pg_backups.errors import CheckFailed
 from pg_backups.times import now
 
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
+
 log = logging.getLogger(__name__)
 
 TASK_ORDER = ("claim_staging", "guard", "stop_staging", "purge_staging", "restore_latest_backup", "start_staging", "smoke_query",
@@ -42,7 +46,7 @@ CHECKS_XCOM_KEY = "checks"
 AUDIT_XCOM_KEY = "audit"  # the audit line, success or not (pg_backups.inventory.AUDIT_XCOM)
 
 
-def staging_connection(cluster) -> staging.StagingConnection | None:
+def staging_connection(cluster: Cluster) -> staging.StagingConnection | None:
     """host/port/dbname of the staging connection (its password is never read here)."""
     try:
         conn = BaseHook.get_connection(cluster.staging_conn_id)
@@ -68,7 +72,7 @@ def restore_params() -> dict:
     return {"tool": p.get("tool"), "label": None if label in ("", "latest") else label, "target_time": target or None}
 
 
-def staging_dbname(cluster) -> str | None:
+def staging_dbname(cluster: Cluster) -> str | None:
     """The database of the checks (the staging connection's; the verification drill's too)."""
     conn = staging_connection(cluster)
     return conn.dbname if conn else None
@@ -175,7 +179,7 @@ def _xcom(ti, task_id: str, key: str = "return_value"):
         return None
 
 
-def _audit_line(cluster, ctx, cancelled: dict | None = None) -> tuple[dict, list[str], dict | None]:
+def _audit_line(cluster: Cluster, ctx, cancelled: dict | None = None) -> tuple[dict, list[str], dict | None]:
     """The run's audit line from whatever its tasks left (XComs, states), its errors, QA's answer."""
     ti, run_id = ctx["ti"], ctx["run_id"]
     restored = _xcom(ti, "restore_latest_backup")
@@ -282,7 +286,7 @@ def _audit_state(ti, run_id: str) -> str | None:
         return None if line is None else "success" if line.get("outcome") == "success" else "failed"
 
 
-def _report_cancelled(cluster, ctx) -> dict:
+def _report_cancelled(cluster: Cluster, ctx) -> dict:
     """The audit line of a cancelled drill (each step's state, when it was seen), archived, and one
     "Restore test cancelled" on Slack; neither an S3 nor a Slack outage stops the other."""
     ti, run_id = ctx["ti"], ctx["run_id"]

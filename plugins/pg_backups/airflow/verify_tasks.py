@@ -9,6 +9,7 @@ newest one when several were queued), else the run's params (a run triggered by 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -16,6 +17,9 @@ from pg_backups import pitr, times, verification
 from pg_backups.airflow import restore_tasks
 from pg_backups.airflow.common import ERROR_XCOM_KEY, cluster_named, context, params, s3_access, s3_client, task_body
 from pg_backups.errors import CheckFailed
+
+if TYPE_CHECKING:
+    from pg_backups.config import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ def _xcom(ti, task_id: str, key: str = "return_value"):
         return None
 
 
-def _evidence(cluster, ctx, pitr_drill: bool = False) -> tuple[dict, dict]:
+def _evidence(cluster: Cluster, ctx, pitr_drill: bool = False) -> tuple[dict, dict]:
     """Build and record the run's verification line from what its tasks left (XComs, states)."""
     ti, run_id = ctx["ti"], ctx["run_id"]
     plan_task = PITR_PLAN_TASK if pitr_drill else PLAN_TASK
