@@ -22,6 +22,7 @@ from pg_backups import (
     s3_bucket,
     staging,
     times,
+    tools,
     versions,
     walg,
 )
@@ -259,7 +260,7 @@ def restore_backup_record(cluster: Cluster, tool: str, access: S3Access | None, 
     repository covers is refused before staging is touched, naming the window."""
     target = _target(target_time)
     if access is not None:  # first: on a staging host of its own, no earlier task has written it
-        (walg if tool == "walg" else pgbackrest).write_config(cluster, access)
+        tools.of(tool).write_config(cluster, access)
     if tool == "walg":
         backups = walg.backup_list(cluster, access)
         chosen = walg.newest(backups, label, finished_before=target)
@@ -276,7 +277,7 @@ def restore_backup_record(cluster: Cluster, tool: str, access: S3Access | None, 
             raise ToolError(f"the {tool} repository of cluster {cluster.name} lists no {what}")
         raise RestoreRefused("target_time", f"{target.isoformat()} is outside the recovery window of cluster "
                              f"{cluster.name}'s {tool} repository: no {what} finished before it (the oldest finished "
-                             f"{min(window).isoformat()}; retention keeps about {_retention_days(cluster, tool)} days)",
+                             f"{min(window).isoformat()}; retention keeps about {tools.of(tool).retention_days(cluster)} days)",
                              "choose a target time between the oldest backup and now")
     if target is not None:
         log.info("PITR to %s: restoring %s backup %s, finished %s (the newest that finished before the target)",
@@ -295,10 +296,6 @@ def _target(target_time: str | None):
     if target > times.now():
         raise RestoreRefused("target_time", f"{target.isoformat()} is in the future", "choose a past time")
     return target
-
-
-def _retention_days(cluster: Cluster, tool: str) -> int:
-    return cluster.walg.retention_days if tool == "walg" else cluster.pgbackrest.retention_full_days
 
 
 def restore_latest_backup(cluster: Cluster, tool: str, access: S3Access | None, label: str | None = None,

@@ -349,6 +349,15 @@ def async_archive_errors(cluster: Cluster) -> list[str]:
     return found
 
 
+def repository_path(cluster: Cluster) -> str:
+    """Where the stanza's backups live in the bucket (pg_backups.tools)."""
+    return cluster.pgbackrest.repo_path.strip("/") + f"/backup/{cluster.stanza}"
+
+
+def retention_days(cluster: Cluster) -> int:
+    return cluster.pgbackrest.retention_full_days
+
+
 def info(cluster: Cluster) -> dict:
     return parse_info(run(cluster, "info", "--output=json").stdout, cluster.stanza)
 

@@ -171,17 +171,17 @@ def choose_target(cluster: Cluster, tool: str, access, run_id: str, target_time:
     window = recovery_window(tool, start, beats, last_archived(cluster)[0])
     if window["empty"]:
         raise DrillRefused("verify.heartbeat_minutes", f"the {tool} recovery window of cluster {cluster.name} has no "
-                             f"archived heartbeat after its oldest backup ({window['start'] or 'no backup'}; "
-                             f"{len(beats)} heartbeats, last archived segment {window['last_archived_segment']}): "
-                             "no point can be proven yet; nothing was restored",
-                             f"let {cluster.dag_id('heartbeat')} run (every verify.heartbeat_minutes) after a backup, "
-                             "and WAL archiving work")
+                           f"archived heartbeat after its oldest backup ({window['start'] or 'no backup'}; "
+                           f"{len(beats)} heartbeats, last archived segment {window['last_archived_segment']}): "
+                           "no point can be proven yet; nothing was restored",
+                           f"let {cluster.dag_id('heartbeat')} run (every verify.heartbeat_minutes) after a backup, "
+                           "and WAL archiving work")
     if target_time:
         target = times.utc(target_time)
         if not times.utc(window["start"]) < target < times.utc(window["end"]):
             raise DrillRefused("target_time", f"{times.iso(target)} is outside cluster {cluster.name}'s {tool} "
-                                 f"recovery window ({window['start']} to {window['end']}, the newest archived "
-                                 "heartbeat); nothing was restored", "choose a time inside the window")
+                               f"recovery window ({window['start']} to {window['end']}, the newest archived "
+                               "heartbeat); nothing was restored", "choose a time inside the window")
         drawn = False
     else:
         target, drawn = draw(run_id, window, beats), True

@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from pg_backups import audit, checks, metrics, operations, pgbackrest, staging, times, walg
+from pg_backups import audit, checks, metrics, operations, staging, times, tools
 from pg_backups.errors import CheckFailed, DrillRefused, ToolError
 
 if TYPE_CHECKING:
@@ -82,9 +82,9 @@ def check_free_space(cluster: Cluster, record: dict) -> dict:
     need, free = required_bytes(cluster, record), free_bytes(cluster.verify.root)
     if need > free:
         raise DrillRefused("verify.root", f"{cluster.verify.root} has {_size(free)} free, and backup "
-                             f"{record.get('label')} needs {_size(need)} (database {_size(record.get('database_size_bytes') or 0)}"
-                             f" + verify.free_space_margin_percent {cluster.verify.free_space_margin_percent} %); "
-                             "nothing was restored", "free space there, or point verify.root at a larger filesystem")
+                           f"{record.get('label')} needs {_size(need)} (database {_size(record.get('database_size_bytes') or 0)}"
+                           f" + verify.free_space_margin_percent {cluster.verify.free_space_margin_percent} %); "
+                           "nothing was restored", "free space there, or point verify.root at a larger filesystem")
     return {"free_bytes": free, "required_bytes": need}
 
 
@@ -99,11 +99,11 @@ def plan(cluster: Cluster, tool: str, access, label: str | None = None, record: 
     the disk guard: every refusal comes before the target is touched."""
     if tool not in cluster.tools:
         raise DrillRefused("tool", f"{tool!r} does not back up cluster {cluster.name} ({cluster.tools})",
-                             "choose one of the cluster's tools")
+                           "choose one of the cluster's tools")
     if record is None:
         record = operations.restore_backup_record(cluster, tool, access, label, target_time)  # writes the tool's config
     elif access is not None:  # the published record: the verification host still needs the tool's config
-        (walg if tool == "walg" else pgbackrest).write_config(cluster, access)
+        tools.of(tool).write_config(cluster, access)
     guarded = staging.guard(target(cluster, kind))
     return {"tool": tool, "record": record, "target": target_description(cluster, kind), "guard": guarded,
             "space": check_free_space(cluster, record)}

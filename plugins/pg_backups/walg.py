@@ -100,6 +100,15 @@ LIST_S3_MAX_RETRIES = 3
 LIST_TIMEOUT_SECONDS = 300
 
 
+def repository_path(cluster: Cluster) -> str:
+    """Where the backups live in the bucket (pg_backups.tools)."""
+    return cluster.walg.prefix.strip("/") + "/basebackups_005"
+
+
+def retention_days(cluster: Cluster) -> int:
+    return cluster.walg.retention_days
+
+
 def backup_list(cluster: Cluster, access: S3Access) -> list[dict]:
     proc = run(cluster, access, "backup-list", "--json", "--detail", check=False, timeout=LIST_TIMEOUT_SECONDS,
                extra_env={"WALG_S3_MAX_RETRIES": str(LIST_S3_MAX_RETRIES)})

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 
-from support import wait_for
+import sandbox as sandbox_module  # sandbox/sandbox.py
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.scheduler, pytest.mark.slow]
 
@@ -31,11 +31,7 @@ def _beat_and_archive(sandbox, cluster) -> dict:
 
     beat = pitr.write_heartbeat(cluster)
     beat["walfile"] = _walfile(sandbox, beat["lsn"])
-    for _ in range(2):
-        sandbox.psql("SELECT txid_current()", db="postgres")  # a commit: the segment is not empty
-        sandbox.psql("SELECT pg_switch_wal()", db="postgres")
-    wait_for(lambda: (pitr.last_archived(cluster)[0] or "") > beat["walfile"], 120, every=1,
-             what=f"WAL after {beat['walfile']} to be archived")
+    sandbox_module.archive_past(sandbox.layout, beat["walfile"])
     return beat
 
 

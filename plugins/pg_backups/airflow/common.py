@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from airflow.sdk import Asset, get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from pg_backups import tools
 from pg_backups.airflow import notifiers
 from pg_backups.config import load_config
 from pg_backups.errors import NothingToDo, PgBackupsError
@@ -103,9 +104,8 @@ def dag_args(cluster: Cluster, purpose: str, queue: str | None = None, alert_eve
 
 def backup_asset(cluster: Cluster, tool: str) -> Asset:
     """The asset a backup DAG updates; its events carry the backup record (label, times, sizes)."""
-    path = cluster.pgbackrest.repo_path.strip("/") + f"/backup/{cluster.stanza}" if tool == "pgbackrest" \
-        else cluster.walg.prefix.strip("/") + "/basebackups_005"
-    return Asset(name=cluster.asset_name(tool), uri=f"s3://{cluster.s3.bucket}/{path}", group="backups")
+    return Asset(name=cluster.asset_name(tool), uri=f"s3://{cluster.s3.bucket}/{tools.of(tool).repository_path(cluster)}",
+                 group="backups")
 
 
 def cluster_named(name: str):
