@@ -15,22 +15,21 @@ cluster's database:
 - the daily PITR drills' results (``pitr.RESULT_XCOM``, and ``verify.log``'s PITR lines) and each
   tool's recovery window, as the freshness check measured it (``check_backups``'s return value).
 
-Airflow's metadata is reached through a *store* (:class:`Store`): the API server's is
+The files and the drills' XComs are read by :mod:`pg_backups.inventory_sources`. Airflow's
+metadata is reached through a *store* (:class:`Store`): the API server's is
 ``pg_backups.airflow.inventory_store.MetadataStore``; the unit tests and the benchmark use others.
 Nothing here imports Airflow.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Protocol, TypedDict
 from urllib.parse import quote
 
-from pg_backups import audit, costs, freshness, metrics, pitr, verification
+from pg_backups import audit, costs, freshness, pitr, verification
+from pg_backups import inventory_sources as sources
 from pg_backups.times import iso, now, utc
 
 if TYPE_CHECKING:
@@ -40,9 +39,6 @@ TIMELINE_DAYS = 30
 HISTORY_DAYS = 365
 XCOM_WINDOW_DAYS = 2  # the hourly freshness DAG's results older than this are not "the current state"
 RESTORE_TEST_MAX_AGE_DAYS = 100  # as the PgRestoreTestTooOld alert
-AUDIT_XCOM = ("audit_and_archive", "audit")  # pg_backups.airflow.restore_tasks.AUDIT_XCOM_KEY
-# A cancelled drill's line is left by its teardown (audit_and_archive never ran).
-CANCELLED_AUDIT_XCOM = ("stop_staging_after", "audit")
 GREEN, AMBER, RED = "green", "amber", "red"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SAME_CHECK = timedelta(minutes=2)
@@ -131,106 +127,7 @@ def size_text(value: float | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Files the jobs write (audit log, Prometheus textfiles), read once per change
-
-
-@dataclass
-class _Cached:
-    key: tuple
-    value: Any
-
-
-_file_cache: dict[str, _Cached] = {}
-
-
-def _cached_read(path: str, parse):
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    key = (stat.st_mtime_ns, stat.st_size)
-    hit = _file_cache.get(path)
-    if hit and hit.key == key:
-        return hit.value
-    try:
-        value = parse(Path(path).read_text(errors="replace"))
-    except OSError:
-        return None
-    _file_cache[path] = _Cached(key, value)
-    return value
-
-
-def _parse_audit(text: str) -> list[dict]:
-    lines = []
-    for raw in text.splitlines():
-        raw = raw.strip()
-        if not raw:
-            continue
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            continue  # a half-written or hand-edited line does not hide the others
-        if isinstance(line, dict):
-            lines.append(line)
-    return lines
-
-
-def audit_lines(cluster: Cluster, xcom_lines: list[dict] = ()) -> list[dict]:
-    """The cluster's restore-test audit lines, oldest first: the audit log file (which may be shared
-    by clusters, or out of this machine's reach) and the lines ``audit_and_archive`` (or, for a
-    cancelled drill, its teardown) also left as XComs, once per run."""
-    lines = _cached_read(cluster.restore_test.audit_log, _parse_audit) or []
-    merged = {}
-    for line in [*xcom_lines, *lines]:
-        if isinstance(line, dict) and line.get("cluster") in (None, cluster.name):
-            merged[line.get("run_id") or line.get("time")] = line
-    return sorted(merged.values(), key=lambda line: str(line.get("time") or ""))
-
-
-def _audit_xcoms(clusters: list[Cluster], store: Store) -> dict[str, list[dict]]:
-    dags = {c.dag_id("restore_test"): c.name for c in clusters}
-    out: dict[str, list[dict]] = {}
-    for task_key in (AUDIT_XCOM, CANCELLED_AUDIT_XCOM):
-        for row in store.all_xcoms(list(dags), *task_key):
-            if isinstance(row.get("value"), dict):
-                out.setdefault(dags[row["dag_id"]], []).append(row["value"])
-    return out
-
-
-def verification_results(cluster: Cluster, xcom_results: list[dict] = ()) -> list[dict]:
-    """The cluster's drill results (``verification.result``), oldest first: those the DAG runs left
-    as XComs and the lines of ``verify.log`` this machine can read (the cron drills), once per run."""
-    lines = _cached_read(cluster.verify.log, _parse_audit) or []
-    merged = {}
-    from_log = [verification.result(line) for line in lines
-                if line.get("kind") == verification.KIND and line.get("cluster") in (None, cluster.name)]
-    for r in [*from_log, *xcom_results]:
-        if isinstance(r, dict):
-            merged[r.get("run_id") or r.get("time")] = r
-    return sorted(merged.values(), key=lambda r: str(r.get("time") or ""))
-
-
-def _verification_xcoms(clusters: list[Cluster], store: Store, since: datetime) -> dict[str, list[dict]]:
-    dags = {c.dag_id("verify_backup"): c.name for c in clusters if c.verify.enabled}
-    out: dict[str, list[dict]] = {}
-    if dags:
-        for row in store.xcoms_since(list(dags), *verification.RESULT_XCOM, since):
-            if isinstance(row.get("value"), dict):
-                out.setdefault(dags[row["dag_id"]], []).append(row["value"])
-    return out
-
-
-def pitr_results(cluster: Cluster, xcom_results: list[dict] = ()) -> list[dict]:
-    """The cluster's PITR drill results, oldest first: the DAG runs' XComs and verify.log's PITR lines."""
-    lines = _cached_read(cluster.verify.log, _parse_audit) or []
-    merged = {}
-    from_log = [pitr.result(line) for line in lines if line.get("kind") == pitr.KIND
-                and line.get("cluster") in (None, cluster.name)]
-    for r in [*from_log, *xcom_results]:
-        if isinstance(r, dict):
-            merged[r.get("run_id") or r.get("time")] = r
-    return sorted(merged.values(), key=lambda r: str(r.get("time") or ""))
-
+# The drills' columns (their results: inventory_sources)
 
 def _pitr(cluster: Cluster, results: list[dict], windows: dict | None) -> dict:
     """Per tool: the recovery window (first and last recoverable point) and the last PITR drill."""
@@ -282,51 +179,6 @@ def _verification(cluster: Cluster, results: list[dict]) -> dict:
     return out
 
 
-def textfile(cluster: Cluster, source: str) -> dict | None:
-    path = metrics.textfile_path(cluster, source)
-    return _cached_read(str(path), metrics.parse) if path else None
-
-
-def _samples(parsed: dict, name: str) -> list[tuple[dict, float]]:
-    full = f"{metrics.PREFIX}_{name}"
-    return [(dict(labels), value) for (metric, labels), value in parsed.items() if metric == full]
-
-
-def _one(parsed: dict, name: str) -> float | None:
-    rows = _samples(parsed, name)
-    return rows[0][1] if rows else None
-
-
-def _written_at(parsed: dict) -> datetime | None:
-    return utc(_one(parsed, "metrics_last_write_timestamp_seconds"))
-
-
-def wal_from_textfile(parsed: dict) -> dict:
-    return {
-        "archived_count": _one(parsed, "wal_archived_total"),
-        "failed_count": _one(parsed, "wal_archive_failed_total"),
-        "ready_count": _one(parsed, "wal_archive_ready_files"),
-        "last_archived_time": iso(_one(parsed, "wal_last_archived_timestamp_seconds")),
-        "last_failed_time": iso(_one(parsed, "wal_last_failed_timestamp_seconds")),
-    }
-
-
-def bucket_from_textfile(parsed: dict) -> dict:
-    rows: dict[tuple, dict] = {}
-    bucket = None
-    for labels, value in _samples(parsed, "s3_bucket_size_bytes"):
-        bucket = labels.get("bucket", bucket)
-        rows.setdefault((labels.get("storage_class"), labels.get("version")), {})["bytes"] = value
-    for labels, value in _samples(parsed, "s3_bucket_objects"):
-        rows.setdefault((labels.get("storage_class"), labels.get("version")), {})["objects"] = value
-    return {"bucket": bucket, "by_class": [{"storage_class": c, "version": v, "bytes": n.get("bytes", 0),
-                                            "objects": n.get("objects", 0)} for (c, v), n in sorted(rows.items())]}
-
-
-# --------------------------------------------------------------------------------------------
-# One cluster
-
-
 def _backup(event: dict | None, at: datetime) -> dict | None:
     if not event:
         return None
@@ -375,9 +227,9 @@ def _wal(cluster: Cluster, xcom: dict | None, at: datetime | None = None) -> dic
     candidates = []
     if xcom and isinstance(xcom.get("value"), dict):
         candidates.append(("xcom", utc(xcom.get("timestamp")), xcom["value"]))
-    parsed = textfile(cluster, "wal_archive")
+    parsed = sources.textfile(cluster, "wal_archive")
     if parsed:
-        candidates.append(("metrics", _written_at(parsed), wal_from_textfile(parsed)))
+        candidates.append(("metrics", sources.textfile_written_at(parsed), sources.wal_from_textfile(parsed)))
     if not candidates:
         return {"state": "unknown", "source": None, "measured_at": None, "text": "no WAL archiving data yet"}
     source, measured, stats = _newest(candidates)
@@ -405,9 +257,9 @@ def _bucket(cluster: Cluster, xcom: dict | None) -> dict:
     candidates = []
     if xcom and isinstance(xcom.get("value"), dict) and "by_class" in xcom["value"]:
         candidates.append(("xcom", utc(xcom.get("timestamp")), xcom["value"]))
-    parsed = textfile(cluster, "s3")
-    if parsed and _samples(parsed, "s3_bucket_size_bytes"):
-        candidates.append(("metrics", _written_at(parsed), bucket_from_textfile(parsed)))
+    parsed = sources.textfile(cluster, "s3")
+    if parsed and sources.metric_samples(parsed, "s3_bucket_size_bytes"):
+        candidates.append(("metrics", sources.textfile_written_at(parsed), sources.bucket_from_textfile(parsed)))
     if not candidates:
         return {"bucket": cluster.s3.bucket, "source": None, "measured_at": None, "by_class": [], "total_bytes": None,
                 "classes": {}, "cost": None}
@@ -594,8 +446,8 @@ def build(clusters: list[Cluster], store: Store, at: datetime | None = None, tim
     xcom_since = at - timedelta(days=XCOM_WINDOW_DAYS)
     last = store.last_runs([c.dag_id(tool) for c in clusters for tool in c.tools])
     last.update(store.last_runs(freshness_dags, since=xcom_since))
-    audit_xcoms = _audit_xcoms(clusters, store)
-    verify_xcoms = _verification_xcoms(clusters, store, since)
+    audit_xcoms = sources.audit_xcoms(clusters, store)
+    verify_xcoms = sources.verification_xcoms(clusters, store, since)
     pitr_dags = {c.dag_id("verify_pitr"): c.name for c in clusters if "verify_pitr" in c.dag_kinds}
     pitr_xcoms: dict[str, list[dict]] = {}
     for row in store.xcoms_since(list(pitr_dags), *pitr.RESULT_XCOM, since) if pitr_dags else []:
@@ -626,15 +478,15 @@ def build(clusters: list[Cluster], store: Store, at: datetime | None = None, tim
                 run["state"] = "success"
         drilled = None
         if c.verify.enabled:
-            results = verification_results(c, verify_xcoms.get(c.name, []))
+            results = sources.verification_results(c, verify_xcoms.get(c.name, []))
             drilled = verification.by_backup(results)
             for tool, backup in backups.items():
                 if backup:
                     backup["verification"] = _backup_verification(c, tool, backup, drilled, at)
-        lines = audit_lines(c, audit_xcoms.get(c.name, []))
+        lines = sources.audit_lines(c, audit_xcoms.get(c.name, []))
         restore = _restore(c, lines[-1] if lines else None, at, s3_endpoints.get(c.s3.aws_conn_id))
         last_success = next((line for line in reversed(lines) if line.get("outcome") == "success"), None)
-        drills = pitr_results(c, pitr_xcoms.get(c.name, [])) if "verify_pitr" in c.dag_kinds else []
+        drills = sources.pitr_results(c, pitr_xcoms.get(c.name, [])) if "verify_pitr" in c.dag_kinds else []
         pitr_drills = _pitr(c, drills, _windows(window_xcoms.get(c.dag_id("freshness"))))
         wal = _wal(c, wal_xcoms.get(c.dag_id("freshness")), at)
         bucket = _bucket(c, bucket_xcoms.get(c.dag_id("freshness")))
@@ -681,7 +533,7 @@ def history(cluster: Cluster, store: Store, at: datetime | None = None, days: in
                         "database_size_bytes": record.get("database_size_bytes"),
                         "repo_size_bytes": record.get("repo_size_bytes")})
     restores = []
-    for line in audit_lines(cluster, _audit_xcoms([cluster], store).get(cluster.name, [])):
+    for line in sources.audit_lines(cluster, sources.audit_xcoms([cluster], store).get(cluster.name, [])):
         when = utc(line.get("time"))
         if when and when >= since:
             restores.append({"time": iso(when), "tool": line.get("tool"), "backup_label": line.get("backup_label"),

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pg_backups import audit, inventory, inventory_page, metrics
+from pg_backups import audit, inventory, inventory_page, inventory_sources, metrics
 from pg_backups.config import build_cluster
 
 AT = datetime(2026, 11, 25, 9, 0, tzinfo=timezone.utc)
@@ -332,7 +332,7 @@ def test_restore_tests_also_come_from_the_audit_xcom_when_the_file_is_out_of_rea
     row = row_of(inventory.build([cluster], store, AT))
     assert row["restore_test"]["run_id"] == "scheduled__q4" and row["restore_test"]["rto_seconds"] == 88.0
     audit_line(cluster, AT - timedelta(days=3), run_id="scheduled__q4")  # the same run, in the file too: once
-    assert len(inventory.audit_lines(cluster, [line])) == 1
+    assert len(inventory_sources.audit_lines(cluster, [line])) == 1
     assert [r["rto_seconds"] for r in inventory.history(cluster, store, AT)["restore_tests"]] != []
 
 

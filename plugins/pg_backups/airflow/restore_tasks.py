@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 TASK_ORDER = ("claim_staging", "guard", "stop_staging", "purge_staging", "restore_latest_backup", "start_staging", "smoke_query",
               "data_checks", "qa_signoff")
 CHECKS_XCOM_KEY = "checks"
-AUDIT_XCOM_KEY = "audit"  # the audit line, success or not (pg_backups.inventory.AUDIT_XCOM)
+AUDIT_XCOM_KEY = "audit"  # the audit line, success or not (pg_backups.inventory_sources.AUDIT_XCOM)
 
 
 def staging_connection(cluster: Cluster) -> staging.StagingConnection | None:
