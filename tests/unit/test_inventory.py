@@ -76,7 +76,7 @@ def run(dag_id, run_id, state, when):
         minutes=1), "run_after": when}
 
 
-def make_cluster(tmp_path, name="asso", tools=("pgbackrest",), endpoint=None, drills=False):
+def inventory_cluster(tmp_path, name="asso", tools=("pgbackrest",), endpoint=None, drills=False):
     """``drills``: the verification drills' columns, tested on their own at the end of this file."""
     return build_cluster({"name": name, "tools": list(tools), "metrics": {"textfile_directory": str(tmp_path / "m")},
                           "s3": {"endpoint_url": endpoint} if endpoint else {},
@@ -113,7 +113,7 @@ def row_of(data, name="asso"):
 
 
 def test_newest_good_backup_per_tool_with_its_run(tmp_path):
-    cluster = make_cluster(tmp_path, tools=("pgbackrest", "walg"))
+    cluster = inventory_cluster(tmp_path, tools=("pgbackrest", "walg"))
     healthy(tmp_path, cluster)
     old = record("20261123-021502F", "full", AT - timedelta(days=2))
     new = record("20261125-021502D", "diff", AT - timedelta(hours=6), run_id="scheduled__2026-11-25T02:15:00+00:00")
@@ -132,7 +132,7 @@ def test_newest_good_backup_per_tool_with_its_run(tmp_path):
 
 
 def test_a_failed_run_after_the_good_backup_is_amber_and_on_the_timeline(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = inventory_cluster(tmp_path)
     healthy(tmp_path, cluster)
     good = record("20261125-021502F", "full", AT - timedelta(hours=6), run_id="scheduled__good")
     runs = [run("pgbackrest_backup_asso", "scheduled__good", "success", AT - timedelta(hours=7)),
@@ -147,7 +147,7 @@ def test_a_failed_run_after_the_good_backup_is_amber_and_on_the_timeline(tmp_pat
 
 
 def test_no_backup_or_a_stale_one_is_red_with_the_reason(tmp_path):
-    one, two = make_cluster(tmp_path, "one"), make_cluster(tmp_path, "two")
+    one, two = inventory_cluster(tmp_path, "one"), inventory_cluster(tmp_path, "two")
     healthy(tmp_path, one)
     healthy(tmp_path, two)
     stale = record("20261120-021502F", "full", AT - timedelta(days=5), cluster="two")
@@ -158,7 +158,7 @@ def test_no_backup_or_a_stale_one_is_red_with_the_reason(tmp_path):
 
 
 def test_wal_failing_from_the_textfile_and_the_newest_reading_wins(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = inventory_cluster(tmp_path)
     healthy(tmp_path, cluster)
     good = record("20261125-021502F", "full", AT - timedelta(hours=6))
     stats = {"archived_count": 5, "failed_count": 7, "ready_count": 3, "last_archived_time": (AT - timedelta(
@@ -181,7 +181,7 @@ def test_wal_failing_from_the_textfile_and_the_newest_reading_wins(tmp_path):
 
 
 def test_bucket_by_storage_class_from_the_freshness_xcom(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = inventory_cluster(tmp_path)
     usage = {"bucket": "asso-prod-backups", "delete_markers": 0, "by_class": [
         {"storage_class": "STANDARD", "version": "current", "bytes": 3 * 2**20, "objects": 10},
         {"storage_class": "STANDARD", "version": "noncurrent", "bytes": 2**20, "objects": 2},
@@ -199,7 +199,7 @@ def test_monthly_cost_estimate_column_from_the_freshness_xcom_and_the_textfile(t
     """The bucket's estimate (pg_backups.costs) from whichever reading is newer: the XCom or the textfile."""
     from pg_backups import costs
 
-    cluster = make_cluster(tmp_path)
+    cluster = inventory_cluster(tmp_path)
     usage = {"bucket": "asso-prod-backups", "delete_markers": 0, "by_class": [
         {"storage_class": "STANDARD", "version": "current", "bytes": 300 * 2**30, "objects": 10},
         {"storage_class": "STANDARD", "version": "noncurrent", "bytes": 100 * 2**30, "objects": 2},
@@ -221,7 +221,7 @@ def test_monthly_cost_estimate_column_from_the_freshness_xcom_and_the_textfile(t
 
 
 def test_last_restore_test_with_its_proofs_and_the_audit_object(tmp_path):
-    cluster = make_cluster(tmp_path, endpoint="https://localhost:9000")
+    cluster = inventory_cluster(tmp_path, endpoint="https://localhost:9000")
     healthy(tmp_path, cluster)
     line = audit_line(cluster, AT - timedelta(days=2), outcome="failed", rto=61.2, run_id="manual__r2")
     row = row_of(inventory.build([cluster], FakeStore([event(record("x", "full", AT - timedelta(hours=1)))]), AT))
@@ -237,7 +237,7 @@ def test_last_restore_test_with_its_proofs_and_the_audit_object(tmp_path):
 
 
 def test_restore_test_too_old_and_none_are_amber(tmp_path):
-    old, none = make_cluster(tmp_path, "old"), make_cluster(tmp_path, "none")
+    old, none = inventory_cluster(tmp_path, "old"), inventory_cluster(tmp_path, "none")
     for c in (old, none):
         healthy(tmp_path, c, restore=False)
     audit_line(old, AT - timedelta(days=120))
@@ -248,7 +248,7 @@ def test_restore_test_too_old_and_none_are_amber(tmp_path):
 
 
 def test_cron_audit_lines_have_no_run_link_and_broken_lines_are_skipped(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = inventory_cluster(tmp_path)
     with open(cluster.restore_test.audit_log, "w") as out:
         out.write("{not json\n")
     audit_line(cluster, AT - timedelta(days=1), run_id="cron__2026-11-24T09:00:00Z")
@@ -257,7 +257,7 @@ def test_cron_audit_lines_have_no_run_link_and_broken_lines_are_skipped(tmp_path
 
 
 def test_timeline_keeps_30_days_and_history_a_year(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = inventory_cluster(tmp_path)
     events = [event(record(f"b{d}", "full" if d % 7 == 0 else "diff", AT - timedelta(days=d, hours=6),
                            duration=100 + d)) for d in range(0, 400)]
     audit_line(cluster, AT - timedelta(days=200), rto=50)
@@ -275,7 +275,7 @@ def test_timeline_keeps_30_days_and_history_a_year(tmp_path):
 
 
 def test_page_escapes_what_it_shows_and_marks_each_row(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = inventory_cluster(tmp_path)
     bad = record("<script>alert(1)</script>", "full", AT - timedelta(hours=1))
     data = inventory.build([cluster], FakeStore([event(bad)]), AT)
     html = inventory_page.render(data, inventory.history(cluster, FakeStore([event(bad)]), AT), AT)
@@ -321,7 +321,7 @@ def test_anonymous_callers_are_refused_everywhere(plugin):
 
 
 def test_restore_tests_also_come_from_the_audit_xcom_when_the_file_is_out_of_reach(tmp_path):
-    cluster = make_cluster(tmp_path)  # no audit log file on this machine (the API server's)
+    cluster = inventory_cluster(tmp_path)  # no audit log file on this machine (the API server's)
     line = {"time": (AT - timedelta(days=3)).isoformat(), "cluster": "asso", "run_id": "scheduled__q4",
             "tool": "pgbackrest", "backup_label": "20261122-021502F", "restore_duration_seconds": 88.0,
             "checks": [{"check": "smoke_query", "result": "ok"}], "signoff": {"status": "approved", "by": "qa"},
@@ -337,7 +337,7 @@ def test_restore_tests_also_come_from_the_audit_xcom_when_the_file_is_out_of_rea
 
 
 def test_an_old_wal_measurement_is_not_the_current_state(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = inventory_cluster(tmp_path)
     metrics.write_textfile(metrics.textfile_path(cluster, "wal_archive"), metrics.render(
         metrics.archiver_samples(cluster, {"archived_count": 1, "failed_count": 0, "ready_count": 0})
         + [("metrics_last_write_timestamp_seconds", {"cluster": "asso"}, (AT - timedelta(days=3)).timestamp())]))
@@ -351,7 +351,7 @@ def test_an_old_wal_measurement_is_not_the_current_state(tmp_path):
 def test_a_fleet_is_paged_red_first_then_amber_then_green_with_every_count(tmp_path):
     """One page of a fleet: the worst rows first, counts over every cluster, timelines for the page only."""
     names = ["a-green", "b-red", "c-amber", "d-green", "e-red"]
-    clusters = [make_cluster(tmp_path, name) for name in names]
+    clusters = [inventory_cluster(tmp_path, name) for name in names]
     events, runs = [], []
     for c in clusters:
         healthy(tmp_path, c)
@@ -392,7 +392,7 @@ def drill_xcoms(*results):
 
 
 def test_each_backup_says_what_its_drill_found_and_a_failed_drill_is_red(tmp_path):
-    cluster = make_cluster(tmp_path, tools=("pgbackrest", "walg"), drills=True)
+    cluster = inventory_cluster(tmp_path, tools=("pgbackrest", "walg"), drills=True)
     healthy(tmp_path, cluster)
     full = record("20261123-021502F", "full", AT - timedelta(days=2))
     diff = record("20261125-021502D", "diff", AT - timedelta(hours=6))
@@ -422,7 +422,7 @@ def test_each_backup_says_what_its_drill_found_and_a_failed_drill_is_red(tmp_pat
 
 
 def test_a_backup_not_drilled_within_max_delay_is_amber_and_cron_drills_count(tmp_path):
-    cluster = make_cluster(tmp_path, drills=True)
+    cluster = inventory_cluster(tmp_path, drills=True)
     healthy(tmp_path, cluster)
     older = record("20261124-021502F", "full", AT - timedelta(days=1))
     newest = record("20261125-021502D", "diff", AT - timedelta(minutes=75))
@@ -442,7 +442,7 @@ def test_a_backup_not_drilled_within_max_delay_is_amber_and_cron_drills_count(tm
 
 
 def test_every_newest_backup_verified_is_green_and_says_so(tmp_path):
-    cluster = make_cluster(tmp_path, drills=True)
+    cluster = inventory_cluster(tmp_path, drills=True)
     healthy(tmp_path, cluster)
     newest = record("20261125-021502D", "diff", AT - timedelta(hours=6))
     earlier = drill_result(newest["label"], "failed", AT - timedelta(hours=5, minutes=50), step="checks")
@@ -453,7 +453,7 @@ def test_every_newest_backup_verified_is_green_and_says_so(tmp_path):
 
 
 def test_the_recovery_window_and_the_last_pitr_drill_per_tool_and_a_failed_drill_is_red(tmp_path):
-    cluster = make_cluster(tmp_path, drills=True)
+    cluster = inventory_cluster(tmp_path, drills=True)
     healthy(tmp_path, cluster)
     newest = record("20261125-021502D", "diff", AT - timedelta(hours=6))
     verified = drill_result(newest["label"], "success", AT - timedelta(hours=5, minutes=50))

@@ -19,7 +19,7 @@ from pg_backups.errors import RestoreRefused
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_cluster(tmp_path, **restore_over):
+def staged_cluster(tmp_path, **restore_over):
     root = tmp_path / "staging"
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def write_pid(directory: Path, pid: int, port: int, datadir: str | None = None):
 
 
 def test_guard_accepts_staging(tmp_path):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     info = staging.guard(c, staging.StagingConnection("127.0.0.1", 6543, "app"))
     assert info["staging_data_directory"] == os.path.realpath(tmp_path / "staging" / "data")
 
@@ -55,7 +55,7 @@ def test_guard_accepts_staging(tmp_path):
 def test_guard_refuses_dotdot_outside_root(tmp_path):
     outside = tmp_path / "elsewhere"
     files = fill(outside)
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     # '..' passes the configuration's lexical check only when normalised; here a symlink inside
     # the root leads outside it, which only realpath sees.
     (tmp_path / "staging" / "data").rmdir()
@@ -67,7 +67,7 @@ def test_guard_refuses_dotdot_outside_root(tmp_path):
 
 
 def test_guard_refuses_running_server_that_is_not_staging(tmp_path):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     files = fill(tmp_path / "staging" / "data")
     write_pid(tmp_path / "staging" / "data", os.getpid(), 5432)  # a live pid, production's port
     with pytest.raises(RestoreRefused) as err:
@@ -77,7 +77,7 @@ def test_guard_refuses_running_server_that_is_not_staging(tmp_path):
 
 
 def test_guard_ignores_stale_pid_file(tmp_path):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     fill(tmp_path / "staging" / "data")
     proc = subprocess.Popen(["true"])
     proc.wait()
@@ -90,7 +90,7 @@ def test_guard_ignores_stale_pid_file(tmp_path):
 @pytest.mark.parametrize("conn", [staging.StagingConnection("127.0.0.1", 5432, "app"),
                                   staging.StagingConnection("localhost", 5432, "postgres")])
 def test_guard_refuses_staging_connection_to_production(tmp_path, conn):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     files = fill(tmp_path / "staging" / "data")
     with pytest.raises(RestoreRefused) as err:
         staging.purge_staging(c, conn)
@@ -107,7 +107,7 @@ def test_staging_uri_parsing():
 
 
 def test_start_command_uses_staging_port_socket_and_no_archiving(tmp_path):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     argv = staging.start_staging_command(c)
     assert argv[0].endswith("/pg_ctl") and argv[-1] == "start"
     assert argv[argv.index("-o") + 1] == f"-p 6543 -k {tmp_path} -c archive_mode=off"
@@ -117,7 +117,7 @@ def test_start_command_uses_staging_port_socket_and_no_archiving(tmp_path):
 def test_pgbackrest_restore_never_archives_to_production(tmp_path, monkeypatch):
     from pg_backups import pgbackrest
 
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     seen = []
     monkeypatch.setattr(pgbackrest.runner, "run", lambda argv, **kw: seen.append(argv))
     staging.restore_into_staging(c, "pgbackrest", None, "20261124-010203F", "2026-11-24 01:30:00+00")
@@ -131,7 +131,7 @@ def test_pgbackrest_restore_never_archives_to_production(tmp_path, monkeypatch):
 
 
 def test_walg_restore_commands(tmp_path):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     settings = staging.walg_recovery_settings(c)
     assert settings == {"restore_command": "/opt/wal-g --config /etc/wal-g/walg.json wal-fetch %f %p",
                         "archive_mode": "off"}
@@ -145,7 +145,7 @@ def test_walg_restore_writes_recovery_settings(tmp_path, monkeypatch):
     from pg_backups import walg
     from pg_backups.s3_access import S3Access
 
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     calls = []
     monkeypatch.setattr(walg.runner, "run", lambda argv, **kw: calls.append((argv, kw["env"])))
     staging.restore_walg(c, S3Access(region="eu-west-3", access_key="AKIAX", secret_key="supersecret"), None)
@@ -170,7 +170,7 @@ CHECKS = [{"check": "backup_marker", "result": "ok", "detail": "found"}]
 
 def test_audit_success_needs_restore_checks_and_approval(tmp_path, monkeypatch):
     monkeypatch.setenv("PGPASSWORD", "pg-secret-value")
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     ok = audit.audit_record(c, run_id="r9", tool="pgbackrest", record=RECORD, restore_seconds=12.34,
                               smoke_result={"pg_tables": 68}, checks=CHECKS,
                               signoff={"status": "approved", "by": "qa", "at": "2026-11-24T03:00:00+00:00"})
@@ -196,14 +196,14 @@ def test_audit_success_needs_restore_checks_and_approval(tmp_path, monkeypatch):
 
 
 def test_pending_signoff_for_cron(tmp_path):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     line = audit.audit_record(c, run_id="cron__x", tool="pgbackrest", record=RECORD, restore_seconds=3,
                                 smoke_result={"pg_tables": 3}, checks=CHECKS, signoff={"status": "pending"})
     assert line["outcome"] == "success" and line["signoff"]["status"] == "pending"
 
 
 def test_archive_keys_and_upload(tmp_path):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     Path(c.restore_test.smoke_log).write_text("smoke\n")
     uploads = []
 
@@ -218,7 +218,7 @@ def test_archive_keys_and_upload(tmp_path):
 
 
 def test_metrics_hook_is_optional(tmp_path, monkeypatch):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     line = audit.audit_record(c, run_id="r", tool="pgbackrest", record=None, restore_seconds=None, smoke_result=None,
                                 checks=None, signoff=None)
     monkeypatch.setitem(sys.modules, "pg_backups.metrics", None)  # import fails: logged, not raised
@@ -245,7 +245,7 @@ def test_walg_restore_operation_fetches_the_chosen_backup(tmp_path, monkeypatch)
     from pg_backups import walg
     from pg_backups.s3_access import S3Access
 
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     listing = [{"backup_name": "base_000000010000000000000003", "start_time": "2026-11-23T01:00:00Z",
                 "finish_time": "2026-11-23T01:01:00Z", "user_data": {"airflow_run_id": "r1"}},
                {"backup_name": "base_000000010000000000000007", "start_time": "2026-11-24T01:00:00Z",
@@ -270,10 +270,10 @@ def test_walg_restore_operation_fetches_the_chosen_backup(tmp_path, monkeypatch)
 
 
 def test_staging_psql_uses_the_local_socket(tmp_path):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     argv = staging.psql_command(c, "SELECT 1", "app")
     assert argv[argv.index("-h") + 1] == str(tmp_path) and argv[argv.index("-p") + 1] == "6543"
-    c2 = make_cluster(tmp_path, staging_socket_directory=None)
+    c2 = staged_cluster(tmp_path, staging_socket_directory=None)
     assert "-h" not in staging.psql_command(c2, "SELECT 1")  # libpq's default socket, as pg_ctl starts it
     assert "-k" not in staging.start_staging_command(c2)[staging.start_staging_command(c2).index("-o") + 1]
 
@@ -295,7 +295,7 @@ def test_every_query_to_production_goes_one_way_with_the_password_over_tcp(tmp_p
 
     monkeypatch.setattr(runner, "run", fake_run)
     monkeypatch.setenv("PGPASSWORD", "pg-secret-value")
-    over_tcp = make_cluster(tmp_path)
+    over_tcp = staged_cluster(tmp_path)
     assert over_tcp.socket_directory is None and over_tcp.host == "127.0.0.1"
 
     def every_path(cluster):
@@ -320,7 +320,7 @@ def test_every_query_to_production_goes_one_way_with_the_password_over_tcp(tmp_p
 
 
 def test_pitr_restore_tests_success_message_names_the_target_time(tmp_path):
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     args = dict(run_id="backfill__2026-11-20T02:00:00+00:00", tool="pgbackrest", record=RECORD, restore_seconds=3,
                 smoke_result={"pg_tables": 3}, checks=CHECKS, signoff={"status": "approved", "by": "qa"})
     pitr = audit.audit_record(c, **args, target_time="2026-11-20T02:00:00+00:00")
@@ -333,7 +333,7 @@ def test_pitr_restore_tests_success_message_names_the_target_time(tmp_path):
 def test_a_cancelled_drill_is_audited_as_cancelled_whatever_passed(tmp_path):
     """A run marked failed by hand: outcome ``cancelled`` even when every step so far passed, and its
     Slack text says where it stopped and what ran."""
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     steps = {"guard": "success", "restore_latest_backup": "success", "data_checks": "success", "qa_signoff": "failed"}
     line = audit.audit_record(c, run_id="manual__x", tool="pgbackrest", record=RECORD, restore_seconds=3,
                               smoke_result={"pg_tables": 3}, checks=CHECKS, signoff=None,
@@ -352,7 +352,7 @@ def test_the_restore_lock_is_held_while_the_restore_writes_staging(tmp_path, mon
     exactly as long as the restore runs (and, an flock, dropped with the process that holds it)."""
     import fcntl
 
-    c = make_cluster(tmp_path)
+    c = staged_cluster(tmp_path)
     seen = {}
 
     def restore(*args, **kwargs):

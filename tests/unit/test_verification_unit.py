@@ -19,7 +19,7 @@ RECORD = {"cluster": "asso", "tool": "pgbackrest", "label": "20261125-021502F", 
           "backup_size_bytes": 30 * 2**20, "airflow_run_id": "scheduled__2026-11-25T02:15:00+00:00"}
 
 
-def make_cluster(tmp_path, **verify_over):
+def drill_cluster(tmp_path, **verify_over):
     for d in ("prod", "staging/data", "verify"):
         (tmp_path / d).mkdir(parents=True, exist_ok=True)
     return build_cluster({
@@ -35,19 +35,19 @@ def make_cluster(tmp_path, **verify_over):
 @pytest.mark.parametrize("where", ["prod", "prod/sub", "staging", "staging/data", "staging/data/x", "."])
 def test_a_verify_root_on_production_or_staging_is_refused_at_load_time(tmp_path, where):
     with pytest.raises(ConfigError) as refused:
-        make_cluster(tmp_path, root=str((tmp_path / where).resolve()))
+        drill_cluster(tmp_path, root=str((tmp_path / where).resolve()))
     assert "verify.root" in str(refused.value) and "give the drill a root of its own" in str(refused.value)
 
 
 def test_the_drill_port_may_not_be_production_or_staging(tmp_path):
     with pytest.raises(ConfigError, match="verify.port.*production's port"):
-        make_cluster(tmp_path, port=5432)
+        drill_cluster(tmp_path, port=5432)
     with pytest.raises(ConfigError, match="verify.port.*staging's port"):
-        make_cluster(tmp_path, port=6543)
+        drill_cluster(tmp_path, port=6543)
 
 
 def test_the_target_is_the_restore_tests_staging_pointed_at_verify_root(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = drill_cluster(tmp_path)
     target = verification.target(cluster)
     assert staging.staging_dir(target) == str(tmp_path / "verify" / "asso")
     assert target.restore_test.staging_port == 6544 and target.restore_test.audit_log == str(tmp_path / "verify.log")
@@ -63,7 +63,7 @@ def test_the_drills_restore_uses_its_own_lock_path(tmp_path, monkeypatch):
     passed ``copy`` on: a drill beside a restore test shared staging's archive lock."""
     from pg_backups import operations
 
-    cluster = make_cluster(tmp_path)
+    cluster = drill_cluster(tmp_path)
     ran = []
     monkeypatch.setattr(pgbackrest, "run", lambda c, command, *options, **kw: ran.append((command, options)))
     monkeypatch.setattr(operations, "restore_lock", lambda c, timeout=0: contextlib.nullcontext())
@@ -75,7 +75,7 @@ def test_the_drills_restore_uses_its_own_lock_path(tmp_path, monkeypatch):
 
 
 def test_the_disk_guard_refuses_naming_the_setting_and_the_sizes(tmp_path, monkeypatch):
-    cluster = make_cluster(tmp_path)
+    cluster = drill_cluster(tmp_path)
     free = shutil.disk_usage(tmp_path).free
     too_big = {**RECORD, "database_size_bytes": free * 2}
     with pytest.raises(RestoreRefused) as refused:
@@ -87,7 +87,7 @@ def test_the_disk_guard_refuses_naming_the_setting_and_the_sizes(tmp_path, monke
 
 
 def test_teardown_removes_only_the_target(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = drill_cluster(tmp_path)
     target_dir = tmp_path / "verify" / "asso"
     (target_dir / "base").mkdir(parents=True)
     (target_dir / "PG_VERSION").write_text("15")
@@ -98,7 +98,7 @@ def test_teardown_removes_only_the_target(tmp_path):
 
 
 def test_the_verification_line_names_backup_step_and_cause(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = drill_cluster(tmp_path)
     restore = {"restore_seconds": 4.0}
     ok = verification.verification_line(cluster, run_id="asset_triggered__x", tool="pgbackrest", record=RECORD,
                                         steps={"restore": restore, "start": {"startup_seconds": 2.5},
@@ -115,7 +115,7 @@ def test_the_verification_line_names_backup_step_and_cause(tmp_path):
 
 
 def test_verify_metrics_keep_the_last_success_after_a_failed_drill(tmp_path):
-    cluster = make_cluster(tmp_path)
+    cluster = drill_cluster(tmp_path)
     good = {"tool": "pgbackrest", "outcome": "success", "time": "2026-11-25T02:20:00+00:00",
             "backup_time": RECORD["stop_time"], "backup_label": RECORD["label"], "rto_seconds": 6.5}
     metrics.record_verify(cluster, good)
