@@ -11,11 +11,12 @@
 (c) on the sandbox's scheduler, the time from the end of a backup run's `publish_backup` to the
     start of the drill run its asset event creates. Goal: < 5 min.
 
-    .venv/bin/python benchmarks/bench_verify.py [--scale 68] [--kept 2,8,16] [--rounds 2]
+    .venv/bin/python benchmarks/bench_verify.py [--scale 68] [--kept 2,8,16] [--rounds 2] [--parts bac]
 
 Use a sandbox of its own: SANDBOX_DIR=/var/tmp/pg-backups-bench-verify SANDBOX_PORT_BASE=30400.
-It adds a `bench` database, takes full backups up to the largest count, and expires the
-repository back to 2 full backups at the end (moto keeps every object in memory).
+It adds a `bench` database; (b) takes full backups up to the largest count and expires the
+repository back to 2 full backups at the end (moto keeps every object in memory). `--parts a`
+alone drills the newest backup again, more rounds for steadier medians.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -84,39 +86,17 @@ def kept(cluster) -> list[dict]:
     return [b for b in pgbackrest.info(cluster).get("backup", []) if not b.get("error")]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=int, default=68, help="pgbench scale (68 is about 1 GB)")
-    parser.add_argument("--kept", default="2,8,16", help="the backup counts at which (b) is measured")
-    parser.add_argument("--rounds", type=int, default=2, help="(a): drill/raw pairs, alternated")
-    args = parser.parse_args()
-    counts = sorted(int(n) for n in args.kept.split(","))
-    machine.print_context(SECTION)
-    L = sb.Layout.from_env()
-    sb.main(["up"])
-    env = sb.read_env_file(L.env_file)
-    os.environ.update(env)
-    cluster = load_config(L.clusters_file).cluster(sb.STANZA)
+def growth(L, cluster, env, counts: list[int]) -> list[dict]:
+    """(b): the backup DAG's run with each count of backups kept, and the whole verify at that count."""
     airflow = Path(sys.executable).parent / "airflow"
     backup_dag = cluster.dag_id("pgbackrest")
-    timed([airflow, "dags", "test", cluster.dag_id("s3_bucket")], env)  # the bucket
-    timed([airflow, "dags", "test", backup_dag, "--conf", '{"backup_type": "full"}'], env)  # the stanza
-    if not sb.psql(L, "SELECT 1 FROM pg_database WHERE datname = 'bench'", db="postgres"):
-        print(f"creating pgbench data, scale {args.scale} ...", flush=True)
-        sb.psql(L, "CREATE DATABASE bench", db="postgres")
-        sb.sh(sb.PG_BIN / "pgbench", "-i", "-q", "-s", args.scale, "-h", L.run_dir, "-p", L.pg_port, "bench",
-              user="postgres")
-    size = sb.psql(L, "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database", db="postgres")
-    print(f"databases: {size}", flush=True)
     runuser = ["runuser", "-u", cluster.os_user, "--"]
-    # Every backup this run takes is kept until the end (the configured retention is by time).
-    keep = f"--repo1-retention-full={counts[-1] + 2}"
+    keep = f"--repo1-retention-full={counts[-1] + 2}"  # every backup taken here stays until the end
     # One full backup to start from (the one just taken: nothing depends on an older one).
     pgbackrest.run(cluster, "expire", "--repo1-retention-full-type=count", "--repo1-retention-full=1")
-
     print("\n== (b) the backup DAG with N backups kept ==", flush=True)
     print(f"{'kept':>4} {'DAG s (after)':>14} {'whole verify s':>15} {'before s':>9}", flush=True)
-    growth = []
+    rows = []
     for count in counts:
         while len(kept(cluster)) < count - 1:
             sb.sh(sb.PG_BIN / "pgbench", "-n", "-t", "2000", "-h", L.run_dir, "-p", L.pg_port, "bench",
@@ -125,44 +105,59 @@ def main() -> None:
         timed([airflow, "dags", "test", backup_dag, "--conf", '{"backup_type": "full"}'], env)
         after = dag_run_seconds(L, backup_dag)
         whole, _ = timed([*runuser, *pgbackrest.command(cluster, "verify")])
-        growth.append({"kept": len(kept(cluster)), "dag_after_seconds": round(after, 1),
-                       "whole_verify_seconds": round(whole, 1), "dag_before_seconds": round(after + whole, 1)})
-        row = growth[-1]
-        print(f"{row['kept']:4} {after:14.1f} {whole:15.1f} {after + whole:9.1f}", flush=True)
+        rows.append({"kept": len(kept(cluster)), "dag_after_seconds": round(after, 1),
+                     "whole_verify_seconds": round(whole, 1), "dag_before_seconds": round(after + whole, 1)})
+        print(f"{rows[-1]['kept']:4} {after:14.1f} {whole:15.1f} {after + whole:9.1f}", flush=True)
+    return rows
 
+
+def drill_against_raw(L, cluster, rounds: int) -> list[dict]:
+    """(a): the newest backup, drilled and raw-restored in turn (alternated: drift hits both)."""
     print("\n== (a) the drill against a raw restore + start of the same backup ==", flush=True)
     label = kept(cluster)[-1]["label"]
     cli = [sys.executable, "-m", "pg_backups.cli", "verify-backup", "--cluster", cluster.name]
+    # The checks' database, as the DAG's staging connection has it.
+    checks_db = f"postgresql://postgres@127.0.0.1:{L.staging_port}/{sb.APP_DB}"
     pairs = []
-    for n in range(args.rounds):
+    for n in range(rounds):
         took = {}
-        for what in (("raw", "drill") if n % 2 == 0 else ("drill", "raw")):  # alternated: drift hits both
+        for what in (("raw", "drill") if n % 2 == 0 else ("drill", "raw")):
             if what == "raw":
                 took["raw"] = raw_restore_and_start(L, cluster, label)
             else:
                 took["drill"], proc = timed(cli, {"VERIFY_TOOL": "pgbackrest", "VERIFY_LABEL": label,
-                                                  # the checks' database, as the DAG's staging connection has it
-                                                  "STAGING_CONNECTION_URI": f"postgresql://postgres@127.0.0.1:"
-                                                                            f"{L.staging_port}/{sb.APP_DB}"})
+                                                  "STAGING_CONNECTION_URI": checks_db})
                 took["rto"] = json.loads(proc.stdout)["line"]["rto_seconds"]
         pairs.append(took)
         print(f"backup {label}: raw restore + start {took['raw']:.1f} s, drill {took['drill']:.1f} s "
               f"(its RTO {took['rto']:.1f} s)", flush=True)
-    raw = min(p["raw"] for p in pairs)
-    drill = min(p["drill"] for p in pairs)
+    return pairs
 
+
+def publish_to_drill(L, cluster) -> float:
+    """(c): on the scheduler, a scheduled backup's publish_backup end to its drill run's start."""
     print("\n== (c) on the scheduler: publish_backup's end to the drill run's start ==", flush=True)
     sb.main(["airflow-up"])
     client = airflow_api.Client(L)
-    drill_dag = cluster.dag_id("verify_backup")
+    backup_dag, drill_dag = cluster.dag_id("pgbackrest"), cluster.dag_id("verify_backup")
     client.wait_parsed(backup_dag, drill_dag)
 
     def idle() -> bool:
         return all(r["state"] not in ("queued", "running") for r in client.runs(drill_dag))
 
+    def drill_run(label: str):
+        for run in client.runs(drill_dag, "asset_triggered"):
+            try:
+                chosen = client.xcom(drill_dag, run["dag_run_id"], "choose_backup")
+            except Exception:  # noqa: BLE001 - not chosen yet (the API answers 404)
+                continue
+            if chosen and chosen["record"]["label"] == label:
+                return run
+        return None
+
     before = {r["dag_run_id"] for r in client.runs(backup_dag)}
     try:
-        # First the drills of the backups (b) published while the drill DAG was paused, so that the
+        # First the drills of the backups published while the drill DAG was paused, so that the
         # one measured does not queue behind them (one drill run at a time).
         client.unpause(drill_dag)
         time.sleep(15)
@@ -174,34 +169,70 @@ def main() -> None:
         client.wait_run(backup_dag, run_id, 1800)
         published = client.tasks(backup_dag, run_id)["publish_backup"]
         label = client.xcom(backup_dag, run_id, "publish_backup")["label"]
-
-        def drill_run():
-            for run in client.runs(drill_dag, "asset_triggered"):
-                try:
-                    chosen = client.xcom(drill_dag, run["dag_run_id"], "choose_backup")
-                except Exception:  # noqa: BLE001 - not chosen yet (the API answers 404)
-                    continue
-                if chosen and chosen["record"]["label"] == label:
-                    return run
-            return None
-
-        run = airflow_api.wait_for(drill_run, 1800, every=2, what=f"the drill of {label}")
+        run = airflow_api.wait_for(lambda: drill_run(label), 1800, every=2, what=f"the drill of {label}")
         client.wait_run(drill_dag, run["dag_run_id"], 1800)
         started = client.run(drill_dag, run["dag_run_id"])["start_date"]
-        delay = (datetime.fromisoformat(started) - datetime.fromisoformat(published["end_date"])).total_seconds()
     finally:
         client.unpause(backup_dag, paused=True)
         client.unpause(drill_dag, paused=True)
+    delay = (datetime.fromisoformat(started) - datetime.fromisoformat(published["end_date"])).total_seconds()
     print(f"backup {label}: publish_backup ended {published['end_date']}, its drill started {started}: "
           f"{delay:.1f} s (goal < 300 s)", flush=True)
+    return delay
 
-    pgbackrest.run(cluster, "expire", "--repo1-retention-full-type=count", "--repo1-retention-full=2")
-    first, last = growth[0], growth[-1]
-    print(f"\n(a) drill / raw restore + start: {drill / raw:.2f}x (goal <= 1.2x; best of {args.rounds} each)")
-    print(f"(b) from {first['kept']} to {last['kept']} backups kept: the DAG after {last['dag_after_seconds'] / first['dag_after_seconds']:.2f}x "
-          f"(goal: flat), before {last['dag_before_seconds'] / first['dag_before_seconds']:.2f}x")
-    print(f"(c) backup published to drill started: {delay:.1f} s (goal < 300 s)")
-    print(json.dumps({"drill_vs_raw": drill / raw, "pairs": pairs, "growth": growth, "publish_to_drill_seconds": delay}))
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=68, help="pgbench scale (68 is about 1 GB)")
+    parser.add_argument("--kept", default="2,8,16", help="the backup counts at which (b) is measured")
+    parser.add_argument("--rounds", type=int, default=2, help="(a): drill/raw pairs, alternated")
+    parser.add_argument("--parts", default="bac", help="which measures, in this order (default bac: (b) first, "
+                                                        "its backups are the ones (a) restores)")
+    args = parser.parse_args()
+    machine.print_context(SECTION)
+    L = sb.Layout.from_env()
+    sb.main(["up"])
+    env = sb.read_env_file(L.env_file)
+    os.environ.update(env)
+    cluster = load_config(L.clusters_file).cluster(sb.STANZA)
+    airflow = Path(sys.executable).parent / "airflow"
+    if not kept(cluster):
+        timed([airflow, "dags", "test", cluster.dag_id("s3_bucket")], env)  # the bucket
+        timed([airflow, "dags", "test", cluster.dag_id("pgbackrest"), "--conf", '{"backup_type": "full"}'],
+              env)  # the stanza and a first backup
+    if not sb.psql(L, "SELECT 1 FROM pg_database WHERE datname = 'bench'", db="postgres"):
+        print(f"creating pgbench data, scale {args.scale} ...", flush=True)
+        sb.psql(L, "CREATE DATABASE bench", db="postgres")
+        sb.sh(sb.PG_BIN / "pgbench", "-i", "-q", "-s", args.scale, "-h", L.run_dir, "-p", L.pg_port, "bench",
+              user="postgres")
+    size = sb.psql(L, "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database", db="postgres")
+    print(f"databases: {size}", flush=True)
+    out: dict = {}
+    for part in args.parts:
+        if part == "b":
+            out["growth"] = growth(L, cluster, env, sorted(int(n) for n in args.kept.split(",")))
+        elif part == "a":
+            out["pairs"] = drill_against_raw(L, cluster, args.rounds)
+        elif part == "c":
+            out["publish_to_drill_seconds"] = publish_to_drill(L, cluster)
+    print()
+    if "pairs" in out:
+        pairs = out["pairs"]
+        raw, drill = statistics.median(p["raw"] for p in pairs), statistics.median(p["drill"] for p in pairs)
+        rto = statistics.median(p["rto"] for p in pairs)
+        print(f"(a) medians of {len(pairs)}: drill {drill:.1f} s / raw restore + start {raw:.1f} s = {drill / raw:.2f}x "
+              f"(goal <= 1.2x); the drill's RTO (its restore + start + recovery) {rto:.1f} s = {rto / raw:.2f}x raw")
+        out.update(drill_vs_raw=drill / raw, rto_vs_raw=rto / raw)
+    if "growth" in out:
+        first, last = out["growth"][0], out["growth"][-1]
+        print(f"(b) from {first['kept']} to {last['kept']} backups kept: the DAG after "
+              f"{last['dag_after_seconds'] / first['dag_after_seconds']:.2f}x (goal: flat), before "
+              f"{last['dag_before_seconds'] / first['dag_before_seconds']:.2f}x")
+    if "publish_to_drill_seconds" in out:
+        print(f"(c) backup published to drill started: {out['publish_to_drill_seconds']:.1f} s (goal < 300 s)")
+    if "b" in args.parts:  # back to a small repository (moto keeps every object in memory)
+        pgbackrest.run(cluster, "expire", "--repo1-retention-full-type=count", "--repo1-retention-full=2")
+    print(json.dumps(out))
     machine.print_context(SECTION)
 
 
