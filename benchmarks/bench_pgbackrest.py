@@ -55,20 +55,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="direct/DAG pairs, alternated")
     args = parser.parse_args()
     machine.print_context("pgbackrest-backup-and-compression")
-    L = sb.Layout.from_env()
-    sb.main(["up"])
-    env = sb.read_env_file(L.env_file)
-    os.environ.update(env)
+    L, env = sb.up_for_scripts()
     cluster = load_config(L.clusters_file).cluster(sb.STANZA)
     airflow = Path(sys.executable).parent / "airflow"
     # The bucket and stanza, as the demo makes them.
     for dag in (cluster.dag_id("s3_bucket"), cluster.dag_id("pgbackrest")):
         timed([airflow, "dags", "test", dag], env)
-    if not sb.psql(L, "SELECT 1 FROM pg_database WHERE datname = 'bench'", db="postgres"):
-        print(f"creating pgbench data, scale {args.scale} ...", flush=True)
-        sb.psql(L, "CREATE DATABASE bench", db="postgres")
-        sb.sh(sb.PG_BIN / "pgbench", "-i", "-q", "-s", args.scale, "-h", L.run_dir, "-p", L.pg_port, "bench",
-              user="postgres")
+    sb.ensure_pgbench(L, args.scale)
     size = sb.psql(L, "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database", db="postgres")
     print(f"databases: {size}", flush=True)
 

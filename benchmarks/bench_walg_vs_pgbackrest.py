@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import sys
@@ -75,20 +74,14 @@ def main() -> None:
     machine.print_context("wal-g-vs-pgbackrest")
     if sb.find_walg() is None:
         raise SystemExit(sb.WALG_MISSING)
-    L = sb.Layout.from_env()
-    sb.main(["up"])
-    os.environ.update(sb.read_env_file(L.env_file))
+    L, _ = sb.up_for_scripts()
     cluster = load_config(L.clusters_file).cluster(sb.STANZA)
     access = sb.access(L, sb.credentials(L))
     s3 = access.boto3_client()
     bucket = cluster.s3.bucket
     operations.configure_bucket(cluster, s3)
     operations.pgbackrest_preflight(cluster, access)  # the stanza: the two-tool archive_command works
-    if not sb.psql(L, "SELECT 1 FROM pg_database WHERE datname = 'bench'", db="postgres"):
-        print(f"creating pgbench data, scale {args.scale} ...", flush=True)
-        sb.psql(L, "CREATE DATABASE bench", db="postgres")
-        sb.sh(sb.PG_BIN / "pgbench", "-i", "-q", "-s", args.scale, "-h", L.run_dir, "-p", L.pg_port, "bench",
-              user="postgres")
+    sb.ensure_pgbench(L, args.scale)
     sb.psql(L, "CHECKPOINT", db="postgres")
     size = int(sb.psql(L, "SELECT sum(pg_database_size(datname)) FROM pg_database", db="postgres"))
     print(f"databases: {size / 1e6:.0f} MB; WAL-G {cluster.walg.binary} ({cluster.walg.compression}); "

@@ -119,6 +119,15 @@ def archive_past(L: Layout, segment: str | None = None, timeout: float = 120) ->
         time.sleep(1)
 
 
+def ensure_pgbench(L: Layout, scale: int, db: str = "bench") -> None:
+    """The benchmarks' pgbench database in production, made once (a later run keeps its scale)."""
+    if psql(L, f"SELECT 1 FROM pg_database WHERE datname = '{db}'", db="postgres"):
+        return
+    print(f"creating pgbench data, scale {scale} ...", flush=True)
+    psql(L, f"CREATE DATABASE {db}", db="postgres")
+    sh(PG_BIN / "pgbench", "-i", "-q", "-s", scale, "-h", L.run_dir, "-p", L.pg_port, db, user="postgres")
+
+
 # The second cluster's application: small, but real rows that a restore must bring back.
 SECOND_SEED_SQL = """
 CREATE TABLE invoices (id bigserial PRIMARY KEY, number text NOT NULL UNIQUE, amount_cents int NOT NULL,

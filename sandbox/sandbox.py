@@ -55,6 +55,7 @@ from postgres import (
     SECOND_SEED_SQL,
     SEED_SQL,
     archive_past,
+    ensure_pgbench,
     pg_ctl,
     pg_running,
     psql,
@@ -73,11 +74,11 @@ sys.path.insert(0, str(REPO / "plugins"))
 __all__ = [
     "AIRFLOW_COMPONENTS", "APP_DB", "BUCKET", "EPHEMERAL_PORTS", "HAND_ADDED_MARK", "PG_BIN", "REGION", "REPO",
     "SECOND", "SECOND_SEED_SQL", "SEED_SQL", "STANZA", "WALG_LOCAL", "WALG_MISSING", "WALG_VERSION", "Layout",
-    "access", "airflow_env", "airflow_health", "archive_past", "airflow_healthy", "credentials", "down", "ensure_tls",
-    "find_walg", "hand_added_clusters", "log", "main", "pg_ctl", "pg_running", "pid_alive", "port_open", "psql",
-    "read_env_file", "seed", "setup_airflow", "sh", "stack_env", "start_airflow", "start_daemon",
-    "start_production", "start_s3", "start_slack", "status", "stop_airflow", "stop_daemon", "up", "wait_port",
-    "walg_report", "write_clusters_file", "write_env_file",
+    "access", "airflow_env", "airflow_health", "airflow_healthy", "archive_past", "credentials", "down",
+    "ensure_pgbench", "ensure_tls", "find_walg", "hand_added_clusters", "log", "main", "pg_ctl", "pg_running",
+    "pid_alive", "port_open", "psql", "read_env_file", "seed", "setup_airflow", "sh", "stack_env", "start_airflow",
+    "start_daemon", "start_production", "start_s3", "start_slack", "status", "stop_airflow", "stop_daemon", "up",
+    "up_for_scripts", "wait_port", "walg_report", "write_clusters_file", "write_env_file",
 ]
 
 # Where a WAL-G binary is looked for, in this order (the Go module proxy here refuses WAL-G, so
@@ -147,6 +148,23 @@ def up(L: Layout) -> None:
     log(f"environment for Airflow and the scripts: source {L.env_file}")
 
 
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("[sandbox] run as root: PostgreSQL runs as the postgres user through runuser")
+
+
+def up_for_scripts() -> tuple[Layout, dict[str, str]]:
+    """The sandbox (of SANDBOX_DIR, SANDBOX_PORT_BASE) up, and its environment put into this
+    process's: Airflow, the connections, the AWS variables, as the benchmarks' tools and their
+    `airflow dags test` runs need them. Returns the layout and that environment."""
+    require_root()
+    L = Layout.from_env()
+    up(L)
+    env = read_env_file(L.env_file)
+    os.environ.update(env)
+    return L, env
+
+
 def down(L: Layout) -> None:
     stop_airflow(L)
     drills = [L.verify_root / name for name in L.clusters]
@@ -198,8 +216,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.action == "walg":
         return walg_report()
-    if os.geteuid() != 0:
-        raise SystemExit("[sandbox] run as root: PostgreSQL runs as the postgres user through runuser")
+    require_root()
     L = Layout.from_env()
     if args.action == "up":
         up(L)
