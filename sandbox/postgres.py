@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 from layout import APP_DB, STANZA, Layout
 from processes import log, port_open, sh
+
+from airflow_api import wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -108,15 +109,12 @@ def archive_past(L: Layout, segment: str | None = None, timeout: float = 120) ->
     for _ in range(2):
         psql(L, "SELECT txid_current()", db="postgres")  # a commit: the segment is not empty
         psql(L, "SELECT pg_switch_wal()", db="postgres")
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def archived_after() -> str | None:
         last = psql(L, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver", db="postgres")
-        if last > segment:
-            return last
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no WAL after {segment} archived within {timeout:.0f} s (last archived: "
-                               f"{last or 'none'}): is archive_command working?")
-        time.sleep(1)
+        return last if last > segment else None
+
+    return wait_for(archived_after, timeout, what=f"WAL after {segment} to be archived (is archive_command working?)")
 
 
 def ensure_pgbench(L: Layout, scale: int, db: str = "bench") -> None:
