@@ -41,7 +41,7 @@ def _line(sandbox, run_id: str) -> dict:
     return next(line for line in reversed(lines) if line["run_id"] == run_id)
 
 
-def test_a_point_before_a_wal_hole_recovers_and_one_after_it_fails_naming_the_segment(stack, sandbox):
+def test_a_point_before_a_wal_hole_recovers_and_one_after_it_fails_naming_the_segment(first_backup, stack, sandbox):
     from pg_backups import times
 
     cluster = sandbox.cluster()
