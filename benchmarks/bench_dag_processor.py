@@ -21,10 +21,10 @@ metadata database is measured (goal: <= 2 minutes).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -35,6 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_dag_parse import config_for  # noqa: E402 - the same fleet as the parse benchmark
+from metadata_db import KINDS, Metadata  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 sys.path.insert(0, str(REPO / "plugins"))
@@ -72,11 +73,10 @@ def tree_cpu(root: int) -> float:
     return total / TICK
 
 
-def dag_count(db: Path, like: str = "%") -> int:
+def dag_count(db: Metadata, like: str = "%") -> int:
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-            return conn.execute("select count(*) from dag where is_stale = 0 and dag_id like ?", (like,)).fetchone()[0]
-    except sqlite3.Error:
+        return db.rows("select count(*) from dag where not is_stale and dag_id like ?", (like,))[0][0]
+    except db.errors():
         return 0
 
 
@@ -86,24 +86,32 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--home", default=f"/var/tmp/bench-dag-processor-{os.getuid()}")
+    parser.add_argument("--metadata", choices=KINDS, default="sqlite",
+                        help="Airflow's metadata database: sqlite (the default, as the sandbox) or postgres "
+                             "(as docker-compose.yaml; a cluster of the benchmark's own on 127.0.0.1:--port)")
+    parser.add_argument("--port", type=int, default=28180, help="the PostgreSQL metadata database's port")
     args = parser.parse_args()
+    # A kill runs the cleanup below too (its servers run in sessions of their own: they would outlive it).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     home = Path(args.home) / args.mode
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     config = home / "clusters.yaml"
     config.write_text(config_for(args.clusters))
-    db = home / "airflow.db"
+    db = Metadata(args.metadata, home, args.port)
     venv_bin = Path(sys.executable).parent
     env = {**os.environ, "AIRFLOW_HOME": str(home), "PG_BACKUPS_CONFIG": str(config),
            "PYTHONPATH": str(REPO / "plugins"), "PATH": f"{venv_bin}:{os.environ['PATH']}",
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{db}"}
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.url}
     settings = compose_settings() if args.mode == "after" else {}
     env.update(settings)
+    db.start()
+    atexit.register(db.stop)
     subprocess.run([venv_bin / "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
 
-    print(f"mode {args.mode}: {args.clusters} clusters, {args.minutes:g} min, settings "
+    print(f"mode {args.mode}: {args.clusters} clusters, {args.minutes:g} min, metadata database {db.kind}, settings "
           f"{settings or 'Airflow defaults'}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores, shared)")
     log = open(home / "dag-processor.log", "w")

@@ -2,9 +2,11 @@
 Airflow scheduler, with the backup tools replaced by STAND-INS.
 
 What is real: Airflow 3 (scheduler with the LocalExecutor, dag-processor, triggerer, API server,
-SQLite metadata database, started by sandbox/airflow_home.py's ``start_airflow``), the project's DAG
-folder and task code, an S3 endpoint (moto, plain HTTP on 127.0.0.1) for the preflight's
-``head_bucket``. What is NOT: ``pgbackrest``, ``psql`` and ``postgres --version`` (and ``wal-g``,
+started by sandbox/airflow_home.py's ``start_airflow``, with docker-compose.yaml's dag-processor
+settings), its metadata database (``--metadata postgres``, the default and what docker-compose.yaml
+runs: a PostgreSQL 15 cluster of the benchmark's own on 127.0.0.1; or ``sqlite``, as the sandbox),
+the project's DAG folder and task code, an S3 endpoint (moto, plain HTTP on 127.0.0.1) for the
+preflight's ``head_bucket``. What is NOT: ``pgbackrest``, ``psql`` and ``postgres --version`` (and ``wal-g``,
 written but not called: the clusters run pgBackRest only) are small shell scripts this benchmark
 writes into ``<dir>/stand-ins``, first on the scheduler's PATH and the clusters' ``bin_directory``.
 They answer what the tasks parse (``pgbackrest info --output=json`` with the backup just "taken",
@@ -17,7 +19,7 @@ nightly slot (the one the scheduler would create on unpausing it, so it does not
 then unpaused. Reported: the dag-processor's first parse, the time until every run was started and
 until every run ended, task instances per minute, and what saturated.
 
-    .venv/bin/python benchmarks/bench_fleet.py --clusters 50 [--dir /var/tmp/h11-fleet] [--port-base 28150]
+    .venv/bin/python benchmarks/bench_fleet.py --clusters 50 [--metadata sqlite] [--dir ...] [--port-base 28150]
 """
 
 from __future__ import annotations
@@ -27,18 +29,18 @@ import json
 import os
 import secrets
 import shutil
-import sqlite3
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import machine  # benchmarks/machine.py: the script's folder is first on sys.path
+from metadata_db import KINDS, Metadata
 
 REPO = Path(__file__).resolve().parents[1]
-RECORD, SECTION = "docs/benchmarks-fleet.md", "a-fleet-rehearsal-benchmarksbench_fleetpy"
+RECORD, SECTION = "docs/benchmarks-fleet.md", "fleet-rehearsal-benchmarksbench_fleetpy"
 TASKS_PER_RUN = 5  # preflight, backup, expire, verify, publish_backup
-DAGS_PER_CLUSTER = 4  # S3 bucket, pgBackRest, restore test, freshness (WAL-G is not configured)
 
 # The stand-ins. pgbackrest keeps each stanza's backups in a JSON file of its own ({state}).
 PGBACKREST = r"""#!/usr/bin/env python3
@@ -129,21 +131,17 @@ def write_stand_ins(root: Path) -> Path:
     return stand_ins
 
 
-def counts(db: Path) -> dict:
+def counts(db: Metadata) -> dict:
     """Task instances by state and runs of the pgBackRest DAGs, read from the metadata database."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-            tis = dict(conn.execute("select coalesce(state, 'none'), count(*) from task_instance "
-                                    "where dag_id like 'pgbackrest%' group by 1").fetchall())
-            runs = dict(conn.execute("select state, count(*) from dag_run where dag_id like 'pgbackrest%' "
-                                     "group by 1").fetchall())
-            backup_dags = conn.execute("select count(*) from dag where is_stale = 0 "
-                                       "and dag_id like 'pgbackrest%'").fetchone()[0]
-            cluster_dags = conn.execute("select count(*) from dag where is_stale = 0 "
-                                        "and dag_id like '%cluster%'").fetchone()[0]
-            started = conn.execute("select count(*) from dag_run where dag_id like 'pgbackrest%' "
-                                   "and start_date is not null").fetchone()[0]
-    except sqlite3.Error:
+        tis = dict(db.rows("select coalesce(state, 'none'), count(*) from task_instance "
+                           "where dag_id like 'pgbackrest%' group by 1"))
+        runs = dict(db.rows("select state, count(*) from dag_run where dag_id like 'pgbackrest%' group by 1"))
+        backup_dags = db.rows("select count(*) from dag where not is_stale and dag_id like 'pgbackrest%'")[0][0]
+        cluster_dags = db.rows("select count(*) from dag where not is_stale and dag_id like '%cluster%'")[0][0]
+        started = db.rows("select count(*) from dag_run where dag_id like 'pgbackrest%' "
+                          "and start_date is not null")[0][0]
+    except db.errors():
         return {"tis": {}, "runs": {}, "backup_dags": 0, "cluster_dags": 0, "started": 0}
     return {"tis": tis, "runs": runs, "backup_dags": backup_dags, "cluster_dags": cluster_dags, "started": started}
 
@@ -154,10 +152,16 @@ def main() -> None:
     parser.add_argument("--dir", default=os.environ.get("SANDBOX_DIR", f"/var/tmp/bench-fleet-{os.getuid()}"))
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("SANDBOX_PORT_BASE", "28150")))
     parser.add_argument("--minutes", type=float, default=60, help="give up after this long (default 60)")
+    parser.add_argument("--metadata", choices=KINDS, default="postgres",
+                        help="Airflow's metadata database (default postgres, as docker-compose.yaml)")
     args = parser.parse_args()
+    # A kill runs the cleanup below too (its servers run in sessions of their own: they would outlive it).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     sys.path.insert(0, str(REPO / "sandbox"))
     sys.path.insert(0, str(REPO / "plugins"))
+    from bench_dag_processor import compose_settings, tree_cpu
+
     import sandbox
     from airflow_api import Client
     from pg_backups import times
@@ -175,7 +179,9 @@ def main() -> None:
         Path(cluster.data_directory).mkdir(parents=True)
         (Path(cluster.data_directory) / "PG_VERSION").write_text("15\n")
     print(f"[bench] {args.clusters} clusters, pgBackRest DAGs only; pgbackrest, psql, postgres and wal-g are "
-          f"STAND-INS from {stand_ins} (no database is backed up: Airflow's cost per task is measured)", flush=True)
+          f"STAND-INS from {stand_ins} (no database is backed up: Airflow's cost per task is measured); "
+          f"metadata database: {args.metadata}", flush=True)
+    db = Metadata(args.metadata, L.root, L.pg_port)
 
     # Airflow's environment as the sandbox writes it, with S3 on moto over plain HTTP.
     creds = {"aws_access_key_id": secrets.token_hex(8), "aws_secret_access_key": secrets.token_hex(16),
@@ -183,6 +189,7 @@ def main() -> None:
     env = sandbox.airflow_env(L, creds)
     endpoint = f"http://127.0.0.1:{L.moto_port}"
     env.update({"PG_BACKUPS_CONFIG": str(L.clusters_file), "AWS_ENDPOINT_URL": endpoint,
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.url,
                 "PATH": f"{stand_ins}:{os.environ['PATH']}",
                 "AIRFLOW_CONN_AWS_BACKUPS": json.dumps({
                     "conn_type": "aws", "login": creds["aws_access_key_id"], "password": creds["aws_secret_access_key"],
@@ -194,6 +201,7 @@ def main() -> None:
     airflow = Path(sys.executable).parent / "airflow"
     started = time.monotonic()
     try:
+        db.start()
         sandbox.start_daemon("moto", [Path(sys.executable).parent / "moto_server", "-H", "127.0.0.1",
                                       "-p", str(L.moto_port)], L, L.moto_port)
         import boto3
@@ -212,24 +220,27 @@ def main() -> None:
                        capture_output=True)
         print(f"[bench] metadata database and {len(pools)} pools ready after {time.monotonic() - started:.0f} s",
               flush=True)
-        run_bench(args, L, config, Client, times, started)
+        run_bench(args, L, db, config, Client, times, started, compose_settings(), tree_cpu)
     finally:
         sandbox.stop_airflow(L)
         sandbox.stop_daemon("moto", L)
+        db.stop()
         machine.print_context(SECTION, RECORD)
 
 
-def run_bench(args, L, config, Client, times, t0) -> None:
+def run_bench(args, L, db: Metadata, config, Client, times, t0, parse_settings, tree_cpu) -> None:
     import sandbox
 
-    db = L.airflow_home / "airflow.db"
-    sandbox.start_airflow(L, seconds=args.minutes * 60)
+    # A fleet's dag-processor as docker-compose.yaml sets it (the sandbox's own re-parses every 10 s:
+    # with 1,000 clusters that would be a parse without end beside the scheduler).
+    sandbox.start_airflow(L, seconds=args.minutes * 60, settings=parse_settings)
     up = time.monotonic()
-    print(f"[bench] Airflow healthy after {up - t0:.0f} s", flush=True)
+    print(f"[bench] Airflow healthy after {up - t0:.0f} s (dag-processor settings of docker-compose.yaml: "
+          f"{parse_settings})", flush=True)
     client = Client(L)
     dag_ids = [c.dag_id("pgbackrest") for c in config.clusters]
     deadline = time.monotonic() + args.minutes * 60
-    expected_dags = args.clusters * DAGS_PER_CLUSTER
+    expected_dags = sum(len(c.dag_kinds) for c in config.clusters)
     backup_dags_at = None
     while True:
         c = counts(db)
@@ -249,6 +260,10 @@ def run_bench(args, L, config, Client, times, t0) -> None:
 
     # Triggered after the first parse. While the scheduler or the dag-processor writes, SQLite answers
     # the API's audit-log INSERT "database is locked" (HTTP 500, nothing done): retried and counted.
+    # (The scheduler itself may exit on that error: reported below, the run then ends at --minutes.)
+    scheduler_pid = int((L.run_dir / "airflow-scheduler.pid").read_text())
+    processor_pid = int((L.run_dir / "airflow-dag-processor.pid").read_text())
+    cpu_at_trigger = own_cpu(scheduler_pid, tree_cpu), tree_cpu(processor_pid)
     trigger_start = time.monotonic()
     retries = 0
     for cluster in config.clusters:
@@ -259,7 +274,7 @@ def run_bench(args, L, config, Client, times, t0) -> None:
     triggered = time.monotonic()
     print(f"[bench] {len(dag_ids)} runs triggered (logical date: each cluster's last nightly slot) and their DAGs "
           f"unpaused through the REST API in {triggered - trigger_start:.0f} s ({retries} requests retried after "
-          "HTTP 500/503: SQLite locked)", flush=True)
+          "HTTP 500/503: the database was locked)", flush=True)
 
     all_started = None
     samples = []
@@ -278,27 +293,44 @@ def run_bench(args, L, config, Client, times, t0) -> None:
         if now > deadline:
             print(f"[bench] NOT finished in {args.minutes:g} min: runs {c['runs']}, tasks {c['tis']}")
             break
+        dead = [n for n in sandbox.AIRFLOW_COMPONENTS if not sandbox.pid_alive(L.run_dir / f"airflow-{n}.pid")]
+        if dead:
+            print(f"[bench] Airflow's {', '.join(dead)} EXITED {now - trigger_start:.0f} s after the first trigger; "
+                  f"its last error: {last_error(L.logs / f'airflow-{dead[0]}.log')}")
+            break
         time.sleep(5)
     finished = time.monotonic()
+    scheduler_cpu = [b - a for a, b in zip(cpu_at_trigger[0], own_cpu(scheduler_pid, tree_cpu), strict=True)]
+    processor_cpu = tree_cpu(processor_pid) - cpu_at_trigger[1]
     c = counts(db)
     wall = finished - trigger_start
     done_tis = sum(v for k, v in c["tis"].items() if k in ("success", "failed", "upstream_failed", "skipped"))
     print(f"[bench] runs: {c['runs']}; task instances: {c['tis']}")
     print(f"[bench] a night of {len(dag_ids)} clusters ({total} task instances): scheduled and finished "
           f"{wall:.0f} s after the first trigger = {60 * done_tis / wall:.1f} task instances per minute "
-          f"(parallelism {sandbox.stack_env(L)['AIRFLOW__CORE__PARALLELISM']}, LocalExecutor, SQLite)")
+          f"(parallelism {sandbox.stack_env(L)['AIRFLOW__CORE__PARALLELISM']}, LocalExecutor, {db.kind})")
     # The steady rate: the middle of the night, once the first runs are going and before the tail.
     mid = [s for s in samples if 0.2 * total <= s[1] <= 0.8 * total]
     if len(mid) >= 2 and mid[-1][0] > mid[0][0]:
         rate = 60 * (mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0])
         print(f"[bench] steady rate (20 % to 80 % of the task instances done): {rate:.1f} task instances per minute")
+    else:  # the window ended first: the second half of it
+        late = [s for s in samples if s[0] >= samples[-1][0] / 2]
+        if len(late) >= 2 and late[-1][0] > late[0][0]:
+            rate = 60 * (late[-1][1] - late[0][1]) / (late[-1][0] - late[0][0])
+            print(f"[bench] steady rate (second half of the window, {late[0][0]:.0f} s to {late[-1][0]:.0f} s after "
+                  f"the first trigger): {rate:.1f} task instances per minute")
+    print(f"[bench] CPU from the first trigger to the end ({wall:.0f} s): the scheduler's own loop "
+          f"{scheduler_cpu[0]:.0f} s = {100 * scheduler_cpu[0] / wall:.0f} % of a core; the scheduler with its "
+          f"LocalExecutor workers and their tasks {scheduler_cpu[1]:.0f} s = {100 * scheduler_cpu[1] / wall:.0f} % "
+          f"of a core; the dag-processor {processor_cpu:.0f} s = {100 * processor_cpu / wall:.0f} % of a core "
+          f"(2 cores in all)")
     # Where it saturates: with `parallelism` slots each busy for a task's length, the executor can
     # run at most parallelism * 60 / length task instances a minute; the wait in `queued` is the rest.
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        length, queued_wait, scheduled_wait = conn.execute(
-            "select avg(duration), avg((julianday(start_date) - julianday(queued_dttm)) * 86400), "
-            "avg((julianday(queued_dttm) - julianday(scheduled_dttm)) * 86400) from task_instance "
-            "where dag_id like 'pgbackrest%' and state = 'success'").fetchone()
+    length, queued_wait, scheduled_wait = db.rows(
+        f"select avg(duration), avg({db.seconds('start_date', 'queued_dttm')}), "
+        f"avg({db.seconds('queued_dttm', 'scheduled_dttm')}) from task_instance "
+        "where dag_id like 'pgbackrest%' and state = 'success'")[0]
     slots = int(sandbox.stack_env(L)["AIRFLOW__CORE__PARALLELISM"])
     if length:
         print(f"[bench] a task instance lasts {length:.1f} s on average (Airflow's process, the task's code, the "
@@ -307,6 +339,21 @@ def run_bench(args, L, config, Client, times, t0) -> None:
     if c["runs"].get("failed"):
         failed = [r for r in client.runs(dag_ids[0]) if r["state"] == "failed"]
         print(f"[bench] some runs FAILED (e.g. {dag_ids[0]}: {len(failed)}); see {L.logs}")
+
+
+def own_cpu(pid: int, tree_cpu) -> tuple[float, float]:
+    """CPU seconds of ``pid`` alone (user + system), and of it with every process below it (0 once it exited)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), tree_cpu(pid)
+
+
+def last_error(log: Path) -> str:
+    """The last exception line of an Airflow component's log."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if "Error:" in line]
+    return lines[-1].strip()[:300] if lines else f"none found in {log}"
 
 
 def retried(call) -> int:

@@ -3,8 +3,7 @@
 from airflow.sdk import DAG, task
 
 from pg_backups.airflow import freshness_tasks
-from pg_backups.airflow.common import dag_args
-from pg_backups.config import load_config
+from pg_backups.airflow.common import dag_args, dag_clusters
 
 DOC = """
 ### Backup freshness of cluster `{name}` (hourly)
@@ -23,7 +22,7 @@ Notices what a failed task cannot report: a paused backup DAG, a dead scheduler,
 now too (the past state of a repository cannot be read back).
 """
 
-for cluster in load_config(strict=False).clusters:
+for cluster in dag_clusters("freshness"):
     with DAG(
         dag_id=cluster.dag_id("freshness"),
         schedule=cluster.hourly_schedule,

@@ -4,8 +4,7 @@ the daily PITR drill checks a recovered point against (pg_backups.pitr)."""
 from airflow.sdk import DAG, task
 
 from pg_backups.airflow import verify_tasks
-from pg_backups.airflow.common import dag_args
-from pg_backups.config import load_config
+from pg_backups.airflow.common import dag_args, dag_clusters
 from pg_backups.pitr import HEARTBEAT_TABLE
 
 DOC = """
@@ -16,7 +15,7 @@ daily PITR drill (`{drill}`) checks that the newest heartbeat before its target 
 and none after it. A missed beat only makes the drill's check coarser; it alerts like any task.
 """
 
-for cluster in load_config(strict=False).clusters:
+for cluster in dag_clusters("heartbeat"):
     if "heartbeat" not in cluster.dag_kinds:
         continue
     minutes = cluster.verify.heartbeat_minutes

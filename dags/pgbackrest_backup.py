@@ -3,8 +3,7 @@
 from airflow.sdk import DAG, Param, task
 
 from pg_backups.airflow import backup_tasks
-from pg_backups.airflow.common import backup_asset, dag_args
-from pg_backups.config import load_config
+from pg_backups.airflow.common import backup_asset, dag_args, dag_clusters
 
 DOC = """
 ### Daily pgBackRest backup of cluster `{name}`
@@ -31,7 +30,7 @@ first run backs up when the current slot of the schedule has no backup yet (anno
 `airflow_run_type=backfill`); every other run is skipped, the reason in its `backup` log.
 """
 
-for cluster in load_config(strict=False).clusters:
+for cluster in dag_clusters("pgbackrest"):
     if "pgbackrest" not in cluster.tools:
         continue
     with DAG(

@@ -4,8 +4,7 @@
 from airflow.sdk import DAG, task
 
 from pg_backups.airflow import backup_tasks
-from pg_backups.airflow.common import dag_args
-from pg_backups.config import load_config
+from pg_backups.airflow.common import dag_args, dag_clusters
 
 DOC = """
 ### Repository verify of cluster `{name}` (pgBackRest)
@@ -20,7 +19,7 @@ verification drill (`{drill}`). Takes the cluster's lock and pool slot `{pool}`:
 never during a backup of the cluster.
 """
 
-for cluster in load_config(strict=False).clusters:
+for cluster in dag_clusters("pgbackrest_verify"):
     if "pgbackrest" not in cluster.tools:
         continue
     with DAG(

@@ -4,9 +4,9 @@ staging, checked, signed off by QA, audited. First Sunday of Jan/Apr/Jul/Oct, 02
 from airflow.sdk import DAG, Param, task
 
 from pg_backups.airflow import restore_tasks
-from pg_backups.airflow.common import alert_args, backup_asset, dag_args
+from pg_backups.airflow.common import alert_args, backup_asset, dag_args, dag_clusters
 from pg_backups.airflow.operators import qa_signoff_operator
-from pg_backups.config import TOOLS, load_config
+from pg_backups.config import TOOLS
 
 DOC = """
 ### Quarterly restore test of cluster `{name}` (runbook 3)
@@ -46,7 +46,7 @@ that target; a date outside the repository's window (before the oldest backup ke
 {retention} days) fails the run at `guard`, first try, before staging is touched, naming the window.
 """
 
-for cluster in load_config(strict=False).clusters:
+for cluster in dag_clusters("restore_test"):
     rt = cluster.restore_test
     with DAG(
         dag_id=cluster.dag_id("restore_test"),

@@ -3,8 +3,7 @@
 from airflow.sdk import DAG, task
 
 from pg_backups.airflow import backup_tasks
-from pg_backups.airflow.common import dag_args
-from pg_backups.config import load_config
+from pg_backups.airflow.common import dag_args, dag_clusters
 
 DOC = """
 ### S3 bucket configuration for cluster `{name}`: `{bucket}` in `{region}`
@@ -15,7 +14,7 @@ no drift changes nothing. Safe to run every day, and at any time: nothing depend
 logical date (a backfill run checks the bucket as it is now).
 """
 
-for cluster in load_config(strict=False).clusters:
+for cluster in dag_clusters("s3_bucket"):
     with DAG(
         dag_id=cluster.dag_id("s3_bucket"),
         schedule=cluster.daily_schedule,

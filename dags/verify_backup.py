@@ -8,8 +8,8 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param, task
 
 from pg_backups.airflow import verify_tasks
-from pg_backups.airflow.common import alert_args, backup_asset, dag_args
-from pg_backups.config import TOOLS, load_config
+from pg_backups.airflow.common import alert_args, backup_asset, dag_args, dag_clusters
+from pg_backups.config import TOOLS
 from pg_backups.verification import data_directory
 
 DOC = """
@@ -33,7 +33,7 @@ within minutes, with nobody in the UI. QA's staging and the quarterly restore te
    target and removes `{target}`.
 """
 
-for cluster in load_config(strict=False).clusters:
+for cluster in dag_clusters("verify_backup"):
     v = cluster.verify
     if not v.enabled:
         continue

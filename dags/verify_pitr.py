@@ -6,8 +6,8 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param, task
 
 from pg_backups.airflow import verify_tasks
-from pg_backups.airflow.common import alert_args, dag_args
-from pg_backups.config import TOOLS, load_config
+from pg_backups.airflow.common import alert_args, dag_args, dag_clusters
+from pg_backups.config import TOOLS
 from pg_backups.verification import PITR, data_directory
 
 DOC = """
@@ -28,7 +28,7 @@ DOC = """
 5. **remove_target** (teardown): stops the target and removes `{target}`.
 """
 
-for cluster in load_config(strict=False).clusters:
+for cluster in dag_clusters("verify_pitr"):
     if "verify_pitr" not in cluster.dag_kinds:
         continue
     v = cluster.verify

@@ -3,8 +3,7 @@
 from airflow.sdk import DAG, task
 
 from pg_backups.airflow import backup_tasks
-from pg_backups.airflow.common import backup_asset, dag_args
-from pg_backups.config import load_config
+from pg_backups.airflow.common import backup_asset, dag_args, dag_clusters
 
 DOC = """
 ### Daily WAL-G backup of cluster `{name}`
@@ -22,7 +21,7 @@ DOC = """
 `airflow_run_type=backfill`); every other run is skipped, the reason in its `backup_push` log.
 """
 
-for cluster in load_config(strict=False).clusters:
+for cluster in dag_clusters("walg"):
     if "walg" not in cluster.tools:
         continue
     with DAG(

@@ -142,9 +142,10 @@ def airflow_healthy(L: Layout) -> bool:
                for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
 
 
-def start_airflow(L: Layout, seconds: float = 300) -> None:
-    """Start the components not running yet; wait until the API reports each healthy."""
-    env = stack_env(L)
+def start_airflow(L: Layout, seconds: float = 300, settings: dict | None = None) -> None:
+    """Start the components not running yet; wait until the API reports each healthy. ``settings``
+    (``AIRFLOW__...`` variables) replace the sandbox's own, e.g. a deployment's parse intervals."""
+    env = {**stack_env(L), **(settings or {})}
     airflow = Path(sys.executable).parent / "airflow"
     for name in AIRFLOW_COMPONENTS:
         pid_file = L.run_dir / f"airflow-{name}.pid"

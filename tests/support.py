@@ -202,8 +202,9 @@ def alerts_for(texts: list[str], dag_id: str, task_id: str) -> list[str]:
 # DAG parsing, metrics
 
 
-def load_dagbag(config_path: str | Path):
-    """Parse the DAG folder in a child process, as Airflow's dag-processor does."""
+def load_dagbag(config_path: str | Path, env: dict | None = None):
+    """Parse the DAG folder in a child process, as Airflow's dag-processor does (``env``: more of
+    that process's environment)."""
     code = (
         "import json, sys\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
@@ -219,7 +220,7 @@ def load_dagbag(config_path: str | Path):
         "        'schedule': str(dag.schedule), 'tasks': tasks}\n"
         "print(json.dumps(out))\n"
     )
-    env = {**os.environ, "PG_BACKUPS_CONFIG": str(config_path), "PYTHONPATH": str(REPO / "plugins")}
+    env = {**os.environ, "PG_BACKUPS_CONFIG": str(config_path), "PYTHONPATH": str(REPO / "plugins"), **(env or {})}
     proc = subprocess.run([sys.executable, "-c", code, str(REPO / "dags")], env=env, text=True, capture_output=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

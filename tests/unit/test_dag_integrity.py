@@ -155,15 +155,21 @@ def test_tasks_run_on_the_queue_of_the_host_that_owns_the_data(tmp_path):
     assert queues["s3_bucket_config_asso"] == ["default"]
 
 
+def fleet_file(tmp_path: Path) -> Path:
+    """12 clusters (a fleet) on 3 database hosts, both tools."""
+    config = tmp_path / "clusters.yaml"
+    config.write_text("defaults: {database_host_slots: 2}\nclusters:\n" + "".join(
+        f"  - {{name: c{i:02d}, host: db{i % 3}.internal, port: {5432 + i}, walg: {{prefix: c{i:02d}}}, "
+        f"restore_test: {{staging_port: {6000 + i}}}}}\n" for i in range(12)))
+    return config
+
+
 def test_a_fleets_dags_carry_the_spread_slots_and_their_hosts_pool(tmp_path):
     """A file of 12 clusters on 3 database hosts: each DAG's schedule is the cluster's spread slot
     (as the configuration computes it) and the backup tasks take the host's pool."""
     from pg_backups.config import load_config
 
-    config = tmp_path / "clusters.yaml"
-    config.write_text("defaults: {database_host_slots: 2}\nclusters:\n" + "".join(
-        f"  - {{name: c{i:02d}, host: db{i % 3}.internal, port: {5432 + i}, walg: {{prefix: c{i:02d}}}, "
-        f"restore_test: {{staging_port: {6000 + i}}}}}\n" for i in range(12)))
+    config = fleet_file(tmp_path)
     bag = load_dagbag(config)
     assert bag["errors"] == {}
     clusters = load_config(config).clusters
@@ -176,3 +182,16 @@ def test_a_fleets_dags_carry_the_spread_slots_and_their_hosts_pool(tmp_path):
         assert bag["dags"][f"s3_bucket_config_{c.name}"]["schedule"] == c.daily_schedule != "@daily"
         backup_pools = {t["pool"] for t in bag["dags"][f"pgbackrest_backup_{c.name}"]["tasks"] if t["task_id"] == "backup"}
         assert backup_pools == {f"backups_host_db{int(c.name[1:]) % 3}_internal"}
+
+
+def test_a_tasks_own_parse_builds_only_the_dag_it_runs(tmp_path):
+    """Airflow's task runner re-parses the DAG's file with the DAG it runs in its parsing context
+    (``_AIRFLOW_PARSING_CONTEXT_DAG_ID``): of a fleet only that DAG is built, and the same DAG as
+    the dag-processor's."""
+    config = fleet_file(tmp_path)
+    whole = load_dagbag(config)
+    running = load_dagbag(config, {"_AIRFLOW_PARSING_CONTEXT_DAG_ID": "pgbackrest_backup_c03"})
+    assert len(whole["dags"]) > 100
+    assert running["errors"] == {}
+    assert set(running["dags"]) == {"pgbackrest_backup_c03", "configuration_alerts"}
+    assert running["dags"]["pgbackrest_backup_c03"] == whole["dags"]["pgbackrest_backup_c03"]

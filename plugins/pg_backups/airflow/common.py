@@ -10,7 +10,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from airflow.sdk import Asset, get_current_context
+from airflow.sdk import Asset, get_current_context, get_parsing_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pg_backups import tools
@@ -89,6 +89,16 @@ def default_args(cluster: Cluster, queue: str | None = None, purpose: str = "", 
     if queue:  # none: Airflow's default queue
         args["queue"] = queue
     return args
+
+
+def dag_clusters(kind: str) -> list[Cluster]:
+    """The clusters whose DAG of ``kind`` this parse builds: every one, except in a task's own
+    process. Airflow's task runner re-parses the DAG's file and names the DAG it runs (its parsing
+    context): building only that one spares each task instance the rest of the fleet (a file of
+    1,000 clusters costs about 4 CPU s to build; benchmarks/bench_fleet.py)."""
+    clusters = load_config(strict=False).clusters
+    running = get_parsing_context().dag_id
+    return clusters if running is None else [c for c in clusters if c.dag_id(kind) == running]
 
 
 def dag_args(cluster: Cluster, purpose: str, queue: str | None = None, alert_every_task: bool = True) -> dict:

@@ -11,7 +11,7 @@ bundles the way the UI's "Reparse" button does (a ``DagPriorityParsingRequest`` 
 dag-processor serves before its queue). It works with a read-only DAG folder (the compose mount),
 where touching the files would not.
 
-    python -m pg_backups.airflow.reparse [--interval 15]
+    python -m pg_backups.airflow.reparse [--interval 5]
 
 Run it beside the dag-processor, with the same Airflow configuration and ``PG_BACKUPS_CONFIG``
 (docker-compose.yaml's ``airflow-dag-processor`` does). Polling a stat costs nothing measurable;
@@ -82,7 +82,7 @@ def watch(path: Path, interval: float) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pg_backups.airflow.reparse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--interval", type=float, default=float(os.environ.get("PG_BACKUPS_WATCH_SECONDS", 15)),
+    parser.add_argument("--interval", type=float, default=float(os.environ.get("PG_BACKUPS_WATCH_SECONDS", 5)),
                         help="seconds between two looks at the cluster file (default 15)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
