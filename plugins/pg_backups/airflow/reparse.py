@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pg_backups.airflow.reparse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interval", type=float, default=float(os.environ.get("PG_BACKUPS_WATCH_SECONDS", 5)),
-                        help="seconds between two looks at the cluster file (default 15)")
+                        help="seconds between two looks at the cluster file (default 5, or PG_BACKUPS_WATCH_SECONDS)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     watch(config_path(), args.interval)
